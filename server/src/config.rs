@@ -1,0 +1,356 @@
+//! `tuning.toml`: every runtime knob, with its default, parsed once at start-up.
+//!
+//! Unknown keys and bad values are refused with one message naming the file, the key and
+//! the reason; `main` turns that into exit code 2. Durations are integers with their unit
+//! last in the name (`idle_timeout_ms`), sizes likewise (`body_bytes_max`).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub http: Http,
+    pub workers: Workers,
+    pub database: Database,
+    pub redis: Redis,
+    pub bench: Bench,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    /// CPUs for the shards, one each; empty means the first `shards` usable CPUs.
+    pub cpus: Vec<usize>,
+    pub connections_per_shard_max: usize,
+    pub shutdown_timeout_ms: u64,
+    /// How often each shard's loop ticks its heartbeat; the systemd watchdog checks it.
+    pub heartbeat_interval_ms: u64,
+    /// Pause before retrying `accept` after it failed (e.g. EMFILE at the fd limit).
+    pub accept_error_backoff_ms: u64,
+    /// glommio's stall detector; forced on in debug builds.
+    pub detect_stalls: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
+            shards: 4,
+            cpus: Vec::new(),
+            connections_per_shard_max: 10_000,
+            shutdown_timeout_ms: 10_000,
+            heartbeat_interval_ms: 250,
+            accept_error_backoff_ms: 100,
+            detect_stalls: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub request_line_bytes_max: usize,
+    pub head_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Responses of one pipelined batch are flushed once they reach this many bytes.
+    pub write_buffer_bytes_max: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            request_line_bytes_max: 8 * 1024,
+            head_bytes_max: 16 * 1024,
+            headers_count_max: 100,
+            body_bytes_max: 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
+            write_buffer_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workers {
+    pub threads: usize,
+    /// CPUs the worker threads may run on; empty means every CPU no shard uses (or unpinned).
+    pub cpus: Vec<usize>,
+    pub queue_depth_max: usize,
+    pub retry_after_s: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            threads: 2,
+            cpus: Vec::new(),
+            queue_depth_max: 1024,
+            retry_after_s: 1,
+            // OWASP's Argon2id minimum: 19 MiB, 2 iterations, 1 lane.
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// Empty: `PERCORE_DATABASE_URL`, else a dev Postgres under `./var/`.
+    pub url: String,
+    pub connections_per_shard: usize,
+    pub pool_wait_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: String::new(),
+            connections_per_shard: 2,
+            pool_wait_ms: 1_000,
+            connect_timeout_ms: 2_000,
+            statement_timeout_ms: 5_000,
+            reconnect_backoff_ms_min: 50,
+            reconnect_backoff_ms_max: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redis {
+    /// Empty: `PERCORE_REDIS_URL`, else a dev Redis under `./var/`.
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+    /// Commands waiting for their reply on one shard's connection; more get an error at once.
+    pub in_flight_max: usize,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: String::new(),
+            connect_timeout_ms: 1_000,
+            command_timeout_ms: 100,
+            reconnect_backoff_ms_min: 50,
+            reconnect_backoff_ms_max: 5_000,
+            in_flight_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bench {
+    /// Serve the benchmark routes (`/plaintext`, `/json`, `/bench/hash`).
+    pub routes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into() }
+    }
+}
+
+/// Why a configuration was refused: the key (`server.shards`) and the reason.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, then applies the `PERCORE_*` environment overrides.
+    /// A missing file at the default path means "all defaults"; a missing file named
+    /// explicitly is an error.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(e) => return Err(ConfigError { file, key: String::new(), reason: e.to_string() }),
+        };
+        let mut config = Config::parse(&text).map_err(|(key, reason)| ConfigError {
+            file: file.clone(),
+            key,
+            reason,
+        })?;
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate().map_err(|(key, reason)| ConfigError { file, key, reason })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, naming the dotted key path of the first error.
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| (String::new(), e.message().to_string()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let inner = e.into_inner();
+            (key, inner.message().to_string())
+        })
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(url) = get("PERCORE_DATABASE_URL") {
+            self.database.url = url;
+        }
+        if let Some(url) = get("PERCORE_REDIS_URL") {
+            self.redis.url = url;
+        }
+        if let Some(listen) = get("PERCORE_LISTEN").and_then(|l| l.parse().ok()) {
+            self.server.listen = listen;
+        }
+    }
+
+    /// Range checks serde cannot express. Each names its key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn at_least(key: &str, value: u64, min: u64) -> Result<(), (String, String)> {
+            if value < min {
+                return Err((key.into(), format!("must be at least {min} (got {value})")));
+            }
+            Ok(())
+        }
+        let s = &self.server;
+        at_least("server.shards", s.shards as u64, 1)?;
+        if s.shards > 1024 {
+            return Err(("server.shards".into(), format!("must be at most 1024 (got {})", s.shards)));
+        }
+        if !s.cpus.is_empty() && s.cpus.len() < s.shards {
+            return Err((
+                "server.cpus".into(),
+                format!("lists {} CPUs for {} shards; list one per shard or none", s.cpus.len(), s.shards),
+            ));
+        }
+        let mut cpus = s.cpus.clone();
+        cpus.sort_unstable();
+        if cpus.windows(2).any(|w| w[0] == w[1]) {
+            return Err(("server.cpus".into(), "lists a CPU twice; each shard needs its own".into()));
+        }
+        at_least("server.connections_per_shard_max", s.connections_per_shard_max as u64, 1)?;
+        at_least("server.heartbeat_interval_ms", s.heartbeat_interval_ms, 10)?;
+        let h = &self.http;
+        at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
+        at_least("http.head_bytes_max", h.head_bytes_max as u64, h.request_line_bytes_max as u64)?;
+        at_least("http.headers_count_max", h.headers_count_max as u64, 4)?;
+        at_least("http.header_read_timeout_ms", h.header_read_timeout_ms, 1)?;
+        at_least("http.body_read_timeout_ms", h.body_read_timeout_ms, 1)?;
+        at_least("http.idle_timeout_ms", h.idle_timeout_ms, 1)?;
+        at_least("http.write_timeout_ms", h.write_timeout_ms, 1)?;
+        at_least("http.write_buffer_bytes_max", h.write_buffer_bytes_max as u64, 1024)?;
+        let w = &self.workers;
+        at_least("workers.threads", w.threads as u64, 1)?;
+        at_least("workers.queue_depth_max", w.queue_depth_max as u64, 1)?;
+        at_least("workers.argon2_memory_kib", w.argon2_memory_kib as u64, 8 * w.argon2_parallelism as u64)?;
+        at_least("workers.argon2_iterations", w.argon2_iterations as u64, 1)?;
+        at_least("workers.argon2_parallelism", w.argon2_parallelism as u64, 1)?;
+        let d = &self.database;
+        at_least("database.connections_per_shard", d.connections_per_shard as u64, 1)?;
+        at_least("database.pool_wait_ms", d.pool_wait_ms, 1)?;
+        at_least("database.reconnect_backoff_ms_max", d.reconnect_backoff_ms_max, d.reconnect_backoff_ms_min)?;
+        if !d.url.is_empty() && d.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(("database.url".into(), "is not a valid postgres:// URL".into()));
+        }
+        let r = &self.redis;
+        at_least("redis.command_timeout_ms", r.command_timeout_ms, 1)?;
+        at_least("redis.in_flight_max", r.in_flight_max as u64, 1)?;
+        at_least("redis.reconnect_backoff_ms_max", r.reconnect_backoff_ms_max, r.reconnect_backoff_ms_min)?;
+        if !r.url.is_empty() && crate::redis::RedisTarget::parse(&r.url).is_none() {
+            return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
+            return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_section() {
+        let (key, reason) = Config::parse("[server]\nshardz = 3\n").unwrap_err();
+        assert_eq!(key, "server.shardz");
+        assert!(reason.contains("unknown field"), "{reason}");
+    }
+
+    #[test]
+    fn negative_shards_is_named() {
+        let (key, _) = Config::parse("[server]\nshards = -1\n").unwrap_err();
+        assert_eq!(key, "server.shards");
+    }
+
+    #[test]
+    fn zero_shards_fails_validation_naming_the_key() {
+        let config = Config::parse("[server]\nshards = 0\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().0, "server.shards");
+    }
+
+    #[test]
+    fn env_overrides_urls() {
+        let mut config = Config::default();
+        config.apply_env(|name| (name == "PERCORE_DATABASE_URL").then(|| "postgres://x@h/db".to_string()));
+        assert_eq!(config.database.url, "postgres://x@h/db");
+        assert!(config.redis.url.is_empty());
+    }
+
+    #[test]
+    fn shipped_tuning_toml_is_valid_and_matches_defaults_where_it_should() {
+        let text = include_str!("../../tuning.toml");
+        let config = Config::parse(text).expect("tuning.toml parses");
+        config.validate().expect("tuning.toml validates");
+        assert_eq!(config.http.head_bytes_max, Http::default().head_bytes_max);
+        assert_eq!(config.server.shards, Server::default().shards);
+    }
+}

@@ -1,0 +1,106 @@
+//! Every error a client can get, and the one table mapping each to a status, a stable
+//! machine-readable code and the JSON body `{"error":{"code":"…","message":"…"}}`.
+
+use std::borrow::Cow;
+
+/// Errors found while reading a request off the wire. Each closes the connection: after a
+/// framing error we can no longer tell where the next request would start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    BadRequest(&'static str),
+    UriTooLong,
+    HeadTooLarge,
+    BodyTooLarge,
+    VersionNotSupported,
+    NotImplemented(&'static str),
+    ExpectationFailed,
+    /// The head did not arrive within `header_read_timeout_ms` (408, then close).
+    HeadTimeout,
+}
+
+/// An error a handler returns; rendered by `render` below.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// Seconds for `Retry-After` (503 and 429).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>, retry_after_s: u64) -> Self {
+        ApiError { retry_after_s: Some(retry_after_s), ..ApiError::new(503, code, message) }
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(500, "internal_error", "the server failed to handle this request")
+    }
+}
+
+impl From<HttpError> for ApiError {
+    fn from(error: HttpError) -> Self {
+        let (status, code, message): (u16, &'static str, &'static str) = match error {
+            HttpError::BadRequest(why) => (400, "bad_request", why),
+            HttpError::UriTooLong => (414, "uri_too_long", "request line exceeds http.request_line_bytes_max"),
+            HttpError::HeadTooLarge => (431, "headers_too_large", "request head exceeds http.head_bytes_max or http.headers_count_max"),
+            HttpError::BodyTooLarge => (413, "body_too_large", "request body exceeds http.body_bytes_max"),
+            HttpError::VersionNotSupported => (505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served"),
+            HttpError::NotImplemented(why) => (501, "not_implemented", why),
+            HttpError::ExpectationFailed => (417, "expectation_failed", "only Expect: 100-continue is supported"),
+            HttpError::HeadTimeout => (408, "request_timeout", "the request head did not arrive in time"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+/// Writes the JSON error body into `out`.
+pub fn render(error: &ApiError, out: &mut Vec<u8>) {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Inner<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Inner<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    let body = Body { error: Inner { code: error.code, message: &error.message } };
+    serde_json::to_writer(out, &body).expect("serializing two strings to a Vec cannot fail");
+}
+
+/// The reason phrase for every status percore sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}

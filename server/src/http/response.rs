@@ -1,0 +1,113 @@
+//! Encoding a response head and body into the connection's write buffer.
+
+use super::date::DATE_LEN;
+use super::error::reason;
+
+pub const JSON: &str = "application/json";
+pub const TEXT: &str = "text/plain";
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a handler answers, apart from the body, which it writes into the connection's
+/// body buffer so that no response allocates.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra header fields; empty (and so allocation-free) on the common path.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: &'static str) -> Reply {
+        Reply { status, content_type, headers: Vec::new() }
+    }
+
+    pub fn json(status: u16) -> Reply {
+        Reply::new(status, JSON)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// How the `Connection` header must read, if it is sent at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 keep-alive: no header needed.
+    Default,
+    /// HTTP/1.0 keep-alive must be announced.
+    KeepAlive,
+    Close,
+}
+
+pub struct Encoder<'a> {
+    pub server: &'a [u8],
+    pub date: [u8; DATE_LEN],
+}
+
+impl Encoder<'_> {
+    /// Appends one complete response to `out`. For HEAD, `body` still sets Content-Length
+    /// but is not sent (RFC 9110 §9.3.2).
+    pub fn encode(&self, out: &mut Vec<u8>, reply: &Reply, body: &[u8], head_only: bool, persistence: Persistence) {
+        debug_assert!((100..600).contains(&reply.status));
+        let mut number = itoa::Buffer::new();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(number.format(reply.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason(reply.status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: ");
+        out.extend_from_slice(self.server);
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(&self.date);
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(reply.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(number.format(body.len()).as_bytes());
+        for (name, value) in &reply.headers {
+            debug_assert!(!value.bytes().any(|b| b == b'\r' || b == b'\n'), "header value with CR/LF");
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        match persistence {
+            Persistence::Default => {}
+            Persistence::KeepAlive => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+            Persistence::Close => out.extend_from_slice(b"\r\nConnection: close"),
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        if !head_only {
+            out.extend_from_slice(body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_head_and_body() {
+        let encoder = Encoder { server: b"percore", date: *b"Sun, 06 Nov 1994 08:49:37 GMT" };
+        let mut out = Vec::new();
+        let reply = Reply::json(503).with_header("Retry-After", "1");
+        encoder.encode(&mut out, &reply, b"{}", false, Persistence::Close);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 503 Service Unavailable\r\nServer: percore\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn head_keeps_length_and_drops_body() {
+        let encoder = Encoder { server: b"p", date: [b'x'; DATE_LEN] };
+        let mut out = Vec::new();
+        encoder.encode(&mut out, &Reply::new(200, TEXT), b"hello", true, Persistence::Default);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 5\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

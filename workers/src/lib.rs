@@ -1,0 +1,191 @@
+//! The worker pool: OS threads where blocking and CPU-heavy work is allowed (password
+//! hashing now; PDFs, exports, e-mail and webhooks later), fed by one bounded crossbeam
+//! channel.
+//!
+//! Rule: a shard only ever calls [`Handle::submit`], which uses `try_send` and returns a
+//! future; it never waits on this crate. When the queue is full the caller gets
+//! [`QueueFull`] at once and answers 503 with `Retry-After` instead of stalling.
+
+pub mod password;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+
+type Task = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub threads: usize,
+    /// CPUs the threads are pinned to, round-robin; empty leaves them unpinned.
+    pub cpus: Vec<usize>,
+    pub queue_depth_max: usize,
+}
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub busy: AtomicU64,
+    pub rejected: AtomicU64,
+    pub panicked: AtomicU64,
+    pub completed: AtomicU64,
+}
+
+/// Owns the threads. Dropping every [`Handle`] and then calling [`Pool::join`] stops them
+/// after the queue drains.
+pub struct Pool {
+    handle: Handle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What shards hold: cheap to clone, `Send`, never blocks.
+#[derive(Clone)]
+pub struct Handle {
+    sender: Sender<Task>,
+    stats: Arc<Stats>,
+    capacity: usize,
+}
+
+/// The queue is at `queue_depth_max`; retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// The task panicked (its worker thread lives on) or the pool is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLost;
+
+impl Pool {
+    pub fn start(config: &PoolConfig) -> std::io::Result<Pool> {
+        assert!(config.threads > 0, "a pool needs at least one thread");
+        assert!(config.queue_depth_max > 0, "a queue needs room for one task");
+        let (sender, receiver) = bounded::<Task>(config.queue_depth_max);
+        let stats = Arc::new(Stats::default());
+        let mut threads = Vec::with_capacity(config.threads);
+        for index in 0..config.threads {
+            let receiver = receiver.clone();
+            let stats = stats.clone();
+            let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("percore-worker-{index}"))
+                .spawn(move || run_worker(receiver, stats, cpu))?;
+            threads.push(thread);
+        }
+        Ok(Pool { handle: Handle { sender, stats, capacity: config.queue_depth_max }, threads })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Closes the pool's own sender and waits for the threads; they exit once every other
+    /// handle is gone and the queue is empty.
+    pub fn join(self) {
+        drop(self.handle);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>) {
+    if let Some(cpu) = cpu
+        && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+    {
+        log::warn!("worker thread could not be pinned to CPU {cpu}; it runs unpinned");
+    }
+    // Blocking here is the point of this thread.
+    while let Ok(task) = receiver.recv() {
+        stats.busy.fetch_add(1, Relaxed);
+        // A panicking task loses its answer (the caller sees TaskLost), not the thread.
+        if catch_unwind(AssertUnwindSafe(task)).is_err() {
+            stats.panicked.fetch_add(1, Relaxed);
+        }
+        stats.busy.fetch_sub(1, Relaxed);
+        stats.completed.fetch_add(1, Relaxed);
+    }
+}
+
+impl Handle {
+    /// Queues `work` without blocking. The returned future resolves to its result.
+    pub fn submit<R, F>(&self, work: F) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let task: Task = Box::new(move || {
+            // The caller may have gone away (its request timed out); that is fine.
+            let _ = reply.send(work());
+        });
+        match self.sender.try_send(task) {
+            Ok(()) => Ok(async move { answer.await.map_err(|_| TaskLost) }),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.rejected.fetch_add(1, Relaxed);
+                Err(QueueFull)
+            }
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.sender.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(threads: usize, depth: usize) -> Pool {
+        Pool::start(&PoolConfig { threads, cpus: vec![], queue_depth_max: depth }).unwrap()
+    }
+
+    #[test]
+    fn runs_work_and_returns_the_answer() {
+        let pool = pool(2, 8);
+        let answer = pool.handle().submit(|| 6 * 7).unwrap();
+        assert_eq!(futures::executor::block_on(answer), Ok(42));
+        pool.join();
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_at_once() {
+        let pool = pool(1, 1);
+        let handle = pool.handle();
+        let (release, gate) = crossbeam_channel::bounded::<()>(0);
+        let blocker = handle.submit(move || gate.recv().unwrap()).unwrap();
+        // Wait until the worker holds the blocker, so the queue itself is empty.
+        while handle.stats().busy.load(Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let queued = handle.submit(|| ()).unwrap();
+        assert_eq!(handle.submit(|| ()).err(), Some(QueueFull));
+        assert_eq!(handle.stats().rejected.load(Relaxed), 1);
+        release.send(()).unwrap();
+        futures::executor::block_on(async {
+            blocker.await.unwrap();
+            queued.await.unwrap();
+        });
+        drop(handle);
+        pool.join();
+    }
+
+    #[test]
+    fn a_panicking_task_loses_its_answer_not_the_thread() {
+        let pool = pool(1, 4);
+        let lost = pool.handle().submit(|| -> u32 { panic!("task failure under test") }).unwrap();
+        assert_eq!(futures::executor::block_on(lost), Err(TaskLost));
+        let next = pool.handle().submit(|| 1).unwrap();
+        assert_eq!(futures::executor::block_on(next), Ok(1));
+        pool.join();
+    }
+}
