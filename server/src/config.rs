@@ -278,6 +278,10 @@ impl Config {
         at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
         at_least("http.head_bytes_max", h.head_bytes_max as u64, h.request_line_bytes_max as u64)?;
         at_least("http.headers_count_max", h.headers_count_max as u64, 4)?;
+        if h.headers_count_max > crate::http::head::HEADERS_COUNT_LIMIT {
+            let limit = crate::http::head::HEADERS_COUNT_LIMIT;
+            return Err(("http.headers_count_max".into(), format!("must be at most {limit} (got {})", h.headers_count_max)));
+        }
         at_least("http.header_read_timeout_ms", h.header_read_timeout_ms, 1)?;
         at_least("http.body_read_timeout_ms", h.body_read_timeout_ms, 1)?;
         at_least("http.idle_timeout_ms", h.idle_timeout_ms, 1)?;

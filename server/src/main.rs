@@ -1,1 +1,72 @@
-fn main(){}
+//! The `percore` command: `percore [--config PATH]` serves; `percore check-config [PATH]`
+//! validates a tuning file and prints the effective configuration.
+
+use percore::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore check-config [PATH]";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config_path: Option<PathBuf> = None;
+    let mut command = None;
+    let mut positional = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(path) => config_path = Some(path.into()),
+                None => return usage_error("--config needs a PATH"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "serve" | "check-config" if command.is_none() => command = Some(arg),
+            _ if arg.starts_with('-') => return usage_error(&format!("unknown option {arg}")),
+            _ => positional.push(PathBuf::from(arg)),
+        }
+    }
+    let command = command.unwrap_or_else(|| "serve".into());
+    if command == "check-config" && config_path.is_none() {
+        config_path = positional.pop();
+    }
+    if !positional.is_empty() {
+        return usage_error("unexpected arguments");
+    }
+    let explicit = config_path.is_some();
+    let path = config_path.unwrap_or_else(|| PathBuf::from("tuning.toml"));
+    let config = match Config::load(&path, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log.level);
+    match command.as_str() {
+        "check-config" => {
+            println!("# {}: valid; effective configuration:", path.display());
+            print!("{}", toml::to_string_pretty(&config).expect("a parsed config serializes back"));
+            ExitCode::SUCCESS
+        }
+        _ => match percore::server::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("percore: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("percore: {message}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn init_logging(level: &str) {
+    let env = env_logger::Env::default().default_filter_or(level);
+    env_logger::Builder::from_env(env).format_timestamp_millis().init();
+}

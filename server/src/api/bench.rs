@@ -1,0 +1,34 @@
+//! Benchmark routes, served only with `[bench] routes = true`: the TechEmpower plaintext
+//! and JSON tests, and a password hash on the worker pool for measuring heavy-work capacity.
+
+use super::{Answer, workers_busy};
+use crate::http::{ApiError, Reply, Request, response};
+use crate::shard::Shard;
+use percore_workers::password::{self, Argon2Params};
+
+pub fn plaintext(body: &mut Vec<u8>) -> Answer {
+    body.extend_from_slice(b"Hello, World!");
+    Ok(Reply::new(200, response::TEXT))
+}
+
+#[derive(serde::Serialize)]
+struct Message {
+    message: &'static str,
+}
+
+/// Serialized on every request, as the TechEmpower rules ask.
+pub fn json(body: &mut Vec<u8>) -> Answer {
+    serde_json::to_writer(&mut *body, &Message { message: "Hello, World!" }).expect("writing JSON to a Vec cannot fail");
+    Ok(Reply::json(200))
+}
+
+/// Hashes the request body with Argon2id on the worker pool; answers the PHC string.
+pub async fn hash(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
+    let w = &shard.config().workers;
+    let params = Argon2Params { memory_kib: w.argon2_memory_kib, iterations: w.argon2_iterations, parallelism: w.argon2_parallelism };
+    let secret = request.body.to_vec();
+    let pending = shard.shared.workers.submit(move || password::hash(params, &secret)).map_err(|_| workers_busy(shard))?;
+    let phc = pending.await.map_err(|_| ApiError::internal())?;
+    serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc })).expect("writing JSON to a Vec cannot fail");
+    Ok(Reply::json(200))
+}

@@ -1,0 +1,58 @@
+//! Ops endpoints: liveness, readiness and Prometheus metrics.
+
+use super::Answer;
+use crate::http::{ApiError, Reply, response};
+use crate::metrics::{self, Globals};
+use crate::shard::{Shard, now_ms};
+use std::sync::atomic::Ordering::Relaxed;
+
+pub fn healthz(body: &mut Vec<u8>) -> Answer {
+    body.extend_from_slice(br#"{"status":"ok"}"#);
+    Ok(Reply::json(200))
+}
+
+/// Ready when this shard answers `SELECT 1` and every other shard has a live connection.
+pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
+    let local = match shard.db.client(shard.metrics).await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    let down: Vec<usize> = shard
+        .shared
+        .metrics
+        .iter()
+        .enumerate()
+        .filter(|(id, m)| if *id == shard.id { !local } else { m.db_connections_up.load(Relaxed) == 0 })
+        .map(|(id, _)| id)
+        .collect();
+    if !down.is_empty() {
+        return Err(ApiError::unavailable("not_ready", format!("shards {down:?} cannot reach Postgres"), 1));
+    }
+    serde_json::to_writer(
+        &mut *body,
+        &serde_json::json!({
+            "status": "ready",
+            "shards": shard.shared.metrics.len(),
+            "redis": shard.redis.is_up(),
+        }),
+    )
+    .expect("writing JSON to a Vec cannot fail");
+    Ok(Reply::json(200))
+}
+
+pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
+    let workers = &shard.shared.workers;
+    let globals = Globals {
+        worker_queue_depth: workers.queue_depth() as u64,
+        worker_queue_capacity: workers.capacity() as u64,
+        worker_rejected: workers.stats().rejected.load(Relaxed),
+        worker_threads_busy: workers.stats().busy.load(Relaxed),
+        db_connections_per_shard: shard.config().database.connections_per_shard as u64,
+        now_ms: now_ms(),
+    };
+    let shards: Vec<_> = shard.shared.metrics.iter().collect();
+    let mut text = String::with_capacity(16 * 1024);
+    metrics::render(&shards, &globals, &mut text);
+    body.extend_from_slice(text.as_bytes());
+    Ok(Reply::new(200, response::PROMETHEUS_TEXT))
+}

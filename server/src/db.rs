@@ -1,0 +1,172 @@
+//! Postgres on a shard: `connections_per_shard` tokio-postgres connections over glommio
+//! sockets, each kept alive by a supervisor task that reconnects with backoff.
+//!
+//! Runs on a shard: never blocks. The server address is resolved once at start-up, before
+//! any shard exists, because name resolution is a blocking call.
+
+use crate::config::{Database, ms};
+use crate::metrics::ShardMetrics;
+use crate::runtime::{self, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+/// How often a request waiting for a connection looks again, while none is up.
+const POOL_POLL_MS: u64 = 5;
+
+/// Everything a shard needs to open its connections; built once in `main`.
+#[derive(Clone)]
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    /// Parses the URL and resolves its host. Blocking: call only before shards start.
+    pub fn resolve(settings: &Database) -> Result<Target, String> {
+        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(_) => return Err("database.url: unix-socket hosts are not supported; use host=127.0.0.1".into()),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        use std::net::ToSocketAddrs;
+        let addr = (host.as_str(), port) // blocking-ok: start-up, before any shard exists
+            .to_socket_addrs()
+            .map_err(|e| format!("database.url: cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("database.url: {host} has no address"))?;
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout_ms));
+        Ok(Target { config, addr })
+    }
+}
+
+/// The shard's connections. Clients pipeline concurrent queries on one socket, so a few
+/// connections serve many concurrent requests.
+pub struct Pool {
+    slots: Vec<RefCell<Option<Rc<Client>>>>,
+    next: Cell<usize>,
+    pool_wait: Duration,
+}
+
+/// No connection became usable within `pool_wait_ms`.
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl Pool {
+    /// Creates the pool and spawns one supervisor per connection on the current shard.
+    pub fn start(target: Option<Target>, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
+        let pool = Rc::new(Pool {
+            slots: (0..settings.connections_per_shard).map(|_| RefCell::new(None)).collect(),
+            next: Cell::new(0),
+            pool_wait: ms(settings.pool_wait_ms),
+        });
+        if let Some(target) = target {
+            for slot in 0..settings.connections_per_shard {
+                let supervisor = Supervisor {
+                    pool: pool.clone(),
+                    slot,
+                    target: target.clone(),
+                    settings: settings.clone(),
+                    metrics,
+                    application_name: format!("percore-shard-{shard_id}"),
+                };
+                runtime::spawn(supervisor.run());
+            }
+        }
+        pool
+    }
+
+    /// A usable client, waiting up to `pool_wait_ms` while none is.
+    pub async fn client(&self, metrics: &ShardMetrics) -> Result<Rc<Client>, Unavailable> {
+        let deadline = Instant::now() + self.pool_wait;
+        loop {
+            if let Some(client) = self.pick() {
+                return Ok(client);
+            }
+            if Instant::now() >= deadline {
+                ShardMetrics::add(&metrics.db_pool_wait_timeouts, 1);
+                return Err(Unavailable);
+            }
+            runtime::sleep(Duration::from_millis(POOL_POLL_MS)).await;
+        }
+    }
+
+    fn pick(&self) -> Option<Rc<Client>> {
+        let n = self.slots.len();
+        for i in 0..n {
+            let index = (self.next.get() + i) % n;
+            let slot = self.slots[index].borrow();
+            if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+                self.next.set((index + 1) % n);
+                return Some(client.clone());
+            }
+        }
+        None
+    }
+}
+
+struct Supervisor {
+    pool: Rc<Pool>,
+    slot: usize,
+    target: Target,
+    settings: Database,
+    metrics: &'static ShardMetrics,
+    application_name: String,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let min = ms(self.settings.reconnect_backoff_ms_min);
+        let max = ms(self.settings.reconnect_backoff_ms_max);
+        let mut backoff = min;
+        let mut failures_logged = 0u32;
+        loop {
+            match self.connect().await {
+                Ok((client, connection)) => {
+                    backoff = min;
+                    failures_logged = 0;
+                    *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(client));
+                    ShardMetrics::add(&self.metrics.db_connections_up, 1);
+                    // Drives the socket until the server or network drops it.
+                    if let Err(e) = connection.await {
+                        log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
+                    }
+                    self.pool.slots[self.slot].borrow_mut().take();
+                    ShardMetrics::sub(&self.metrics.db_connections_up, 1);
+                }
+                Err(e) => {
+                    ShardMetrics::add(&self.metrics.db_connect_failures, 1);
+                    // One line per outage per connection, not one per retry.
+                    if failures_logged == 0 {
+                        log::warn!("{}: cannot connect to postgres at {}: {e}; retrying", self.application_name, self.target.addr);
+                    }
+                    failures_logged += 1;
+                }
+            }
+            runtime::sleep(backoff).await;
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        (Client, tokio_postgres::Connection<tokio_util::compat::Compat<TcpStream>, tokio_postgres::tls::NoTlsStream>),
+        String,
+    > {
+        let connect_timeout = ms(self.settings.connect_timeout_ms);
+        let attempt = async {
+            let stream = TcpStream::connect(self.target.addr).await.map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut config = self.target.config.clone();
+            config.application_name(&self.application_name);
+            config.connect_raw(stream.compat(), NoTls).await.map_err(|e| e.to_string())
+        };
+        runtime::timeout(connect_timeout, attempt).await.unwrap_or_else(|| Err("connect timed out".into()))
+    }
+}

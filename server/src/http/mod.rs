@@ -1,0 +1,16 @@
+//! HTTP/1.1 for a shard, one small module per job: `head` parses a request head and
+//! enforces its limits, `body` decodes chunked bodies, `response` encodes, `date` caches the
+//! Date header, `error` maps every error to its status in one table, `conn` runs a
+//! connection.
+
+pub mod body;
+pub mod conn;
+pub mod date;
+pub mod error;
+pub mod head;
+pub mod request;
+pub mod response;
+
+pub use error::ApiError;
+pub use request::{Method, Request};
+pub use response::Reply;

@@ -1,0 +1,20 @@
+//! percore's server: N shards, one per core, each serving HTTP/1.1 on its own listener of
+//! the shared port, with its own Postgres and Redis connections and its own state.
+//!
+//! The rule of this crate: code here runs on a shard, and a shard never blocks. No
+//! blocking socket, database, Redis, file or DNS call and no CPU-heavy work happens on a
+//! shard thread; heavy work goes to the worker pool (`percore-workers`). The exceptions run
+//! before the shards start (configuration, name resolution, the dev services) and say so
+//! with a `blocking-ok` comment.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod redis;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod shard;

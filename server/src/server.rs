@@ -1,0 +1,158 @@
+//! Starting the whole server from a validated config: dev services if no database is
+//! configured, CPU placement, the worker pool, the shards, and waiting for them to stop.
+
+use crate::config::Config;
+use crate::db;
+use crate::lifecycle;
+use crate::metrics::ShardMetrics;
+use crate::redis::RedisTarget;
+use crate::runtime;
+use crate::shard::{self, Shared};
+use percore_workers::{Pool, PoolConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+/// Where shards and workers run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub shard_cpus: Vec<usize>,
+    /// Empty: the worker threads run unpinned.
+    pub worker_cpus: Vec<usize>,
+}
+
+/// Chooses CPUs: shards get `server.cpus` (or the first usable CPUs), one each, capped by
+/// what exists; workers get `workers.cpus`, else the usable CPUs no shard uses, else none.
+pub fn place(config: &Config, usable: &[usize]) -> Placement {
+    assert!(!usable.is_empty(), "a running process has at least one usable CPU");
+    let wanted = config.server.shards;
+    let candidates: Vec<usize> = if config.server.cpus.is_empty() {
+        usable.to_vec()
+    } else {
+        config.server.cpus.iter().copied().filter(|cpu| usable.contains(cpu)).collect()
+    };
+    let mut shard_cpus: Vec<usize> = candidates.into_iter().take(wanted).collect();
+    if shard_cpus.is_empty() {
+        shard_cpus.push(usable[0]);
+    }
+    if shard_cpus.len() < wanted {
+        log::warn!(
+            "server.shards = {wanted} but only {} usable CPUs fit: running {} shards on CPUs {shard_cpus:?}",
+            shard_cpus.len(),
+            shard_cpus.len()
+        );
+    }
+    let worker_cpus = if config.workers.cpus.is_empty() {
+        usable.iter().copied().filter(|cpu| !shard_cpus.contains(cpu)).collect()
+    } else {
+        config.workers.cpus.clone()
+    };
+    Placement { shard_cpus, worker_cpus }
+}
+
+pub fn usable_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    cpus.sort_unstable();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+/// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
+pub fn run(mut config: Config) -> Result<(), String> {
+    if config.database.url.is_empty() || config.redis.url.is_empty() {
+        let var = std::path::Path::new("var");
+        log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
+        let dev = percore_testkit::dev::ensure(var)?; // blocking-ok: start-up, before any shard
+        if config.database.url.is_empty() {
+            config.database.url = dev.database_url;
+        }
+        if config.redis.url.is_empty() {
+            config.redis.url = dev.redis_url;
+        }
+    }
+    let db_target = db::Target::resolve(&config.database)?;
+    let redis_target = RedisTarget::resolve(&config.redis.url)?;
+
+    let placement = place(&config, &usable_cpus());
+    if placement.worker_cpus.is_empty() {
+        log::info!("every CPU runs a shard: worker threads run unpinned and compete with the shards");
+    }
+    let pool = Pool::start(&PoolConfig {
+        threads: config.workers.threads,
+        cpus: placement.worker_cpus.clone(),
+        queue_depth_max: config.workers.queue_depth_max,
+    })
+    .map_err(|e| format!("starting the worker pool: {e}"))?;
+
+    let shard_count = placement.shard_cpus.len();
+    let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
+    let shared: &'static Shared = Box::leak(Box::new(Shared {
+        metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+        workers: pool.handle(),
+        db_target: Some(db_target),
+        redis_target: Some(redis_target),
+        shutdown: AtomicBool::new(false),
+        listening: AtomicU64::new(0),
+        config,
+    }));
+    lifecycle::watch_signals(shared).map_err(|e| format!("installing signal handlers: {e}"))?;
+
+    let (bound, bound_rx) = std::sync::mpsc::sync_channel(shard_count);
+    let mut handles = Vec::with_capacity(shard_count);
+    for (id, cpu) in placement.shard_cpus.iter().copied().enumerate() {
+        let bound = bound.clone();
+        let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || shard::run(id, shared, bound))
+            .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    for _ in 0..shard_count {
+        match bound_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a shard exited during start-up".into()),
+        }
+    }
+    log::info!(
+        "percore listening on {} with {shard_count} shards on CPUs {:?}, {} worker threads",
+        shared.config.server.listen,
+        placement.shard_cpus,
+        shared.config.workers.threads
+    );
+    lifecycle::notify_ready();
+    lifecycle::start_watchdog(shared).map_err(|e| format!("starting the watchdog: {e}"))?;
+    for handle in handles {
+        handle.join().map_err(|e| format!("a shard failed: {e}"))?;
+    }
+    log::info!("all shards stopped; exiting");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(shards: usize, cpus: Vec<usize>) -> Config {
+        let mut config = Config::default();
+        config.server.shards = shards;
+        config.server.cpus = cpus;
+        config
+    }
+
+    #[test]
+    fn fewer_cpus_than_shards_uses_what_exists_and_leaves_workers_unpinned() {
+        let placement = place(&config(4, vec![]), &[0, 1]);
+        assert_eq!(placement, Placement { shard_cpus: vec![0, 1], worker_cpus: vec![] });
+    }
+
+    #[test]
+    fn workers_get_the_cpus_no_shard_uses() {
+        let placement = place(&config(1, vec![1]), &[0, 1, 2]);
+        assert_eq!(placement, Placement { shard_cpus: vec![1], worker_cpus: vec![0, 2] });
+    }
+
+    #[test]
+    fn unusable_configured_cpus_are_dropped() {
+        let placement = place(&config(2, vec![7, 1]), &[0, 1]);
+        assert_eq!(placement.shard_cpus, vec![1]);
+    }
+}

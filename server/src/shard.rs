@@ -1,0 +1,155 @@
+//! One shard: a pinned thread with its own listener (SO_REUSEPORT on the shared port), its
+//! own Postgres and Redis connections and its own state. Nothing here is shared with other
+//! shards except the read-mostly `Shared` and per-shard atomics others only read.
+//!
+//! Runs on a shard: never blocks.
+
+use crate::config::{Config, ms};
+use crate::db;
+use crate::http::date::DateCache;
+use crate::metrics::ShardMetrics;
+use crate::redis::{RedisClient, RedisTarget};
+use crate::runtime::{self, Semaphore, TcpListener};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Process-wide state, created once in `main` and never freed.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Vec<ShardMetrics>,
+    pub workers: percore_workers::Handle,
+    pub db_target: Option<db::Target>,
+    pub redis_target: Option<RedisTarget>,
+    /// Set by the signal thread; each shard's ticker notices it within one heartbeat.
+    pub shutdown: AtomicBool,
+    /// Shards whose listener is bound; `main` sends READY=1 when it reaches `shards`.
+    pub listening: AtomicU64,
+}
+
+/// A shard's own state, owned by its thread.
+pub struct Shard {
+    pub id: usize,
+    pub shared: &'static Shared,
+    pub metrics: &'static ShardMetrics,
+    pub date: DateCache,
+    pub db: Rc<db::Pool>,
+    pub redis: Rc<RedisClient>,
+    /// Shutting down: finish what was read, answer with `Connection: close`.
+    pub draining: Cell<bool>,
+    /// Requests read but not yet answered on this shard.
+    pub in_flight: Cell<usize>,
+}
+
+impl Shard {
+    pub fn config(&self) -> &'static Config {
+        &self.shared.config
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The shard's main task: bind, accept until shutdown, then drain.
+pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::SyncSender<Result<(), String>>) {
+    let config = &shared.config;
+    let metrics = &shared.metrics[id];
+    let listener = match TcpListener::bind(config.server.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = bound.send(Err(format!("shard {id}: cannot listen on {}: {e}", config.server.listen)));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard {
+        id,
+        shared,
+        metrics,
+        date: DateCache::default(),
+        db: db::Pool::start(shared.db_target.clone(), &config.database, id, metrics),
+        redis: RedisClient::start(shared.redis_target.clone(), &config.redis, metrics),
+        draining: Cell::new(false),
+        in_flight: Cell::new(0),
+    });
+    metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    shared.listening.fetch_add(1, Ordering::SeqCst);
+    let _ = bound.send(Ok(()));
+
+    let (stop_accepting, stop_signal) = futures::channel::oneshot::channel::<()>();
+    runtime::spawn(tick(shard.clone(), stop_accepting));
+    accept_until(&shard, listener, stop_signal).await;
+    drain(&shard).await;
+    log::info!("shard {id} stopped");
+}
+
+/// Heartbeat, Date refresh and shutdown watch, every `heartbeat_interval_ms`. Because this
+/// task only runs when the shard's loop does, its heartbeat proves the shard is not stalled.
+async fn tick(shard: Rc<Shard>, stop_accepting: futures::channel::oneshot::Sender<()>) {
+    let interval = ms(shard.config().server.heartbeat_interval_ms);
+    let mut stop_accepting = Some(stop_accepting);
+    loop {
+        shard.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        shard.date.refresh(SystemTime::now());
+        if shard.shared.shutdown.load(Ordering::Relaxed) && !shard.draining.get() {
+            shard.draining.set(true);
+            if let Some(stop) = stop_accepting.take() {
+                let _ = stop.send(());
+            }
+        }
+        runtime::sleep(interval).await;
+    }
+}
+
+async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
+    let server = &shard.config().server;
+    // At the cap the shard stops accepting until a connection closes; the kernel's backlog
+    // holds the rest, so the fd limit is never reached through us.
+    let slots = Rc::new(Semaphore::new(server.connections_per_shard_max as u64));
+    loop {
+        let permit = {
+            let acquire = std::pin::pin!(slots.acquire_static_permit(1));
+            match futures::future::select(acquire, &mut stop).await {
+                futures::future::Either::Left((Ok(permit), _)) => permit,
+                _ => return,
+            }
+        };
+        let accepted = {
+            let accept = std::pin::pin!(listener.accept());
+            match futures::future::select(accept, &mut stop).await {
+                futures::future::Either::Left((accepted, _)) => accepted,
+                futures::future::Either::Right(_) => return,
+            }
+        };
+        match accepted {
+            Ok(stream) => {
+                ShardMetrics::add(&shard.metrics.connections_accepted, 1);
+                let shard = shard.clone();
+                runtime::spawn(async move {
+                    crate::http::conn::serve(shard, stream).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE at the fd limit, or a connection reset before accept: wait a
+                // little and go on; never crash.
+                ShardMetrics::add(&shard.metrics.accept_errors, 1);
+                log::warn!("shard {}: accept failed: {e}", shard.id);
+                drop(permit);
+                runtime::sleep(ms(server.accept_error_backoff_ms)).await;
+            }
+        }
+    }
+}
+
+/// Waits until every request already read is answered, at most `shutdown_timeout_ms`.
+async fn drain(shard: &Shard) {
+    let deadline = Instant::now() + ms(shard.config().server.shutdown_timeout_ms);
+    while shard.in_flight.get() > 0 && Instant::now() < deadline {
+        runtime::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.in_flight.get() > 0 {
+        log::warn!("shard {}: {} requests still in flight at the shutdown timeout", shard.id, shard.in_flight.get());
+    }
+}

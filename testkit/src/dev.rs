@@ -1,0 +1,99 @@
+//! The dev default: a Postgres and a Redis under `./var/`, created on first use, kept and
+//! left running between runs of `percore`, so data survives restarts and start-up is fast.
+//! Their ports are chosen once and remembered in `var/ports`.
+
+use crate::postgres::init_cluster;
+use crate::process::{self, configure};
+use crate::redis::ping;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub struct DevServices {
+    pub database_url: String,
+    pub redis_url: String,
+}
+
+pub fn ensure(var: &Path) -> Result<DevServices, String> {
+    std::fs::create_dir_all(var).map_err(|e| format!("creating {}: {e}", var.display()))?;
+    let var = var.canonicalize().map_err(|e| e.to_string())?;
+    let (pg_port, redis_port) = ports(&var)?;
+    ensure_postgres(&var, pg_port)?;
+    ensure_redis(&var, redis_port)?;
+    Ok(DevServices {
+        database_url: format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+        redis_url: format!("redis://127.0.0.1:{redis_port}/0"),
+    })
+}
+
+fn ports(var: &Path) -> Result<(u16, u16), String> {
+    let file = var.join("ports");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let mut numbers = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+        if let (Some(pg), Some(redis)) = (numbers.next(), numbers.next()) {
+            return Ok((pg, redis));
+        }
+    }
+    let chosen = (process::free_port(), process::free_port());
+    std::fs::write(&file, format!("{} {}\n", chosen.0, chosen.1)).map_err(|e| e.to_string())?;
+    Ok(chosen)
+}
+
+fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
+    if process::port_open(port) {
+        return Ok(());
+    }
+    let user = process::unprivileged_user();
+    let data = var.join("pg");
+    if !data.join("PG_VERSION").exists() {
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        process::chown_recursive(&data, user)?;
+        init_cluster(&data, user)?;
+    }
+    let log = var.join("pg.log");
+    std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| e.to_string())?;
+    process::chown_recursive(&log, user)?;
+    let mut command = Command::new(process::postgres_binary("pg_ctl")?);
+    command
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"))
+        .args(["-w", "-t", "60", "start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // Kept running after percore exits: no parent-death signal here.
+    configure(&mut command, user, false);
+    let output = command.output().map_err(|e| format!("pg_ctl: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("pg_ctl start failed (see {}): {}", log.display(), String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(())
+}
+
+fn ensure_redis(var: &Path, port: u16) -> Result<(), String> {
+    if ping(port) {
+        return Ok(());
+    }
+    let dir = var.join("redis");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
+    let status = Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--pidfile")
+        .arg(dir.join("redis.pid"))
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("redis-server: {e}"))?;
+    if !status.success() || !process::wait_until(Duration::from_secs(10), || ping(port)) {
+        return Err(format!("redis-server did not start; see {}", dir.join("redis.log").display()));
+    }
+    Ok(())
+}

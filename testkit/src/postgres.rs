@@ -1,0 +1,145 @@
+//! A throwaway PostgreSQL server.
+
+use crate::process::{self, configure};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const START_ATTEMPTS: usize = 5;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Postgres {
+    pub url: String,
+    pub port: u16,
+    /// None when `TEST_DATABASE_URL` supplied the server.
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl Postgres {
+    /// `TEST_DATABASE_URL` if set, else a fresh server of our own.
+    pub fn throwaway() -> Postgres {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+            let port = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).unwrap_or(5432);
+            return Postgres { url, port, child: None, dir: None };
+        }
+        Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
+    }
+
+    fn start() -> Result<Postgres, String> {
+        let template = template()?;
+        let user = process::unprivileged_user();
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = process::temp_dir("percore-pg");
+            let data = dir.join("data");
+            copy_dir(template, &data)?;
+            process::chown_recursive(&dir, user)?;
+            let port = process::free_port();
+            let log = dir.join("postgres.log");
+            let mut command = Command::new(process::postgres_binary("postgres")?);
+            command
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
+            configure(&mut command, user, true);
+            let mut child = command.spawn().map_err(|e| format!("spawning postgres: {e}"))?;
+            let ready = process::wait_until(START_TIMEOUT, || {
+                log_says_ready(&log) || child.try_wait().ok().flatten().is_some()
+            });
+            if ready && child.try_wait().ok().flatten().is_none() && process::port_open(port) {
+                let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                return Ok(Postgres { url, port, child: Some(child), dir: Some(dir) });
+            }
+            last_error = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(format!("postgres did not start after {START_ATTEMPTS} attempts; last log:\n{last_error}"))
+    }
+
+    /// Stops the server abruptly (like `pg_ctl stop -m immediate`), keeping its data dir.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn log_says_ready(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| text.contains("ready to accept connections"))
+}
+
+/// One initdb per machine and PostgreSQL version, reused by copying: initdb costs seconds,
+/// a copy milliseconds. Built in a unique directory and renamed into place, so concurrent
+/// test processes never see a half-made template.
+fn template() -> Result<&'static Path, String> {
+    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let initdb = process::postgres_binary("initdb")?;
+            let version = Command::new(&initdb)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap_or("x").to_string())
+                .map_err(|e| format!("initdb --version: {e}"))?;
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            let path = std::env::temp_dir().join(format!("percore-pg-template-{version}-{uid}"));
+            if path.join("PG_VERSION").exists() {
+                return Ok(path);
+            }
+            let building = process::temp_dir("percore-pg-template-build");
+            let user = process::unprivileged_user();
+            process::chown_recursive(&building, user)?;
+            init_cluster(&building.join("data"), user)?;
+            if std::fs::rename(building.join("data"), &path).is_err() && !path.join("PG_VERSION").exists() {
+                return Err(format!("could not move the template into {}", path.display()));
+            }
+            let _ = std::fs::remove_dir_all(&building);
+            Ok(path)
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(Clone::clone)
+}
+
+/// `initdb` with trust auth for a superuser named `postgres`.
+pub(crate) fn init_cluster(data: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+    let mut command = Command::new(process::postgres_binary("initdb")?);
+    command
+        .arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        .stdin(Stdio::null());
+    configure(&mut command, user, true);
+    let output = command.output().map_err(|e| format!("running initdb: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().map_err(|e| format!("cp: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| format!("copying {} failed", from.display()))
+}

@@ -1,0 +1,120 @@
+//! Shared helpers: free ports, binaries, running as an unprivileged user, waiting.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago. The caller retries on a bind failure, since another
+/// process may take it in between.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Finds `name` on PATH, else in the newest `/usr/lib/postgresql/*/bin`.
+pub fn postgres_binary(name: &str) -> Result<PathBuf, String> {
+    if let Some(found) = on_path(name) {
+        return Ok(found);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| format!("{name} not found: install PostgreSQL (apt-get install postgresql)"))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin").join(name)))
+        })
+        .filter(|(_, path)| path.exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, path)| path)
+        .ok_or_else(|| format!("{name} not found: install PostgreSQL (apt-get install postgresql)"))
+}
+
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// PostgreSQL refuses to run as root. When we are root, it runs as this (uid, gid).
+pub fn unprivileged_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    for name in [c"postgres", c"nobody"] {
+        // SAFETY: getpwnam returns a pointer to static storage or null; read at once.
+        let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+        if !entry.is_null() {
+            // SAFETY: checked non-null above.
+            let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+            return Some((uid, gid));
+        }
+    }
+    None
+}
+
+pub fn chown_recursive(path: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+    let Some((uid, gid)) = user else {
+        return Ok(());
+    };
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .map_err(|e| format!("chown: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| format!("chown {} failed", path.display()))
+}
+
+/// Runs the command as `user` (when root) and, if `die_with_parent`, has the kernel kill it
+/// when this process dies, so a crashed test leaves no server behind.
+pub fn configure(command: &mut Command, user: Option<(u32, u32)>, die_with_parent: bool) {
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, setgid, setuid).
+    unsafe {
+        command.pre_exec(move || {
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = user {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ready()
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// A new empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    dir
+}
