@@ -85,7 +85,6 @@ pub struct Globals {
     pub worker_rejected: u64,
     pub worker_threads_busy: u64,
     pub db_connections_per_shard: u64,
-    pub now_ms: u64,
 }
 
 /// Renders every family in the Prometheus text format, version 0.0.4.
@@ -125,7 +124,12 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let _ = writeln!(out, "percore_http_request_duration_seconds_count{{{labels}}} {cumulative}");
         }
     }
-    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 14] = [
+    family(out, "percore_shard_heartbeat_timestamp_seconds", "gauge", "When the shard loop last ticked, Unix time.");
+    for (id, shard) in shards.iter().enumerate() {
+        let seconds = shard.heartbeat_ms.load(Relaxed) as f64 / 1e3;
+        let _ = writeln!(out, "percore_shard_heartbeat_timestamp_seconds{{shard=\"{id}\"}} {seconds}");
+    }
+    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 13] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -139,7 +143,6 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
         ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
         ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
-        ("percore_shard_heartbeat_timestamp_ms", "gauge", "When the shard loop last ticked, Unix milliseconds.", |m| &m.heartbeat_ms),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);
@@ -147,13 +150,12 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {}", get(shard).load(Relaxed));
         }
     }
-    let global: [(&str, &str, &str, u64); 6] = [
+    let global: [(&str, &str, &str, u64); 5] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
         ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
         ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
         ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
         ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard.", globals.db_connections_per_shard),
-        ("percore_scrape_timestamp_ms", "gauge", "When this page was rendered, Unix milliseconds.", globals.now_ms),
     ];
     for (name, kind, help, value) in global {
         family(out, name, kind, help);
@@ -181,7 +183,6 @@ mod tests {
             worker_rejected: 0,
             worker_threads_busy: 0,
             db_connections_per_shard: 2,
-            now_ms: 0,
         };
         let mut out = String::new();
         render(&[&metrics], &globals, &mut out);

@@ -100,7 +100,11 @@ fn template() -> Result<&'static Path, String> {
             let version = Command::new(&initdb)
                 .arg("--version")
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap_or("x").to_string())
+                .map(|o| {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let version = text.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit())).unwrap_or("x");
+                    version.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect::<String>()
+                })
                 .map_err(|e| format!("initdb --version: {e}"))?;
             // SAFETY: geteuid has no preconditions.
             let uid = unsafe { libc::geteuid() };

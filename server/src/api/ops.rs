@@ -3,7 +3,7 @@
 use super::Answer;
 use crate::http::{ApiError, Reply, response};
 use crate::metrics::{self, Globals};
-use crate::shard::{Shard, now_ms};
+use crate::shard::Shard;
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn healthz(body: &mut Vec<u8>) -> Answer {
@@ -48,7 +48,6 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         worker_rejected: workers.stats().rejected.load(Relaxed),
         worker_threads_busy: workers.stats().busy.load(Relaxed),
         db_connections_per_shard: shard.config().database.connections_per_shard as u64,
-        now_ms: now_ms(),
     };
     let shards: Vec<_> = shard.shared.metrics.iter().collect();
     let mut text = String::with_capacity(16 * 1024);

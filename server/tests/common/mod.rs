@@ -1,0 +1,256 @@
+//! Test support: the real `percore` binary against real Postgres and Redis, and raw TCP.
+#![allow(dead_code)]
+
+use percore_testkit::{Postgres, Redis};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Services {
+    pub postgres: Postgres,
+    pub redis: Redis,
+}
+
+impl Services {
+    pub fn start() -> Services {
+        Services { postgres: Postgres::throwaway(), redis: Redis::throwaway() }
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// A tuning.toml for tests: 2 shards, bench routes on, the given services, plus `extra`
+/// (whole `[section]` blocks that replace the defaults' values key by key are not
+/// possible in TOML, so `extra` may only add sections not listed here).
+pub fn config(port: u16, database_url: &str, redis_url: &str, server_extra: &str, http_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 2\nshutdown_timeout_ms = 5000\n{server_extra}\n\
+         [http]\n{http_extra}\n\
+         [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\n\
+         [redis]\nurl = \"{redis_url}\"\n\
+         [workers]\nthreads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1\n\
+         [bench]\nroutes = true\n[log]\nlevel = \"warn\"\n"
+    )
+}
+
+impl Server {
+    /// Starts `percore` with `config_text` and waits for /healthz.
+    pub fn start_with_config(port: u16, config_text: &str, envs: &[(&str, &str)]) -> Server {
+        let dir = std::env::temp_dir().join(format!("percore-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("tuning.toml");
+        std::fs::write(&config_path, config_text).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_percore"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(&dir)
+            .env_remove("PERCORE_DATABASE_URL")
+            .env_remove("PERCORE_REDIS_URL")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawning percore");
+        let mut server = Server { child, port, dir };
+        server.wait_healthy(Duration::from_secs(30));
+        server
+    }
+
+    pub fn start(services: &Services, server_extra: &str, http_extra: &str) -> Server {
+        let port = free_port();
+        let text = config(port, &services.postgres.url, &services.redis.url, server_extra, http_extra);
+        Server::start_with_config(port, &text, &[])
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("percore exited early ({status}): {}", self.stderr());
+            }
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let response = request_on(&stream, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+                if response.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("percore did not become healthy: {}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        request_on(&self.connect(), &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for exit; None if it did not exit within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {}", self.text())).to_string()
+    }
+}
+
+/// Sends `raw` on `stream` and reads one response.
+pub fn request_on(stream: &TcpStream, raw: &str) -> Response {
+    let mut writer = stream;
+    writer.write_all(raw.as_bytes()).unwrap();
+    let mut reader = ResponseReader::new(stream);
+    reader.next(false).expect("a response")
+}
+
+/// Reads responses one by one from a stream, keeping leftover bytes between them.
+pub struct ResponseReader<'a> {
+    stream: &'a TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl<'a> ResponseReader<'a> {
+    pub fn new(stream: &'a TcpStream) -> Self {
+        ResponseReader { stream, buffer: Vec::new() }
+    }
+
+    /// The next response, or None at end of stream. `head_request`: no body follows.
+    pub fn next(&mut self, head_request: bool) -> Option<Response> {
+        let head_end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_string(), v.trim().to_string())
+            })
+            .collect();
+        self.buffer.drain(..head_end);
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let length = if head_request || status == 100 { 0 } else { length };
+        while self.buffer.len() < length {
+            if !self.fill() {
+                panic!("stream ended inside a body");
+            }
+        }
+        let body = self.buffer.drain(..length).collect();
+        Some(Response { status, headers, body })
+    }
+
+    /// True if the peer closes (EOF or reset) with no further bytes; false if it sends
+    /// more or stays open past the stream's read timeout.
+    pub fn closed(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return false;
+        }
+        let mut chunk = [0u8; 1024];
+        match (&*self.stream).read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match (&*self.stream).read(&mut chunk) {
+            Ok(0) => false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("timed out waiting for a response; got so far: {:?}", String::from_utf8_lossy(&self.buffer))
+            }
+            Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+}
