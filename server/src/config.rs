@@ -181,7 +181,9 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log {
+            level: "info".into(),
+        }
     }
 }
 
@@ -212,7 +214,13 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
-            Err(e) => return Err(ConfigError { file, key: String::new(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(ConfigError {
+                    file,
+                    key: String::new(),
+                    reason: e.to_string(),
+                });
+            }
         };
         let mut config = Config::parse(&text).map_err(|(key, reason)| ConfigError {
             file: file.clone(),
@@ -220,7 +228,9 @@ impl Config {
             reason,
         })?;
         config.apply_env(|name| std::env::var(name).ok());
-        config.validate().map_err(|(key, reason)| ConfigError { file, key, reason })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError { file, key, reason })?;
         Ok(config)
     }
 
@@ -259,56 +269,110 @@ impl Config {
         let s = &self.server;
         at_least("server.shards", s.shards as u64, 1)?;
         if s.shards > 1024 {
-            return Err(("server.shards".into(), format!("must be at most 1024 (got {})", s.shards)));
+            return Err((
+                "server.shards".into(),
+                format!("must be at most 1024 (got {})", s.shards),
+            ));
         }
         if !s.cpus.is_empty() && s.cpus.len() < s.shards {
             return Err((
                 "server.cpus".into(),
-                format!("lists {} CPUs for {} shards; list one per shard or none", s.cpus.len(), s.shards),
+                format!(
+                    "lists {} CPUs for {} shards; list one per shard or none",
+                    s.cpus.len(),
+                    s.shards
+                ),
             ));
         }
         let mut cpus = s.cpus.clone();
         cpus.sort_unstable();
         if cpus.windows(2).any(|w| w[0] == w[1]) {
-            return Err(("server.cpus".into(), "lists a CPU twice; each shard needs its own".into()));
+            return Err((
+                "server.cpus".into(),
+                "lists a CPU twice; each shard needs its own".into(),
+            ));
         }
-        at_least("server.connections_per_shard_max", s.connections_per_shard_max as u64, 1)?;
+        at_least(
+            "server.connections_per_shard_max",
+            s.connections_per_shard_max as u64,
+            1,
+        )?;
         at_least("server.heartbeat_interval_ms", s.heartbeat_interval_ms, 10)?;
         let h = &self.http;
-        at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
-        at_least("http.head_bytes_max", h.head_bytes_max as u64, h.request_line_bytes_max as u64)?;
+        at_least(
+            "http.request_line_bytes_max",
+            h.request_line_bytes_max as u64,
+            64,
+        )?;
+        at_least(
+            "http.head_bytes_max",
+            h.head_bytes_max as u64,
+            h.request_line_bytes_max as u64,
+        )?;
         at_least("http.headers_count_max", h.headers_count_max as u64, 4)?;
         if h.headers_count_max > crate::http::head::HEADERS_COUNT_LIMIT {
             let limit = crate::http::head::HEADERS_COUNT_LIMIT;
-            return Err(("http.headers_count_max".into(), format!("must be at most {limit} (got {})", h.headers_count_max)));
+            return Err((
+                "http.headers_count_max".into(),
+                format!("must be at most {limit} (got {})", h.headers_count_max),
+            ));
         }
         at_least("http.header_read_timeout_ms", h.header_read_timeout_ms, 1)?;
         at_least("http.body_read_timeout_ms", h.body_read_timeout_ms, 1)?;
         at_least("http.idle_timeout_ms", h.idle_timeout_ms, 1)?;
         at_least("http.write_timeout_ms", h.write_timeout_ms, 1)?;
-        at_least("http.write_buffer_bytes_max", h.write_buffer_bytes_max as u64, 1024)?;
+        at_least(
+            "http.write_buffer_bytes_max",
+            h.write_buffer_bytes_max as u64,
+            1024,
+        )?;
         let w = &self.workers;
         at_least("workers.threads", w.threads as u64, 1)?;
         at_least("workers.queue_depth_max", w.queue_depth_max as u64, 1)?;
-        at_least("workers.argon2_memory_kib", w.argon2_memory_kib as u64, 8 * w.argon2_parallelism as u64)?;
+        at_least(
+            "workers.argon2_memory_kib",
+            w.argon2_memory_kib as u64,
+            8 * w.argon2_parallelism as u64,
+        )?;
         at_least("workers.argon2_iterations", w.argon2_iterations as u64, 1)?;
         at_least("workers.argon2_parallelism", w.argon2_parallelism as u64, 1)?;
         let d = &self.database;
-        at_least("database.connections_per_shard", d.connections_per_shard as u64, 1)?;
+        at_least(
+            "database.connections_per_shard",
+            d.connections_per_shard as u64,
+            1,
+        )?;
         at_least("database.pool_wait_ms", d.pool_wait_ms, 1)?;
-        at_least("database.reconnect_backoff_ms_max", d.reconnect_backoff_ms_max, d.reconnect_backoff_ms_min)?;
+        at_least(
+            "database.reconnect_backoff_ms_max",
+            d.reconnect_backoff_ms_max,
+            d.reconnect_backoff_ms_min,
+        )?;
         if !d.url.is_empty() && d.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(("database.url".into(), "is not a valid postgres:// URL".into()));
+            return Err((
+                "database.url".into(),
+                "is not a valid postgres:// URL".into(),
+            ));
         }
         let r = &self.redis;
         at_least("redis.command_timeout_ms", r.command_timeout_ms, 1)?;
         at_least("redis.in_flight_max", r.in_flight_max as u64, 1)?;
-        at_least("redis.reconnect_backoff_ms_max", r.reconnect_backoff_ms_max, r.reconnect_backoff_ms_min)?;
+        at_least(
+            "redis.reconnect_backoff_ms_max",
+            r.reconnect_backoff_ms_max,
+            r.reconnect_backoff_ms_min,
+        )?;
         if !r.url.is_empty() && crate::redis::RedisTarget::parse(&r.url).is_none() {
-            return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
+            return Err((
+                "redis.url".into(),
+                "is not a valid redis://host:port[/db] URL".into(),
+            ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
-            return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
+            return Err((
+                "log.level".into(),
+                format!("unknown level {:?}", self.log.level),
+            ));
         }
         Ok(())
     }
@@ -344,7 +408,9 @@ mod tests {
     #[test]
     fn env_overrides_urls() {
         let mut config = Config::default();
-        config.apply_env(|name| (name == "PERCORE_DATABASE_URL").then(|| "postgres://x@h/db".to_string()));
+        config.apply_env(|name| {
+            (name == "PERCORE_DATABASE_URL").then(|| "postgres://x@h/db".to_string())
+        });
         assert_eq!(config.database.url, "postgres://x@h/db");
         assert!(config.redis.url.is_empty());
     }

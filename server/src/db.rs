@@ -27,10 +27,17 @@ pub struct Target {
 impl Target {
     /// Parses the URL and resolves its host. Blocking: call only before shards start.
     pub fn resolve(settings: &Database) -> Result<Target, String> {
-        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| format!("database.url: {e}"))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(_) => return Err("database.url: unix-socket hosts are not supported; use host=127.0.0.1".into()),
+            Some(_) => {
+                return Err(
+                    "database.url: unix-socket hosts are not supported; use host=127.0.0.1".into(),
+                );
+            }
             None => "localhost".into(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -40,7 +47,10 @@ impl Target {
             .map_err(|e| format!("database.url: cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("database.url: {host} has no address"))?;
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout_ms));
+        config.options(format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout_ms
+        ));
         Ok(Target { config, addr })
     }
 }
@@ -59,9 +69,16 @@ pub struct Unavailable;
 
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
-    pub fn start(target: Option<Target>, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
+    pub fn start(
+        target: Option<Target>,
+        settings: &Database,
+        shard_id: usize,
+        metrics: &'static ShardMetrics,
+    ) -> Rc<Pool> {
         let pool = Rc::new(Pool {
-            slots: (0..settings.connections_per_shard).map(|_| RefCell::new(None)).collect(),
+            slots: (0..settings.connections_per_shard)
+                .map(|_| RefCell::new(None))
+                .collect(),
             next: Cell::new(0),
             pool_wait: ms(settings.pool_wait_ms),
         });
@@ -134,7 +151,11 @@ impl Supervisor {
                     ShardMetrics::add(&self.metrics.db_connections_up, 1);
                     // Drives the socket until the server or network drops it.
                     if let Err(e) = connection.await {
-                        log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
+                        log::warn!(
+                            "{}: postgres connection {} lost: {e}",
+                            self.application_name,
+                            self.slot
+                        );
                     }
                     self.pool.slots[self.slot].borrow_mut().take();
                     ShardMetrics::sub(&self.metrics.db_connections_up, 1);
@@ -143,7 +164,11 @@ impl Supervisor {
                     ShardMetrics::add(&self.metrics.db_connect_failures, 1);
                     // One line per outage per connection, not one per retry.
                     if failures_logged == 0 {
-                        log::warn!("{}: cannot connect to postgres at {}: {e}; retrying", self.application_name, self.target.addr);
+                        log::warn!(
+                            "{}: cannot connect to postgres at {}: {e}; retrying",
+                            self.application_name,
+                            self.target.addr
+                        );
                     }
                     failures_logged += 1;
                 }
@@ -156,17 +181,30 @@ impl Supervisor {
     async fn connect(
         &self,
     ) -> Result<
-        (Client, tokio_postgres::Connection<tokio_util::compat::Compat<TcpStream>, tokio_postgres::tls::NoTlsStream>),
+        (
+            Client,
+            tokio_postgres::Connection<
+                tokio_util::compat::Compat<TcpStream>,
+                tokio_postgres::tls::NoTlsStream,
+            >,
+        ),
         String,
     > {
         let connect_timeout = ms(self.settings.connect_timeout_ms);
         let attempt = async {
-            let stream = TcpStream::connect(self.target.addr).await.map_err(|e| e.to_string())?;
+            let stream = TcpStream::connect(self.target.addr)
+                .await
+                .map_err(|e| e.to_string())?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
             let mut config = self.target.config.clone();
             config.application_name(&self.application_name);
-            config.connect_raw(stream.compat(), NoTls).await.map_err(|e| e.to_string())
+            config
+                .connect_raw(stream.compat(), NoTls)
+                .await
+                .map_err(|e| e.to_string())
         };
-        runtime::timeout(connect_timeout, attempt).await.unwrap_or_else(|| Err("connect timed out".into()))
+        runtime::timeout(connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|| Err("connect timed out".into()))
     }
 }

@@ -8,19 +8,27 @@ use std::time::Duration;
 
 /// SIGTERM or SIGINT: tell systemd we are stopping and ask every shard to drain.
 pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-    std::thread::Builder::new().name("percore-signals".into()).spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            log::info!("signal {signal}: draining (at most {} ms)", shared.config.server.shutdown_timeout_ms);
-            notify(&[NotifyState::Stopping]);
-            shared.shutdown.store(true, Ordering::SeqCst);
-        }
-        // A second signal while draining: stop at once.
-        if signals.forever().next().is_some() {
-            log::warn!("second signal: exiting without waiting");
-            std::process::exit(1);
-        }
-    })?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::Builder::new()
+        .name("percore-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!(
+                    "signal {signal}: draining (at most {} ms)",
+                    shared.config.server.shutdown_timeout_ms
+                );
+                notify(&[NotifyState::Stopping]);
+                shared.shutdown.store(true, Ordering::SeqCst);
+            }
+            // A second signal while draining: stop at once.
+            if signals.forever().next().is_some() {
+                log::warn!("second signal: exiting without waiting");
+                std::process::exit(1);
+            }
+        })?;
     Ok(())
 }
 
@@ -44,23 +52,28 @@ pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
     }
     let interval = Duration::from_micros(usec);
     log::info!("systemd watchdog every {interval:?}");
-    std::thread::Builder::new().name("percore-watchdog".into()).spawn(move || {
-        loop {
-            std::thread::sleep(interval / 2);
-            let now = now_ms();
-            let stalled: Vec<usize> = shared
-                .metrics
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| now.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed)) > interval.as_millis() as u64)
-                .map(|(id, _)| id)
-                .collect();
-            if stalled.is_empty() {
-                notify(&[NotifyState::Watchdog]);
-            } else {
-                log::error!("shards {stalled:?} stalled: withholding the watchdog ping");
+    std::thread::Builder::new()
+        .name("percore-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval / 2);
+                let now = now_ms();
+                let stalled: Vec<usize> = shared
+                    .metrics
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| {
+                        now.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed))
+                            > interval.as_millis() as u64
+                    })
+                    .map(|(id, _)| id)
+                    .collect();
+                if stalled.is_empty() {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    log::error!("shards {stalled:?} stalled: withholding the watchdog ping");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }

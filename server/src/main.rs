@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     match command.as_str() {
         "check-config" => {
             println!("# {}: valid; effective configuration:", path.display());
-            print!("{}", toml::to_string_pretty(&config).expect("a parsed config serializes back"));
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).expect("a parsed config serializes back")
+            );
             ExitCode::SUCCESS
         }
         _ => match percore::server::run(config) {
@@ -68,5 +71,7 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    env_logger::Builder::from_env(env).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .init();
 }

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 /// Statuses counted by name; anything else lands in the last slot as "other".
 const STATUSES: [u16; 25] = [
-    100, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 422, 429, 431, 500, 501,
-    503, 504, 505,
+    100, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 422, 429,
+    431, 500, 501, 503, 504, 505,
 ];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS_S: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 const BUCKETS_US: [u64; 16] = {
     let mut out = [0u64; 16];
@@ -61,10 +62,16 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     pub fn record(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
         let route = &self.routes[endpoint as usize];
-        let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUS_SLOTS - 1);
+        let slot = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUS_SLOTS - 1);
         route.by_status[slot].fetch_add(1, Relaxed);
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
-        let bucket = BUCKETS_US.iter().position(|bound| micros <= *bound).unwrap_or(BUCKETS_US.len());
+        let bucket = BUCKETS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(BUCKETS_US.len());
         route.latency_buckets[bucket].fetch_add(1, Relaxed);
         route.latency_sum_us.fetch_add(micros, Relaxed);
     }
@@ -89,7 +96,12 @@ pub struct Globals {
 
 /// Renders every family in the Prometheus text format, version 0.0.4.
 pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
-    family(out, "percore_http_requests_total", "counter", "Requests answered, by shard, route and status.");
+    family(
+        out,
+        "percore_http_requests_total",
+        "counter",
+        "Requests answered, by shard, route and status.",
+    );
     for (id, shard) in shards.iter().enumerate() {
         for endpoint in Endpoint::ALL {
             let route = &shard.routes[endpoint as usize];
@@ -98,7 +110,9 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
                 if count == 0 {
                     continue;
                 }
-                let status = STATUSES.get(slot).map_or("other".to_string(), |s| s.to_string());
+                let status = STATUSES
+                    .get(slot)
+                    .map_or("other".to_string(), |s| s.to_string());
                 let _ = writeln!(
                     out,
                     "percore_http_requests_total{{shard=\"{id}\",route=\"{}\",status=\"{status}\"}} {count}",
@@ -107,7 +121,12 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             }
         }
     }
-    family(out, "percore_http_request_duration_seconds", "histogram", "Time from a complete request head to its encoded response.");
+    family(
+        out,
+        "percore_http_request_duration_seconds",
+        "histogram",
+        "Time from a complete request head to its encoded response.",
+    );
     for (id, shard) in shards.iter().enumerate() {
         for endpoint in Endpoint::ALL {
             let route = &shard.routes[endpoint as usize];
@@ -115,34 +134,119 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let mut cumulative = 0;
             for (i, bound) in BUCKETS_S.iter().enumerate() {
                 cumulative += route.latency_buckets[i].load(Relaxed);
-                let _ = writeln!(out, "percore_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "percore_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
             }
             cumulative += route.latency_buckets[BUCKETS_S.len()].load(Relaxed);
             let sum_s = route.latency_sum_us.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "percore_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(out, "percore_http_request_duration_seconds_sum{{{labels}}} {sum_s}");
-            let _ = writeln!(out, "percore_http_request_duration_seconds_count{{{labels}}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "percore_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "percore_http_request_duration_seconds_sum{{{labels}}} {sum_s}"
+            );
+            let _ = writeln!(
+                out,
+                "percore_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
         }
     }
-    family(out, "percore_shard_heartbeat_timestamp_seconds", "gauge", "When the shard loop last ticked, Unix time.");
+    family(
+        out,
+        "percore_shard_heartbeat_timestamp_seconds",
+        "gauge",
+        "When the shard loop last ticked, Unix time.",
+    );
     for (id, shard) in shards.iter().enumerate() {
         let seconds = shard.heartbeat_ms.load(Relaxed) as f64 / 1e3;
-        let _ = writeln!(out, "percore_shard_heartbeat_timestamp_seconds{{shard=\"{id}\"}} {seconds}");
+        let _ = writeln!(
+            out,
+            "percore_shard_heartbeat_timestamp_seconds{{shard=\"{id}\"}} {seconds}"
+        );
     }
     let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 13] = [
-        ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
-        ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
-        ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
-        ("percore_received_bytes_total", "counter", "Bytes read from clients.", |m| &m.bytes_received),
-        ("percore_sent_bytes_total", "counter", "Bytes written to clients.", |m| &m.bytes_sent),
-        ("percore_handler_panics_total", "counter", "Handler panics turned into 500.", |m| &m.handler_panics),
-        ("percore_db_connections_up", "gauge", "Postgres connections currently usable.", |m| &m.db_connections_up),
-        ("percore_db_connect_failures_total", "counter", "Failed Postgres connection attempts.", |m| &m.db_connect_failures),
-        ("percore_db_pool_wait_timeouts_total", "counter", "Requests that waited pool_wait_ms for a connection and got 503.", |m| &m.db_pool_wait_timeouts),
-        ("percore_db_statements_total", "counter", "SQL statements sent.", |m| &m.db_statements),
-        ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
-        ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
-        ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
+        (
+            "percore_connections_open",
+            "gauge",
+            "Client connections open.",
+            |m| &m.connections_open,
+        ),
+        (
+            "percore_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            |m| &m.connections_accepted,
+        ),
+        (
+            "percore_accept_errors_total",
+            "counter",
+            "accept() failures (e.g. at the fd limit).",
+            |m| &m.accept_errors,
+        ),
+        (
+            "percore_received_bytes_total",
+            "counter",
+            "Bytes read from clients.",
+            |m| &m.bytes_received,
+        ),
+        (
+            "percore_sent_bytes_total",
+            "counter",
+            "Bytes written to clients.",
+            |m| &m.bytes_sent,
+        ),
+        (
+            "percore_handler_panics_total",
+            "counter",
+            "Handler panics turned into 500.",
+            |m| &m.handler_panics,
+        ),
+        (
+            "percore_db_connections_up",
+            "gauge",
+            "Postgres connections currently usable.",
+            |m| &m.db_connections_up,
+        ),
+        (
+            "percore_db_connect_failures_total",
+            "counter",
+            "Failed Postgres connection attempts.",
+            |m| &m.db_connect_failures,
+        ),
+        (
+            "percore_db_pool_wait_timeouts_total",
+            "counter",
+            "Requests that waited pool_wait_ms for a connection and got 503.",
+            |m| &m.db_pool_wait_timeouts,
+        ),
+        (
+            "percore_db_statements_total",
+            "counter",
+            "SQL statements sent.",
+            |m| &m.db_statements,
+        ),
+        (
+            "percore_redis_up",
+            "gauge",
+            "1 while the shard's Redis connection is usable.",
+            |m| &m.redis_up,
+        ),
+        (
+            "percore_redis_errors_total",
+            "counter",
+            "Redis connection errors and command timeouts.",
+            |m| &m.redis_errors,
+        ),
+        (
+            "percore_redis_commands_total",
+            "counter",
+            "Redis commands sent.",
+            |m| &m.redis_commands,
+        ),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);
@@ -151,11 +255,36 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         }
     }
     let global: [(&str, &str, &str, u64); 5] = [
-        ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
-        ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
-        ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
-        ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
-        ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard.", globals.db_connections_per_shard),
+        (
+            "percore_worker_queue_depth",
+            "gauge",
+            "Tasks waiting for a worker thread.",
+            globals.worker_queue_depth,
+        ),
+        (
+            "percore_worker_queue_capacity",
+            "gauge",
+            "Bound of the worker queue (workers.queue_depth_max).",
+            globals.worker_queue_capacity,
+        ),
+        (
+            "percore_worker_rejected_total",
+            "counter",
+            "Tasks refused because the worker queue was full.",
+            globals.worker_rejected,
+        ),
+        (
+            "percore_worker_threads_busy",
+            "gauge",
+            "Worker threads running a task.",
+            globals.worker_threads_busy,
+        ),
+        (
+            "percore_db_connections_per_shard",
+            "gauge",
+            "Configured Postgres connections per shard.",
+            globals.db_connections_per_shard,
+        ),
     ];
     for (name, kind, help, value) in global {
         family(out, name, kind, help);
@@ -186,12 +315,16 @@ mod tests {
         };
         let mut out = String::new();
         render(&[&metrics], &globals, &mut out);
-        assert!(out.contains("percore_http_requests_total{shard=\"0\",route=\"healthz\",status=\"200\"} 2\n"));
+        assert!(out.contains(
+            "percore_http_requests_total{shard=\"0\",route=\"healthz\",status=\"200\"} 2\n"
+        ));
         assert!(out.contains("route=\"healthz\",status=\"other\"} 1\n"));
         assert!(out.contains("route=\"healthz\",le=\"0.0001\"} 1\n"));
         assert!(out.contains("route=\"healthz\",le=\"0.005\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"10\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"));
+        assert!(out.contains(
+            "percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"
+        ));
     }
 }

@@ -49,7 +49,8 @@ impl RedisTarget {
 
     /// Resolves the host. Blocking: call only before shards start.
     pub fn resolve(url: &str) -> Result<RedisTarget, String> {
-        let mut target = RedisTarget::parse(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
+        let mut target =
+            RedisTarget::parse(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
         use std::net::ToSocketAddrs;
         target.addr = (target.host.as_str(), target.port) // blocking-ok: start-up only
             .to_socket_addrs()
@@ -84,8 +85,16 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    pub fn start(target: Option<RedisTarget>, settings: &Settings, metrics: &'static ShardMetrics) -> Rc<RedisClient> {
-        let client = Rc::new(RedisClient { live: RefCell::new(None), settings: settings.clone(), metrics });
+    pub fn start(
+        target: Option<RedisTarget>,
+        settings: &Settings,
+        metrics: &'static ShardMetrics,
+    ) -> Rc<RedisClient> {
+        let client = Rc::new(RedisClient {
+            live: RefCell::new(None),
+            settings: settings.clone(),
+            metrics,
+        });
         if let Some(target) = target.filter(|t| t.addr.is_some()) {
             runtime::spawn(supervise(client.clone(), target));
         }
@@ -107,7 +116,11 @@ impl RedisClient {
                 return Err(RedisError::Busy);
             }
             let (reply, answer) = oneshot::channel();
-            if live.commands.unbounded_send(cmd.get_packed_command()).is_err() {
+            if live
+                .commands
+                .unbounded_send(cmd.get_packed_command())
+                .is_err()
+            {
                 return Err(RedisError::Down);
             }
             live.waiting.push_back(reply);
@@ -132,14 +145,18 @@ async fn supervise(client: Rc<RedisClient>, target: RedisTarget) {
     let mut backoff = min;
     let mut failures = 0u32;
     loop {
-        let connected = runtime::timeout(ms(client.settings.connect_timeout_ms), connect(&target)).await;
+        let connected =
+            runtime::timeout(ms(client.settings.connect_timeout_ms), connect(&target)).await;
         match connected {
             Some(Ok(stream)) => {
                 backoff = min;
                 failures = 0;
                 let (reader, writer) = stream.split();
                 let (commands, queued) = mpsc::unbounded();
-                *client.live.borrow_mut() = Some(Live { commands, waiting: VecDeque::new() });
+                *client.live.borrow_mut() = Some(Live {
+                    commands,
+                    waiting: VecDeque::new(),
+                });
                 ShardMetrics::add(&client.metrics.redis_up, 1);
                 let error = run_connection(&client, reader, writer, queued).await;
                 log::warn!("redis connection lost: {error}; reconnecting");
@@ -159,7 +176,11 @@ async fn supervise(client: Rc<RedisClient>, target: RedisTarget) {
                         Some(Err(e)) => e,
                         _ => "connect timed out".into(),
                     };
-                    log::warn!("cannot connect to redis at {}:{}: {why}; retrying", target.host, target.port);
+                    log::warn!(
+                        "cannot connect to redis at {}:{}: {why}; retrying",
+                        target.host,
+                        target.port
+                    );
                 }
                 failures += 1;
             }
@@ -185,15 +206,22 @@ async fn connect(target: &RedisTarget) -> Result<TcpStream, String> {
         expected += 1;
     }
     if target.db != 0 {
-        redis::cmd("SELECT").arg(target.db).write_packed_command(&mut handshake);
+        redis::cmd("SELECT")
+            .arg(target.db)
+            .write_packed_command(&mut handshake);
         expected += 1;
     }
     if expected > 0 {
-        stream.write_all(&handshake).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(&handshake)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut decoder = Decoder::<AnySendSyncPartialState, PointerOffset<[u8]>>::new();
         let mut reader = (&mut stream).compat();
         for _ in 0..expected {
-            let value = redis::parse_redis_value_async(&mut decoder, &mut reader).await.map_err(|e| e.to_string())?;
+            let value = redis::parse_redis_value_async(&mut decoder, &mut reader)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Value::ServerError(e) = value {
                 return Err(format!("handshake refused: {e:?}"));
             }
@@ -236,7 +264,11 @@ async fn run_connection(
                 Value::ServerError(e) => Err(RedisError::Server(format!("{e:?}"))),
                 value => Ok(value),
             };
-            let slot = client.live.borrow_mut().as_mut().and_then(|live| live.waiting.pop_front());
+            let slot = client
+                .live
+                .borrow_mut()
+                .as_mut()
+                .and_then(|live| live.waiting.pop_front());
             match slot {
                 // A caller that timed out dropped its receiver; the reply is discarded.
                 Some(slot) => drop(slot.send(reply)),

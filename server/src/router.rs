@@ -13,6 +13,8 @@ pub enum Endpoint {
     Plaintext,
     Json,
     BenchHash,
+    /// Panics on purpose; proves a handler panic becomes a 500. Debug builds only.
+    DebugPanic,
     NotFound,
     MethodNotAllowed,
     /// A request that failed to parse, or timed out before it did.
@@ -20,13 +22,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
         Endpoint::Plaintext,
         Endpoint::Json,
         Endpoint::BenchHash,
+        Endpoint::DebugPanic,
         Endpoint::NotFound,
         Endpoint::MethodNotAllowed,
         Endpoint::Malformed,
@@ -40,6 +43,7 @@ impl Endpoint {
             Endpoint::Plaintext => "plaintext",
             Endpoint::Json => "json",
             Endpoint::BenchHash => "bench_hash",
+            Endpoint::DebugPanic => "debug_panic",
             Endpoint::NotFound => "not_found",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::Malformed => "malformed",
@@ -53,6 +57,8 @@ pub enum Access {
     Public,
     /// Only when `[bench] routes = true`.
     Bench,
+    /// Only in debug builds (the tests' binary), and only with bench routes on.
+    DebugBuild,
 }
 
 struct Route {
@@ -63,7 +69,12 @@ struct Route {
 }
 
 const fn route(method: Method, path: &'static str, endpoint: Endpoint, access: Access) -> Route {
-    Route { method, path, endpoint, access }
+    Route {
+        method,
+        path,
+        endpoint,
+        access,
+    }
 }
 
 use Access::*;
@@ -77,6 +88,7 @@ const ROUTES: &[Route] = &[
     route(Get, "/plaintext", Plaintext, Bench),
     route(Get, "/json", Json, Bench),
     route(Post, "/bench/hash", BenchHash, Bench),
+    route(Get, "/bench/panic", DebugPanic, DebugBuild),
 ];
 
 #[derive(Debug, PartialEq, Eq)]
@@ -88,7 +100,11 @@ pub enum Resolved {
 }
 
 pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved {
-    let visible = |r: &&Route| r.access != Bench || bench_routes;
+    let visible = |r: &&Route| match r.access {
+        Public => true,
+        Bench => bench_routes,
+        DebugBuild => bench_routes && cfg!(debug_assertions),
+    };
     let lookup = if method == Head { Get } else { method };
     let mut path_matched = false;
     for r in ROUTES.iter().filter(visible) {
@@ -102,7 +118,12 @@ pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved {
     if !path_matched {
         return Resolved::NotFound;
     }
-    let mut allow: Vec<&str> = ROUTES.iter().filter(visible).filter(|r| r.path == path).map(|r| r.method.as_str()).collect();
+    let mut allow: Vec<&str> = ROUTES
+        .iter()
+        .filter(visible)
+        .filter(|r| r.path == path)
+        .map(|r| r.method.as_str())
+        .collect();
     if allow.contains(&"GET") {
         allow.push("HEAD");
     }
@@ -117,7 +138,10 @@ mod tests {
     fn resolves_get_head_405_and_404() {
         assert_eq!(resolve(Get, "/healthz", false), Resolved::Found(Healthz));
         assert_eq!(resolve(Head, "/healthz", false), Resolved::Found(Healthz));
-        assert_eq!(resolve(Post, "/healthz", false), Resolved::MethodNotAllowed("GET, HEAD".into()));
+        assert_eq!(
+            resolve(Post, "/healthz", false),
+            Resolved::MethodNotAllowed("GET, HEAD".into())
+        );
         assert_eq!(resolve(Get, "/nope", false), Resolved::NotFound);
     }
 
@@ -125,6 +149,9 @@ mod tests {
     fn bench_routes_hide_unless_enabled() {
         assert_eq!(resolve(Get, "/plaintext", false), Resolved::NotFound);
         assert_eq!(resolve(Get, "/plaintext", true), Resolved::Found(Plaintext));
-        assert_eq!(resolve(Get, "/bench/hash", true), Resolved::MethodNotAllowed("POST".into()));
+        assert_eq!(
+            resolve(Get, "/bench/hash", true),
+            Resolved::MethodNotAllowed("POST".into())
+        );
     }
 }

@@ -22,12 +22,21 @@ pub struct Placement {
 /// Chooses CPUs: shards get `server.cpus` (or the first usable CPUs), one each, capped by
 /// what exists; workers get `workers.cpus`, else the usable CPUs no shard uses, else none.
 pub fn place(config: &Config, usable: &[usize]) -> Placement {
-    assert!(!usable.is_empty(), "a running process has at least one usable CPU");
+    assert!(
+        !usable.is_empty(),
+        "a running process has at least one usable CPU"
+    );
     let wanted = config.server.shards;
     let candidates: Vec<usize> = if config.server.cpus.is_empty() {
         usable.to_vec()
     } else {
-        config.server.cpus.iter().copied().filter(|cpu| usable.contains(cpu)).collect()
+        config
+            .server
+            .cpus
+            .iter()
+            .copied()
+            .filter(|cpu| usable.contains(cpu))
+            .collect()
     };
     let mut shard_cpus: Vec<usize> = candidates.into_iter().take(wanted).collect();
     if shard_cpus.is_empty() {
@@ -41,15 +50,26 @@ pub fn place(config: &Config, usable: &[usize]) -> Placement {
         );
     }
     let worker_cpus = if config.workers.cpus.is_empty() {
-        usable.iter().copied().filter(|cpu| !shard_cpus.contains(cpu)).collect()
+        usable
+            .iter()
+            .copied()
+            .filter(|cpu| !shard_cpus.contains(cpu))
+            .collect()
     } else {
         config.workers.cpus.clone()
     };
-    Placement { shard_cpus, worker_cpus }
+    Placement {
+        shard_cpus,
+        worker_cpus,
+    }
 }
 
 pub fn usable_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     cpus.sort_unstable();
     if cpus.is_empty() {
         cpus.push(0);
@@ -61,7 +81,9 @@ pub fn usable_cpus() -> Vec<usize> {
 pub fn run(mut config: Config) -> Result<(), String> {
     if config.database.url.is_empty() || config.redis.url.is_empty() {
         let var = std::path::Path::new("var");
-        log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
+        log::info!(
+            "no database or redis configured: using the local dev services under ./var/ (kept between runs)"
+        );
         let dev = percore_testkit::dev::ensure(var)?; // blocking-ok: start-up, before any shard
         if config.database.url.is_empty() {
             config.database.url = dev.database_url;
@@ -75,7 +97,9 @@ pub fn run(mut config: Config) -> Result<(), String> {
 
     let placement = place(&config, &usable_cpus());
     if placement.worker_cpus.is_empty() {
-        log::info!("every CPU runs a shard: worker threads run unpinned and compete with the shards");
+        log::info!(
+            "every CPU runs a shard: worker threads run unpinned and compete with the shards"
+        );
     }
     let pool = Pool::start(&PoolConfig {
         threads: config.workers.threads,
@@ -101,8 +125,13 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let mut handles = Vec::with_capacity(shard_count);
     for (id, cpu) in placement.shard_cpus.iter().copied().enumerate() {
         let bound = bound.clone();
-        let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || shard::run(id, shared, bound))
-            .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
+        let handle = runtime::spawn_pinned(
+            &format!("percore-shard-{id}"),
+            cpu,
+            detect_stalls,
+            move || shard::run(id, shared, bound),
+        )
+        .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
     for _ in 0..shard_count {
@@ -141,13 +170,25 @@ mod tests {
     #[test]
     fn fewer_cpus_than_shards_uses_what_exists_and_leaves_workers_unpinned() {
         let placement = place(&config(4, vec![]), &[0, 1]);
-        assert_eq!(placement, Placement { shard_cpus: vec![0, 1], worker_cpus: vec![] });
+        assert_eq!(
+            placement,
+            Placement {
+                shard_cpus: vec![0, 1],
+                worker_cpus: vec![]
+            }
+        );
     }
 
     #[test]
     fn workers_get_the_cpus_no_shard_uses() {
         let placement = place(&config(1, vec![1]), &[0, 1, 2]);
-        assert_eq!(placement, Placement { shard_cpus: vec![1], worker_cpus: vec![0, 2] });
+        assert_eq!(
+            placement,
+            Placement {
+                shard_cpus: vec![1],
+                worker_cpus: vec![0, 2]
+            }
+        );
     }
 
     #[test]

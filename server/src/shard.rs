@@ -49,17 +49,26 @@ impl Shard {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The shard's main task: bind, accept until shutdown, then drain.
-pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::SyncSender<Result<(), String>>) {
+pub async fn run(
+    id: usize,
+    shared: &'static Shared,
+    bound: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
     let config = &shared.config;
     let metrics = &shared.metrics[id];
     let listener = match TcpListener::bind(config.server.listen) {
         Ok(listener) => listener,
         Err(e) => {
-            let _ = bound.send(Err(format!("shard {id}: cannot listen on {}: {e}", config.server.listen)));
+            let _ = bound.send(Err(format!(
+                "shard {id}: cannot listen on {}: {e}",
+                config.server.listen
+            )));
             return;
         }
     };
@@ -90,7 +99,10 @@ async fn tick(shard: Rc<Shard>, stop_accepting: futures::channel::oneshot::Sende
     let interval = ms(shard.config().server.heartbeat_interval_ms);
     let mut stop_accepting = Some(stop_accepting);
     loop {
-        shard.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        shard
+            .metrics
+            .heartbeat_ms
+            .store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
         if shard.shared.shutdown.load(Ordering::Relaxed) && !shard.draining.get() {
             shard.draining.set(true);
@@ -102,7 +114,11 @@ async fn tick(shard: Rc<Shard>, stop_accepting: futures::channel::oneshot::Sende
     }
 }
 
-async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
+async fn accept_until(
+    shard: &Rc<Shard>,
+    listener: TcpListener,
+    mut stop: futures::channel::oneshot::Receiver<()>,
+) {
     let server = &shard.config().server;
     // At the cap the shard stops accepting until a connection closes; the kernel's backlog
     // holds the rest, so the fd limit is never reached through us.
@@ -150,6 +166,10 @@ async fn drain(shard: &Shard) {
         runtime::sleep(Duration::from_millis(5)).await;
     }
     if shard.in_flight.get() > 0 {
-        log::warn!("shard {}: {} requests still in flight at the shutdown timeout", shard.id, shard.in_flight.get());
+        log::warn!(
+            "shard {}: {} requests still in flight at the shutdown timeout",
+            shard.id,
+            shard.in_flight.get()
+        );
     }
 }

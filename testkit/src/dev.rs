@@ -29,7 +29,9 @@ pub fn ensure(var: &Path) -> Result<DevServices, String> {
 fn ports(var: &Path) -> Result<(u16, u16), String> {
     let file = var.join("ports");
     if let Ok(text) = std::fs::read_to_string(&file) {
-        let mut numbers = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+        let mut numbers = text
+            .split_whitespace()
+            .filter_map(|n| n.parse::<u16>().ok());
         if let (Some(pg), Some(redis)) = (numbers.next(), numbers.next()) {
             return Ok((pg, redis));
         }
@@ -52,7 +54,11 @@ fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
         init_cluster(&data, user)?;
     }
     let log = var.join("pg.log");
-    std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| e.to_string())?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| e.to_string())?;
     process::chown_recursive(&log, user)?;
     let mut command = Command::new(process::postgres_binary("pg_ctl")?);
     command
@@ -61,7 +67,9 @@ fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
         .arg("-l")
         .arg(&log)
         .arg("-o")
-        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"))
+        .arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        ))
         .args(["-w", "-t", "60", "start"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -69,7 +77,11 @@ fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
     configure(&mut command, user, false);
     let output = command.output().map_err(|e| format!("pg_ctl: {e}"))?;
     if !output.status.success() {
-        return Err(format!("pg_ctl start failed (see {}): {}", log.display(), String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "pg_ctl start failed (see {}): {}",
+            log.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(())
 }
@@ -80,9 +92,19 @@ fn ensure_redis(var: &Path, port: u16) -> Result<(), String> {
     }
     let dir = var.join("redis");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
+    let binary = process::on_path("redis-server")
+        .ok_or("redis-server not found: apt-get install redis-server")?;
     let status = Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(&dir)
         .arg("--pidfile")
@@ -93,7 +115,10 @@ fn ensure_redis(var: &Path, port: u16) -> Result<(), String> {
         .status()
         .map_err(|e| format!("redis-server: {e}"))?;
     if !status.success() || !process::wait_until(Duration::from_secs(10), || ping(port)) {
-        return Err(format!("redis-server did not start; see {}", dir.join("redis.log").display()));
+        return Err(format!(
+            "redis-server did not start; see {}",
+            dir.join("redis.log").display()
+        ));
     }
     Ok(())
 }

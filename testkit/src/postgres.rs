@@ -21,8 +21,16 @@ impl Postgres {
     /// `TEST_DATABASE_URL` if set, else a fresh server of our own.
     pub fn throwaway() -> Postgres {
         if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
-            let port = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).unwrap_or(5432);
-            return Postgres { url, port, child: None, dir: None };
+            let port = url
+                .rsplit_once(':')
+                .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+                .unwrap_or(5432);
+            return Postgres {
+                url,
+                port,
+                child: None,
+                dir: None,
+            };
         }
         Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
     }
@@ -33,37 +41,35 @@ impl Postgres {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = process::temp_dir("percore-pg");
-            let data = dir.join("data");
-            copy_dir(template, &data)?;
+            copy_dir(template, &dir.join("data"))?;
             process::chown_recursive(&dir, user)?;
             let port = process::free_port();
-            let log = dir.join("postgres.log");
-            let mut command = Command::new(process::postgres_binary("postgres")?);
-            command
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string()])
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-                .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
-            configure(&mut command, user, true);
-            let mut child = command.spawn().map_err(|e| format!("spawning postgres: {e}"))?;
-            let ready = process::wait_until(START_TIMEOUT, || {
-                log_says_ready(&log) || child.try_wait().ok().flatten().is_some()
-            });
-            if ready && child.try_wait().ok().flatten().is_none() && process::port_open(port) {
-                let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-                return Ok(Postgres { url, port, child: Some(child), dir: Some(dir) });
+            match spawn_server(&dir, port) {
+                Ok(child) => {
+                    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                    return Ok(Postgres {
+                        url,
+                        port,
+                        child: Some(child),
+                        dir: Some(dir),
+                    });
+                }
+                Err(e) => last_error = e,
             }
-            last_error = std::fs::read_to_string(&log).unwrap_or_default();
-            let _ = child.kill();
-            let _ = child.wait();
             let _ = std::fs::remove_dir_all(&dir);
         }
-        Err(format!("postgres did not start after {START_ATTEMPTS} attempts; last log:\n{last_error}"))
+        Err(format!(
+            "postgres did not start after {START_ATTEMPTS} attempts; last log:\n{last_error}"
+        ))
+    }
+
+    /// Starts the server again on the same port and data after `kill`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill");
+        let dir = self.dir.clone().expect("restart needs a server of our own");
+        self.child = Some(
+            spawn_server(&dir, self.port).unwrap_or_else(|e| panic!("restarting postgres: {e}")),
+        );
     }
 
     /// Stops the server abruptly (like `pg_ctl stop -m immediate`), keeping its data dir.
@@ -85,6 +91,48 @@ impl Drop for Postgres {
     }
 }
 
+/// Runs `postgres` on `dir/data` and waits until it accepts connections.
+fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
+    let log = dir.join("postgres.log");
+    let _ = std::fs::remove_file(&log);
+    let mut command = Command::new(process::postgres_binary("postgres")?);
+    command
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string()])
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+        ])
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
+    configure(&mut command, process::unprivileged_user(), true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("spawning postgres: {e}"))?;
+    let ready = process::wait_until(START_TIMEOUT, || {
+        log_says_ready(&log) || child.try_wait().ok().flatten().is_some()
+    });
+    if ready && child.try_wait().ok().flatten().is_none() && process::port_open(port) {
+        return Ok(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 fn log_says_ready(log: &Path) -> bool {
     std::fs::read_to_string(log).is_ok_and(|text| text.contains("ready to accept connections"))
 }
@@ -102,8 +150,14 @@ fn template() -> Result<&'static Path, String> {
                 .output()
                 .map(|o| {
                     let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                    let version = text.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit())).unwrap_or("x");
-                    version.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect::<String>()
+                    let version = text
+                        .split_whitespace()
+                        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+                        .unwrap_or("x");
+                    version
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                        .collect::<String>()
                 })
                 .map_err(|e| format!("initdb --version: {e}"))?;
             // SAFETY: geteuid has no preconditions.
@@ -116,8 +170,13 @@ fn template() -> Result<&'static Path, String> {
             let user = process::unprivileged_user();
             process::chown_recursive(&building, user)?;
             init_cluster(&building.join("data"), user)?;
-            if std::fs::rename(building.join("data"), &path).is_err() && !path.join("PG_VERSION").exists() {
-                return Err(format!("could not move the template into {}", path.display()));
+            if std::fs::rename(building.join("data"), &path).is_err()
+                && !path.join("PG_VERSION").exists()
+            {
+                return Err(format!(
+                    "could not move the template into {}",
+                    path.display()
+                ));
             }
             let _ = std::fs::remove_dir_all(&building);
             Ok(path)
@@ -133,17 +192,38 @@ pub(crate) fn init_cluster(data: &Path, user: Option<(u32, u32)>) -> Result<(), 
     command
         .arg("-D")
         .arg(data)
-        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
         .stdin(Stdio::null());
     configure(&mut command, user, true);
-    let output = command.output().map_err(|e| format!("running initdb: {e}"))?;
+    let output = command
+        .output()
+        .map_err(|e| format!("running initdb: {e}"))?;
     if !output.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().map_err(|e| format!("cp: {e}"))?;
-    status.success().then_some(()).ok_or_else(|| format!("copying {} failed", from.display()))
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("copying {} failed", from.display()))
 }

@@ -70,7 +70,10 @@ pub fn chown_recursive(path: &Path, user: Option<(u32, u32)>) -> Result<(), Stri
         .arg(path)
         .status()
         .map_err(|e| format!("chown: {e}"))?;
-    status.success().then_some(()).ok_or_else(|| format!("chown {} failed", path.display()))
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("chown {} failed", path.display()))
 }
 
 /// Runs the command as `user` (when root) and, if `die_with_parent`, has the kernel kill it

@@ -21,38 +21,66 @@ impl Redis {
     /// `TEST_REDIS_URL` if set, else a fresh server of our own.
     pub fn throwaway() -> Redis {
         if let Ok(url) = std::env::var("TEST_REDIS_URL") {
-            let port = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).unwrap_or(6379);
-            return Redis { url, port, child: None, dir: None };
+            let port = url
+                .rsplit_once(':')
+                .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+                .unwrap_or(6379);
+            return Redis {
+                url,
+                port,
+                child: None,
+                dir: None,
+            };
         }
         Redis::start().unwrap_or_else(|e| panic!("starting a throwaway Redis: {e}"))
     }
 
     fn start() -> Result<Redis, String> {
-        let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
+        let binary = process::on_path("redis-server")
+            .ok_or("redis-server not found: apt-get install redis-server")?;
         for _ in 0..START_ATTEMPTS {
             let dir = process::temp_dir("percore-redis");
             let port = process::free_port();
             let mut command = Command::new(&binary);
             command
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&dir)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             configure(&mut command, None, true);
-            let mut child = command.spawn().map_err(|e| format!("spawning redis-server: {e}"))?;
-            if process::wait_until(START_TIMEOUT, || ping(port) || child.try_wait().ok().flatten().is_some())
-                && child.try_wait().ok().flatten().is_none()
+            let mut child = command
+                .spawn()
+                .map_err(|e| format!("spawning redis-server: {e}"))?;
+            if process::wait_until(START_TIMEOUT, || {
+                ping(port) || child.try_wait().ok().flatten().is_some()
+            }) && child.try_wait().ok().flatten().is_none()
             {
                 let url = format!("redis://127.0.0.1:{port}/0");
-                return Ok(Redis { url, port, child: Some(child), dir: Some(dir) });
+                return Ok(Redis {
+                    url,
+                    port,
+                    child: Some(child),
+                    dir: Some(dir),
+                });
             }
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_dir_all(&dir);
         }
-        Err(format!("redis-server did not start after {START_ATTEMPTS} attempts"))
+        Err(format!(
+            "redis-server did not start after {START_ATTEMPTS} attempts"
+        ))
     }
 
     /// The server's pid, for tests that pause (SIGSTOP) or kill it.
@@ -75,10 +103,14 @@ impl Drop for Redis {
 
 /// True when a Redis on `port` answers PING.
 pub fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }

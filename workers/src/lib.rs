@@ -58,7 +58,10 @@ pub struct TaskLost;
 impl Pool {
     pub fn start(config: &PoolConfig) -> std::io::Result<Pool> {
         assert!(config.threads > 0, "a pool needs at least one thread");
-        assert!(config.queue_depth_max > 0, "a queue needs room for one task");
+        assert!(
+            config.queue_depth_max > 0,
+            "a queue needs room for one task"
+        );
         let (sender, receiver) = bounded::<Task>(config.queue_depth_max);
         let stats = Arc::new(Stats::default());
         let mut threads = Vec::with_capacity(config.threads);
@@ -71,7 +74,14 @@ impl Pool {
                 .spawn(move || run_worker(receiver, stats, cpu))?;
             threads.push(thread);
         }
-        Ok(Pool { handle: Handle { sender, stats, capacity: config.queue_depth_max }, threads })
+        Ok(Pool {
+            handle: Handle {
+                sender,
+                stats,
+                capacity: config.queue_depth_max,
+            },
+            threads,
+        })
     }
 
     pub fn handle(&self) -> Handle {
@@ -108,7 +118,10 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>) {
 
 impl Handle {
     /// Queues `work` without blocking. The returned future resolves to its result.
-    pub fn submit<R, F>(&self, work: F) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
+    pub fn submit<R, F>(
+        &self,
+        work: F,
+    ) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
@@ -146,7 +159,12 @@ mod tests {
     use std::time::Duration;
 
     fn pool(threads: usize, depth: usize) -> Pool {
-        Pool::start(&PoolConfig { threads, cpus: vec![], queue_depth_max: depth }).unwrap()
+        Pool::start(&PoolConfig {
+            threads,
+            cpus: vec![],
+            queue_depth_max: depth,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -182,7 +200,10 @@ mod tests {
     #[test]
     fn a_panicking_task_loses_its_answer_not_the_thread() {
         let pool = pool(1, 4);
-        let lost = pool.handle().submit(|| -> u32 { panic!("task failure under test") }).unwrap();
+        let lost = pool
+            .handle()
+            .submit(|| -> u32 { panic!("task failure under test") })
+            .unwrap();
         assert_eq!(futures::executor::block_on(lost), Err(TaskLost));
         let next = pool.handle().submit(|| 1).unwrap();
         assert_eq!(futures::executor::block_on(next), Ok(1));

@@ -1,7 +1,9 @@
 //! Argon2id password hashing in the PHC string format. CPU- and memory-heavy by design:
 //! call it only on a worker thread.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 #[derive(Debug, Clone, Copy)]
@@ -12,15 +14,23 @@ pub struct Argon2Params {
 }
 
 fn hasher(params: Argon2Params) -> Argon2<'static> {
-    let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
-        .expect("Argon2 parameters are validated when tuning.toml loads");
+    let params = Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        None,
+    )
+    .expect("Argon2 parameters are validated when tuning.toml loads");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
 /// Hashes `password` with a fresh random salt.
 pub fn hash(params: Argon2Params, password: &[u8]) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    hasher(params).hash_password(password, &salt).expect("hashing into a PHC string cannot fail").to_string()
+    hasher(params)
+        .hash_password(password, &salt)
+        .expect("hashing into a PHC string cannot fail")
+        .to_string()
 }
 
 /// True if `password` matches `phc`. A malformed `phc` never matches.
@@ -37,7 +47,11 @@ pub fn verify(phc: &str, password: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const CHEAP: Argon2Params = Argon2Params { memory_kib: 64, iterations: 1, parallelism: 1 };
+    const CHEAP: Argon2Params = Argon2Params {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
 
     #[test]
     fn hashes_verify_and_differ_by_salt() {

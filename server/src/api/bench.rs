@@ -18,17 +18,32 @@ struct Message {
 
 /// Serialized on every request, as the TechEmpower rules ask.
 pub fn json(body: &mut Vec<u8>) -> Answer {
-    serde_json::to_writer(&mut *body, &Message { message: "Hello, World!" }).expect("writing JSON to a Vec cannot fail");
+    serde_json::to_writer(
+        &mut *body,
+        &Message {
+            message: "Hello, World!",
+        },
+    )
+    .expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }
 
 /// Hashes the request body with Argon2id on the worker pool; answers the PHC string.
 pub async fn hash(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
     let w = &shard.config().workers;
-    let params = Argon2Params { memory_kib: w.argon2_memory_kib, iterations: w.argon2_iterations, parallelism: w.argon2_parallelism };
+    let params = Argon2Params {
+        memory_kib: w.argon2_memory_kib,
+        iterations: w.argon2_iterations,
+        parallelism: w.argon2_parallelism,
+    };
     let secret = request.body.to_vec();
-    let pending = shard.shared.workers.submit(move || password::hash(params, &secret)).map_err(|_| workers_busy(shard))?;
+    let pending = shard
+        .shared
+        .workers
+        .submit(move || password::hash(params, &secret))
+        .map_err(|_| workers_busy(shard))?;
     let phc = pending.await.map_err(|_| ApiError::internal())?;
-    serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc })).expect("writing JSON to a Vec cannot fail");
+    serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc }))
+        .expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }

@@ -22,11 +22,21 @@ pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         .metrics
         .iter()
         .enumerate()
-        .filter(|(id, m)| if *id == shard.id { !local } else { m.db_connections_up.load(Relaxed) == 0 })
+        .filter(|(id, m)| {
+            if *id == shard.id {
+                !local
+            } else {
+                m.db_connections_up.load(Relaxed) == 0
+            }
+        })
         .map(|(id, _)| id)
         .collect();
     if !down.is_empty() {
-        return Err(ApiError::unavailable("not_ready", format!("shards {down:?} cannot reach Postgres"), 1));
+        return Err(ApiError::unavailable(
+            "not_ready",
+            format!("shards {down:?} cannot reach Postgres"),
+            1,
+        ));
     }
     serde_json::to_writer(
         &mut *body,

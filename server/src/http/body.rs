@@ -27,7 +27,10 @@ pub struct ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new(body_bytes_max: usize) -> Self {
-        ChunkedDecoder { state: State::Size, body_bytes_max }
+        ChunkedDecoder {
+            state: State::Size,
+            body_bytes_max,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -43,7 +46,11 @@ impl ChunkedDecoder {
             match self.state {
                 State::Done => return Ok(pos),
                 State::Size => {
-                    let Some(line_end) = rest.iter().take(CHUNK_LINE_BYTES_MAX).position(|b| *b == b'\n') else {
+                    let Some(line_end) = rest
+                        .iter()
+                        .take(CHUNK_LINE_BYTES_MAX)
+                        .position(|b| *b == b'\n')
+                    else {
                         if rest.len() >= CHUNK_LINE_BYTES_MAX {
                             return Err(HttpError::BadRequest("chunk-size line too long"));
                         }
@@ -69,13 +76,21 @@ impl ChunkedDecoder {
                     if size > room {
                         return Err(HttpError::BodyTooLarge);
                     }
-                    self.state = State::Data { remaining: size as usize };
+                    self.state = State::Data {
+                        remaining: size as usize,
+                    };
                 }
                 State::Data { remaining } => {
                     let take = remaining.min(rest.len());
                     out.extend_from_slice(&rest[..take]);
                     pos += take;
-                    self.state = if take == remaining { State::DataEnd } else { State::Data { remaining: remaining - take } };
+                    self.state = if take == remaining {
+                        State::DataEnd
+                    } else {
+                        State::Data {
+                            remaining: remaining - take,
+                        }
+                    };
                     if take < remaining {
                         return Ok(pos);
                     }
@@ -100,7 +115,9 @@ impl ChunkedDecoder {
                             pos += used;
                             self.state = State::Done;
                         }
-                        Ok(httparse::Status::Partial) if rest.len() < TRAILER_BYTES_MAX => return Ok(pos),
+                        Ok(httparse::Status::Partial) if rest.len() < TRAILER_BYTES_MAX => {
+                            return Ok(pos);
+                        }
                         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
                             return Err(HttpError::HeadTooLarge);
                         }
@@ -149,20 +166,37 @@ mod tests {
 
     #[test]
     fn refuses_bad_framing() {
-        for bad in [&b"zz\r\n"[..], b"\r\n", b"5\nhello\r\n", b"5\r\nhelloXX", b"-1\r\n", b"fffffffffffffffff\r\n"] {
-            assert!(matches!(decode_all(bad, 1 << 20), Err(HttpError::BadRequest(_))), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5\nhello\r\n",
+            b"5\r\nhelloXX",
+            b"-1\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(
+                matches!(decode_all(bad, 1 << 20), Err(HttpError::BadRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn a_body_growing_past_the_limit_is_413() {
-        assert_eq!(decode_all(b"4\r\nabcd\r\n4\r\nefgh\r\n", 6).unwrap_err(), HttpError::BodyTooLarge);
+        assert_eq!(
+            decode_all(b"4\r\nabcd\r\n4\r\nefgh\r\n", 6).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
     }
 
     #[test]
     fn a_long_extension_is_refused() {
         let mut input = b"1;".to_vec();
         input.extend(std::iter::repeat_n(b'x', 2000));
-        assert!(matches!(decode_all(&input, 100), Err(HttpError::BadRequest(_))));
+        assert!(matches!(
+            decode_all(&input, 100),
+            Err(HttpError::BadRequest(_))
+        ));
     }
 }

@@ -95,7 +95,12 @@ impl Conn {
         };
         let mut wait = Wait::Idle;
         loop {
-            let parsed = head::parse(&self.read[self.start..self.end], &limits, http.headers_count_max, &mut self.spans);
+            let parsed = head::parse(
+                &self.read[self.start..self.end],
+                &limits,
+                http.headers_count_max,
+                &mut self.spans,
+            );
             let head = match parsed {
                 Ok(Parsed::Complete(head)) => head,
                 Ok(Parsed::Partial) => {
@@ -109,16 +114,22 @@ impl Conn {
                         Wait::Idle => {
                             // The first bytes of a request are here: its head clock starts.
                             let timeout = ms(http.header_read_timeout_ms);
-                            wait = Wait::Head { deadline: Instant::now() + timeout };
+                            wait = Wait::Head {
+                                deadline: Instant::now() + timeout,
+                            };
                             timeout
                         }
-                        Wait::Head { deadline } => deadline.saturating_duration_since(Instant::now()),
+                        Wait::Head { deadline } => {
+                            deadline.saturating_duration_since(Instant::now())
+                        }
                     };
                     match self.fill(timeout, http.head_bytes_max).await {
                         Ok(0) => return Ok(()),
                         Ok(_) => {
                             if matches!(wait, Wait::Idle) {
-                                wait = Wait::Head { deadline: Instant::now() + ms(http.header_read_timeout_ms) };
+                                wait = Wait::Head {
+                                    deadline: Instant::now() + ms(http.header_read_timeout_ms),
+                                };
                             }
                             continue;
                         }
@@ -136,7 +147,10 @@ impl Conn {
             self.shard.in_flight.set(self.shard.in_flight.get() + 1);
 
             let head_len = head.len;
-            let body_range = match self.read_body(&head, http.body_read_timeout_ms, http.body_bytes_max).await {
+            let body_range = match self
+                .read_body(&head, http.body_read_timeout_ms, http.body_bytes_max)
+                .await
+            {
                 Ok(Some(range)) => range,
                 Ok(None) => return Ok(()),
                 Err(BodyError::Http(error)) => return self.fail(error).await,
@@ -162,9 +176,22 @@ impl Conn {
                 BodyAt::Read(from, to) => &self.read[from..to],
                 BodyAt::Chunked(_) => &self.chunked,
             };
-            let request = Request::new(head.method, head.version, target, &request_bytes[..head_len], &self.spans, body);
+            let request = Request::new(
+                head.method,
+                head.version,
+                target,
+                &request_bytes[..head_len],
+                &self.spans,
+                body,
+            );
             self.body_out.clear();
-            let dispatched = AssertUnwindSafe(crate::api::handle(&self.shard, &request, &mut self.body_out)).catch_unwind().await;
+            let dispatched = AssertUnwindSafe(crate::api::handle(
+                &self.shard,
+                &request,
+                &mut self.body_out,
+            ))
+            .catch_unwind()
+            .await;
             let (endpoint, reply) = match dispatched {
                 Ok((endpoint, Ok(reply))) => (endpoint, reply),
                 Ok((endpoint, Err(error))) => {
@@ -173,14 +200,33 @@ impl Conn {
                 }
                 Err(_) => {
                     ShardMetrics::add(&self.shard.metrics.handler_panics, 1);
-                    log::error!("shard {}: handler panicked on {} {}", self.shard.id, head.method.as_str(), request.path);
+                    log::error!(
+                        "shard {}: handler panicked on {} {}",
+                        self.shard.id,
+                        head.method.as_str(),
+                        request.path
+                    );
                     self.body_out.clear();
-                    (Endpoint::Malformed, error_reply(&ApiError::internal(), &mut self.body_out))
+                    (
+                        Endpoint::Malformed,
+                        error_reply(&ApiError::internal(), &mut self.body_out),
+                    )
                 }
             };
-            let encoder = Encoder { server: SERVER, date: self.shard.date.get() };
-            encoder.encode(&mut self.write, &reply, &self.body_out, head.method == Method::Head, persistence);
-            self.shard.metrics.record(endpoint, reply.status, started.elapsed());
+            let encoder = Encoder {
+                server: SERVER,
+                date: self.shard.date.get(),
+            };
+            encoder.encode(
+                &mut self.write,
+                &reply,
+                &self.body_out,
+                head.method == Method::Head,
+                persistence,
+            );
+            self.shard
+                .metrics
+                .record(endpoint, reply.status, started.elapsed());
 
             self.start = request_end;
             if self.start == self.end {
@@ -198,7 +244,12 @@ impl Conn {
     }
 
     /// Makes the body of the request at `start` available. `Ok(None)`: the peer went away.
-    async fn read_body(&mut self, head: &head::Head, timeout_ms: u64, body_bytes_max: usize) -> Result<Option<BodyAt>, BodyError> {
+    async fn read_body(
+        &mut self,
+        head: &head::Head,
+        timeout_ms: u64,
+        body_bytes_max: usize,
+    ) -> Result<Option<BodyAt>, BodyError> {
         let body_start = self.start + head.len;
         let deadline = Instant::now() + ms(timeout_ms);
         match head.framing {
@@ -229,14 +280,19 @@ impl Conn {
                     // Decoded bytes are cut out of the read buffer at once, so it holds
                     // only the head and not-yet-decoded input.
                     let cursor = self.start + head.len;
-                    let used = decoder.decode(&self.read[cursor..self.end], &mut self.chunked).map_err(BodyError::Http)?;
+                    let used = decoder
+                        .decode(&self.read[cursor..self.end], &mut self.chunked)
+                        .map_err(BodyError::Http)?;
                     self.read.copy_within(cursor + used..self.end, cursor);
                     self.end -= used;
                     if decoder.is_done() {
                         return Ok(Some(BodyAt::Chunked(self.start + head.len)));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES).await {
+                    match self
+                        .fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES)
+                        .await
+                    {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
@@ -248,7 +304,8 @@ impl Conn {
     }
 
     async fn send_continue(&mut self) -> io::Result<()> {
-        self.write.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.write
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         self.flush().await
     }
 
@@ -288,7 +345,9 @@ impl Conn {
         let result = self.stream.write_all(&self.write).await;
         if result.is_ok() {
             ShardMetrics::add(&self.shard.metrics.bytes_sent, self.write.len() as u64);
-            self.shard.in_flight.set(self.shard.in_flight.get() - self.unanswered);
+            self.shard
+                .in_flight
+                .set(self.shard.in_flight.get() - self.unanswered);
             self.unanswered = 0;
         }
         self.write.clear();
@@ -300,9 +359,20 @@ impl Conn {
         let error = ApiError::from(error);
         self.body_out.clear();
         let reply = error_reply(&error, &mut self.body_out);
-        let encoder = Encoder { server: SERVER, date: self.shard.date.get() };
-        encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
-        self.shard.metrics.record(Endpoint::Malformed, reply.status, Duration::ZERO);
+        let encoder = Encoder {
+            server: SERVER,
+            date: self.shard.date.get(),
+        };
+        encoder.encode(
+            &mut self.write,
+            &reply,
+            &self.body_out,
+            false,
+            Persistence::Close,
+        );
+        self.shard
+            .metrics
+            .record(Endpoint::Malformed, reply.status, Duration::ZERO);
         self.flush().await
     }
 }

@@ -14,7 +14,10 @@ pub struct DateCache {
 
 impl Default for DateCache {
     fn default() -> Self {
-        let cache = DateCache { value: Cell::new([b' '; DATE_LEN]), rendered_at_s: Cell::new(u64::MAX) };
+        let cache = DateCache {
+            value: Cell::new([b' '; DATE_LEN]),
+            rendered_at_s: Cell::new(u64::MAX),
+        };
         cache.refresh(SystemTime::now());
         cache
     }
@@ -23,7 +26,10 @@ impl Default for DateCache {
 impl DateCache {
     /// Re-renders the value if the second changed; called by the shard's ticker.
     pub fn refresh(&self, now: SystemTime) {
-        let seconds = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let seconds = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         if seconds == self.rendered_at_s.get() {
             return;
         }

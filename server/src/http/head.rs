@@ -44,7 +44,8 @@ pub fn parse(
     debug_assert!(headers_count_max <= HEADERS_COUNT_LIMIT);
     check_request_line_len(buf, limits.request_line_bytes_max)?;
     // Uninitialised scratch on the stack: no allocation and no memset per request.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_LIMIT];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_LIMIT];
     let mut request = httparse::Request::new(&mut []);
     let status = request
         .parse_with_uninit_headers(buf, &mut slots[..headers_count_max])
@@ -71,7 +72,11 @@ pub fn parse(
         (start, start + s.len())
     };
     let method = Method::from_token(request.method.unwrap_or_default());
-    let version = if request.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    let version = if request.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     let path = request.path.unwrap_or_default();
     let target = span_of(path.as_bytes());
     check_target(method, path)?;
@@ -86,7 +91,10 @@ pub fn parse(
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
         let value = trim_ows(header.value);
-        spans.push(HeaderSpan { name: span_of(name), value: span_of(value) });
+        spans.push(HeaderSpan {
+            name: span_of(name),
+            value: span_of(value),
+        });
         if name.eq_ignore_ascii_case(b"host") {
             host_count += 1;
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -116,11 +124,15 @@ pub fn parse(
     }
     let framing = match (transfer_encoding.seen, content_length) {
         (true, Some(_)) => {
-            return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
+            return Err(HttpError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
         }
         (true, None) => {
             if version == Version::Http10 {
-                return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+                return Err(HttpError::BadRequest(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
             }
             transfer_encoding.framing()?
         }
@@ -136,13 +148,24 @@ pub fn parse(
         Version::Http11 => !connection_close,
         Version::Http10 => connection_keep_alive && !connection_close,
     };
-    Ok(Parsed::Complete(Head { method, version, target, framing, keep_alive, expect_continue, len }))
+    Ok(Parsed::Complete(Head {
+        method,
+        version,
+        target,
+        framing,
+        keep_alive,
+        expect_continue,
+        len,
+    }))
 }
 
 /// A request line longer than the limit is answered 414, before httparse spends time on it.
 fn check_request_line_len(buf: &[u8], max: usize) -> Result<(), HttpError> {
     // RFC 9112 §2.2: leading empty lines before the request line are ignored.
-    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(buf.len());
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
     let window = &buf[start..buf.len().min(start + max + 1)];
     match window.iter().position(|b| *b == b'\n') {
         Some(_) => Ok(()),
@@ -163,7 +186,9 @@ fn check_target(method: Method, target: &str) -> Result<(), HttpError> {
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return Ok(());
     }
-    Err(HttpError::BadRequest("request target must be origin-form or absolute-form"))
+    Err(HttpError::BadRequest(
+        "request target must be origin-form or absolute-form",
+    ))
 }
 
 /// Content-Length = 1*DIGIT, possibly repeated as an identical comma-separated list.
@@ -214,18 +239,28 @@ impl TransferEncoding {
     fn framing(&self) -> Result<Framing, HttpError> {
         if !self.last_is_chunked || self.chunked_count > 1 {
             // RFC 9112 §6.3: a request whose final coding is not chunked cannot be delimited.
-            return Err(HttpError::BadRequest("Transfer-Encoding must end with a single chunked"));
+            return Err(HttpError::BadRequest(
+                "Transfer-Encoding must end with a single chunked",
+            ));
         }
         if self.codings > 1 {
-            return Err(HttpError::NotImplemented("only the chunked transfer coding is supported"));
+            return Err(HttpError::NotImplemented(
+                "only the chunked transfer coding is supported",
+            ));
         }
         Ok(Framing::Chunked)
     }
 }
 
 pub fn trim_ows(value: &[u8]) -> &[u8] {
-    let start = value.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(value.len());
-    let end = value.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
+    let start = value
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
     &value[start..end.max(start)]
 }
 

@@ -85,14 +85,24 @@ impl<'a> Request<'a> {
             Some((path, query)) => (path, Some(query)),
             None => (target, None),
         };
-        Request { method, version, path, query, body, head, headers }
+        Request {
+            method,
+            version,
+            path,
+            query,
+            body,
+            head,
+            headers,
+        }
     }
 
     /// The first header named `name` (ASCII case-insensitive), whitespace-trimmed.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers.iter().find_map(|span| {
             let field = &self.head[span.name.0..span.name.1];
-            field.eq_ignore_ascii_case(name.as_bytes()).then(|| &self.head[span.value.0..span.value.1])
+            field
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &self.head[span.value.0..span.value.1])
         })
     }
 

@@ -19,7 +19,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(status: u16, content_type: &'static str) -> Reply {
-        Reply { status, content_type, headers: Vec::new() }
+        Reply {
+            status,
+            content_type,
+            headers: Vec::new(),
+        }
     }
 
     pub fn json(status: u16) -> Reply {
@@ -50,7 +54,14 @@ pub struct Encoder<'a> {
 impl Encoder<'_> {
     /// Appends one complete response to `out`. For HEAD, `body` still sets Content-Length
     /// but is not sent (RFC 9110 §9.3.2).
-    pub fn encode(&self, out: &mut Vec<u8>, reply: &Reply, body: &[u8], head_only: bool, persistence: Persistence) {
+    pub fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        reply: &Reply,
+        body: &[u8],
+        head_only: bool,
+        persistence: Persistence,
+    ) {
         debug_assert!((100..600).contains(&reply.status));
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -66,7 +77,10 @@ impl Encoder<'_> {
         out.extend_from_slice(b"\r\nContent-Length: ");
         out.extend_from_slice(number.format(body.len()).as_bytes());
         for (name, value) in &reply.headers {
-            debug_assert!(!value.bytes().any(|b| b == b'\r' || b == b'\n'), "header value with CR/LF");
+            debug_assert!(
+                !value.bytes().any(|b| b == b'\r' || b == b'\n'),
+                "header value with CR/LF"
+            );
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -90,7 +104,10 @@ mod tests {
 
     #[test]
     fn encodes_head_and_body() {
-        let encoder = Encoder { server: b"percore", date: *b"Sun, 06 Nov 1994 08:49:37 GMT" };
+        let encoder = Encoder {
+            server: b"percore",
+            date: *b"Sun, 06 Nov 1994 08:49:37 GMT",
+        };
         let mut out = Vec::new();
         let reply = Reply::json(503).with_header("Retry-After", "1");
         encoder.encode(&mut out, &reply, b"{}", false, Persistence::Close);
@@ -103,9 +120,18 @@ mod tests {
 
     #[test]
     fn head_keeps_length_and_drops_body() {
-        let encoder = Encoder { server: b"p", date: [b'x'; DATE_LEN] };
+        let encoder = Encoder {
+            server: b"p",
+            date: [b'x'; DATE_LEN],
+        };
         let mut out = Vec::new();
-        encoder.encode(&mut out, &Reply::new(200, TEXT), b"hello", true, Persistence::Default);
+        encoder.encode(
+            &mut out,
+            &Reply::new(200, TEXT),
+            b"hello",
+            true,
+            Persistence::Default,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.ends_with("\r\n\r\n"));

@@ -15,7 +15,10 @@ pub struct Services {
 
 impl Services {
     pub fn start() -> Services {
-        Services { postgres: Postgres::throwaway(), redis: Redis::throwaway() }
+        Services {
+            postgres: Postgres::throwaway(),
+            redis: Redis::throwaway(),
+        }
     }
 }
 
@@ -25,12 +28,28 @@ pub struct Server {
     pub dir: PathBuf,
 }
 
-/// A tuning.toml for tests: 2 shards, bench routes on, the given services, plus `extra`
-/// (whole `[section]` blocks that replace the defaults' values key by key are not
-/// possible in TOML, so `extra` may only add sections not listed here).
-pub fn config(port: u16, database_url: &str, redis_url: &str, server_extra: &str, http_extra: &str) -> String {
+/// A tuning.toml for tests: 2 shards, bench routes on, cheap Argon2, the given services;
+/// `server_extra` and `http_extra` add keys to `[server]` and `[http]` (`shards` and
+/// `shutdown_timeout_ms` given there replace the test defaults).
+pub fn config(
+    port: u16,
+    database_url: &str,
+    redis_url: &str,
+    server_extra: &str,
+    http_extra: &str,
+) -> String {
+    let shards = if server_extra.contains("shards") {
+        ""
+    } else {
+        "shards = 2\n"
+    };
+    let shutdown = if server_extra.contains("shutdown_timeout_ms") {
+        ""
+    } else {
+        "shutdown_timeout_ms = 5000\n"
+    };
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 2\nshutdown_timeout_ms = 5000\n{server_extra}\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{shards}{shutdown}{server_extra}\n\
          [http]\n{http_extra}\n\
          [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\n\
          [redis]\nurl = \"{redis_url}\"\n\
@@ -69,7 +88,13 @@ impl Server {
 
     pub fn start(services: &Services, server_extra: &str, http_extra: &str) -> Server {
         let port = free_port();
-        let text = config(port, &services.postgres.url, &services.redis.url, server_extra, http_extra);
+        let text = config(
+            port,
+            &services.postgres.url,
+            &services.redis.url,
+            server_extra,
+            http_extra,
+        );
         Server::start_with_config(port, &text, &[])
     }
 
@@ -96,14 +121,19 @@ impl Server {
 
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         stream
     }
 
     /// One request on a fresh connection.
     pub fn get(&self, path: &str) -> Response {
-        request_on(&self.connect(), &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        request_on(
+            &self.connect(),
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -137,7 +167,11 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[derive(Debug, Clone)]
@@ -149,7 +183,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -157,12 +194,16 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     /// The `error.code` of a JSON error body.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {}", self.text())).to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.code in {}", self.text()))
+            .to_string()
     }
 }
 
@@ -182,7 +223,10 @@ pub struct ResponseReader<'a> {
 
 impl<'a> ResponseReader<'a> {
     pub fn new(stream: &'a TcpStream) -> Self {
-        ResponseReader { stream, buffer: Vec::new() }
+        ResponseReader {
+            stream,
+            buffer: Vec::new(),
+        }
     }
 
     /// The next response, or None at end of stream. `head_request`: no body follows.
@@ -198,7 +242,11 @@ impl<'a> ResponseReader<'a> {
         let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap();
-        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
         let headers: Vec<(String, String)> = lines
             .filter(|l| !l.is_empty())
             .map(|l| {
@@ -212,14 +260,22 @@ impl<'a> ResponseReader<'a> {
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.parse().unwrap())
             .unwrap_or(0);
-        let length = if head_request || status == 100 { 0 } else { length };
+        let length = if head_request || status == 100 {
+            0
+        } else {
+            length
+        };
         while self.buffer.len() < length {
             if !self.fill() {
                 panic!("stream ended inside a body");
             }
         }
         let body = self.buffer.drain(..length).collect();
-        Some(Response { status, headers, body })
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// True if the peer closes (EOF or reset) with no further bytes; false if it sends
@@ -235,7 +291,10 @@ impl<'a> ResponseReader<'a> {
                 self.buffer.extend_from_slice(&chunk[..n]);
                 false
             }
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     }
 
@@ -243,8 +302,16 @@ impl<'a> ResponseReader<'a> {
         let mut chunk = [0u8; 16 * 1024];
         match (&*self.stream).read(&mut chunk) {
             Ok(0) => false,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("timed out waiting for a response; got so far: {:?}", String::from_utf8_lossy(&self.buffer))
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "timed out waiting for a response; got so far: {:?}",
+                    String::from_utf8_lossy(&self.buffer)
+                )
             }
             Err(_) => false,
             Ok(n) => {

@@ -1,0 +1,338 @@
+//! The engine against real processes: pinned shards, metrics, pipelining, timeouts,
+//! the connection cap, handler panics and database loss.
+
+mod common;
+use common::{ResponseReader, Server, Services};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn shard_threads(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if name.starts_with("percore-shard") {
+            let status = std::fs::read_to_string(path.join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            threads.push((name, cpus));
+        }
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "");
+    assert_eq!(server.get("/healthz").status, 200);
+
+    // glommio's helper threads carry their executor's name and placement; every thread of
+    // a shard must be on that shard's one CPU, and the two shards on different CPUs.
+    let threads = shard_threads(server.pid());
+    let mut by_shard: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (name, cpus) in &threads {
+        assert!(
+            cpus.parse::<usize>().is_ok(),
+            "{name} may run on {cpus}: not a single CPU"
+        );
+        by_shard
+            .entry(name.clone())
+            .or_default()
+            .insert(cpus.clone());
+    }
+    assert_eq!(by_shard.len(), 2, "{threads:?}");
+    let cpus: Vec<_> = by_shard.values().collect();
+    assert!(
+        cpus.iter().all(|set| set.len() == 1),
+        "a shard's threads span CPUs: {threads:?}"
+    );
+    assert_ne!(cpus[0], cpus[1], "shards share a CPU: {threads:?}");
+
+    // Traffic on several connections so both shards have something to report.
+    for _ in 0..20 {
+        assert_eq!(server.get("/json").status, 200);
+        assert_eq!(server.get("/nope").status, 404);
+    }
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = metrics.text();
+    for family in [
+        "percore_http_requests_total{shard=\"0\"",
+        "percore_http_request_duration_seconds_bucket{shard=\"1\",route=\"json\"",
+        "percore_connections_open{shard=\"1\"}",
+        "percore_received_bytes_total{shard=\"0\"}",
+        "percore_worker_queue_depth ",
+        "percore_db_connections_up{shard=\"0\"} 2",
+        "percore_db_connections_up{shard=\"1\"} 2",
+        "percore_redis_up{shard=\"0\"} 1",
+    ] {
+        assert!(text.contains(family), "metrics lack {family}:\n{text}");
+    }
+    let json_count: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("percore_http_requests_total")
+                && l.contains("route=\"json\",status=\"200\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(json_count, 20);
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&metrics.body)
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
+}
+
+#[test]
+fn sixty_four_pipelined_requests_are_answered_in_order() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "");
+    let paths = ["/healthz", "/json", "/plaintext", "/nope"];
+    let mut batch = String::new();
+    for i in 0..64 {
+        batch.push_str(&format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", paths[i % 4]));
+    }
+    let stream = server.connect();
+    (&stream).write_all(batch.as_bytes()).unwrap();
+    let mut reader = ResponseReader::new(&stream);
+    for i in 0..64 {
+        let response = reader
+            .next(false)
+            .unwrap_or_else(|| panic!("response {i} missing"));
+        let expected = match paths[i % 4] {
+            "/healthz" => (200, r#"{"status":"ok"}"#),
+            "/json" => (200, r#"{"message":"Hello, World!"}"#),
+            "/plaintext" => (200, "Hello, World!"),
+            _ => (
+                404,
+                r#"{"error":{"code":"not_found","message":"no such route"}}"#,
+            ),
+        };
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            expected,
+            "response {i}"
+        );
+    }
+}
+
+#[test]
+fn a_request_split_at_every_byte_boundary_is_parsed_the_same() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "");
+    let raw = b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let stream = server.connect();
+    let mut reader = ResponseReader::new(&stream);
+    for split in 1..raw.len() {
+        (&stream).write_all(&raw[..split]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        (&stream).write_all(&raw[split..]).unwrap();
+        let response = reader.next(false).unwrap();
+        assert_eq!(
+            response.status,
+            200,
+            "split at {split}: {}",
+            response.text()
+        );
+        assert!(
+            response.json()["hash"]
+                .as_str()
+                .unwrap()
+                .starts_with("$argon2id$")
+        );
+    }
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
+    let services = Services::start();
+    let server = Server::start(
+        &services,
+        "",
+        "header_read_timeout_ms = 1000\nidle_timeout_ms = 5000",
+    );
+    let stream = server.connect();
+    let started = Instant::now();
+    let raw = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut reader = ResponseReader::new(&stream);
+    let mut cut_off = false;
+    for byte in raw.iter() {
+        // One byte every 100 ms: each read succeeds, only the head deadline can stop it.
+        if (&stream).write_all(&[*byte]).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_millis(1300) {
+            break;
+        }
+    }
+    let _ = cut_off;
+    let response = reader.next(false).expect("a 408 before the close");
+    assert_eq!(response.status, 408);
+    assert_eq!(response.error_code(), "request_timeout");
+    assert!(reader.closed());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "cut off after {elapsed:?}"
+    );
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "idle_timeout_ms = 500");
+    let stream = server.connect();
+    let mut reader = ResponseReader::new(&stream);
+    (&stream)
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(reader.next(false).unwrap().status, 200);
+    let idle_since = Instant::now();
+    assert!(reader.closed(), "still open after the idle timeout");
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+#[test]
+fn at_the_connection_cap_the_shard_waits_until_a_slot_frees() {
+    let services = Services::start();
+    let server = Server::start(&services, "shards = 1\nconnections_per_shard_max = 2", "");
+    let first = server.connect();
+    let second = server.connect();
+    for stream in [&first, &second] {
+        (&*stream)
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(ResponseReader::new(stream).next(false).unwrap().status, 200);
+    }
+    // The kernel completes the handshake from its backlog, but the shard does not accept.
+    let third = server.connect();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    (&third)
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    let waited = std::io::Read::read(&mut &third, &mut buffer);
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(ResponseReader::new(&third).next(false).unwrap().status, 200);
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_the_shard_lives_on() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "");
+    for _ in 0..8 {
+        let stream = server.connect();
+        let mut reader = ResponseReader::new(&stream);
+        (&stream).write_all(b"GET /bench/panic HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let failed = reader.next(false).unwrap();
+        assert_eq!(failed.status, 500);
+        assert_eq!(failed.error_code(), "internal_error");
+        assert_eq!(reader.next(false).unwrap().status, 200);
+    }
+    let metrics = server.get("/metrics").text();
+    let panics: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("percore_handler_panics_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(panics, 8);
+}
+
+fn wait_for_status(server: &Server, path: &str, status: u16, limit: Duration) -> common::Response {
+    let deadline = Instant::now() + limit;
+    loop {
+        let response = server.get(path);
+        if response.status == status || Instant::now() > deadline {
+            return response;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_follows_postgres_down_and_back_without_a_restart() {
+    let mut services = Services::start();
+    let server = Server::start(&services, "", "");
+    assert_eq!(
+        wait_for_status(&server, "/readyz", 200, Duration::from_secs(10)).status,
+        200
+    );
+
+    services.postgres.kill();
+    let down = wait_for_status(&server, "/readyz", 503, Duration::from_secs(10));
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert_eq!(down.error_code(), "not_ready");
+    assert_eq!(down.header("Retry-After"), Some("1"));
+    assert_eq!(
+        server.get("/healthz").status,
+        200,
+        "liveness must not depend on the database"
+    );
+
+    services.postgres.restart();
+    let back = wait_for_status(&server, "/readyz", 200, Duration::from_secs(15));
+    assert_eq!(back.status, 200, "{}", back.text());
+}
+
+#[test]
+fn readyz_is_503_when_the_database_never_answers() {
+    let services = Services::start();
+    let port = common::free_port();
+    let nowhere = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        common::free_port()
+    );
+    let text = common::config(port, &nowhere, &services.redis.url, "", "");
+    let server = Server::start_with_config(port, &text, &[]);
+    let response = server.get("/readyz");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.error_code(), "not_ready");
+}
