@@ -181,9 +181,7 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            level: "info".into(),
-        }
+        Log { level: "info".into() }
     }
 }
 
@@ -236,8 +234,7 @@ impl Config {
 
     /// Parses TOML text, naming the dotted key path of the first error.
     pub fn parse(text: &str) -> Result<Config, (String, String)> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| (String::new(), e.message().to_string()))?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| (String::new(), e.message().to_string()))?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
@@ -299,11 +296,7 @@ impl Config {
         )?;
         at_least("server.heartbeat_interval_ms", s.heartbeat_interval_ms, 10)?;
         let h = &self.http;
-        at_least(
-            "http.request_line_bytes_max",
-            h.request_line_bytes_max as u64,
-            64,
-        )?;
+        at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
         at_least(
             "http.head_bytes_max",
             h.head_bytes_max as u64,
@@ -321,11 +314,7 @@ impl Config {
         at_least("http.body_read_timeout_ms", h.body_read_timeout_ms, 1)?;
         at_least("http.idle_timeout_ms", h.idle_timeout_ms, 1)?;
         at_least("http.write_timeout_ms", h.write_timeout_ms, 1)?;
-        at_least(
-            "http.write_buffer_bytes_max",
-            h.write_buffer_bytes_max as u64,
-            1024,
-        )?;
+        at_least("http.write_buffer_bytes_max", h.write_buffer_bytes_max as u64, 1024)?;
         let w = &self.workers;
         at_least("workers.threads", w.threads as u64, 1)?;
         at_least("workers.queue_depth_max", w.queue_depth_max as u64, 1)?;
@@ -337,11 +326,7 @@ impl Config {
         at_least("workers.argon2_iterations", w.argon2_iterations as u64, 1)?;
         at_least("workers.argon2_parallelism", w.argon2_parallelism as u64, 1)?;
         let d = &self.database;
-        at_least(
-            "database.connections_per_shard",
-            d.connections_per_shard as u64,
-            1,
-        )?;
+        at_least("database.connections_per_shard", d.connections_per_shard as u64, 1)?;
         at_least("database.pool_wait_ms", d.pool_wait_ms, 1)?;
         at_least(
             "database.reconnect_backoff_ms_max",
@@ -349,10 +334,7 @@ impl Config {
             d.reconnect_backoff_ms_min,
         )?;
         if !d.url.is_empty() && d.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err((
-                "database.url".into(),
-                "is not a valid postgres:// URL".into(),
-            ));
+            return Err(("database.url".into(), "is not a valid postgres:// URL".into()));
         }
         let r = &self.redis;
         at_least("redis.command_timeout_ms", r.command_timeout_ms, 1)?;
@@ -363,16 +345,10 @@ impl Config {
             r.reconnect_backoff_ms_min,
         )?;
         if !r.url.is_empty() && crate::redis::RedisTarget::parse(&r.url).is_none() {
-            return Err((
-                "redis.url".into(),
-                "is not a valid redis://host:port[/db] URL".into(),
-            ));
+            return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
-            return Err((
-                "log.level".into(),
-                format!("unknown level {:?}", self.log.level),
-            ));
+            return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
         }
         Ok(())
     }
@@ -408,9 +384,7 @@ mod tests {
     #[test]
     fn env_overrides_urls() {
         let mut config = Config::default();
-        config.apply_env(|name| {
-            (name == "PERCORE_DATABASE_URL").then(|| "postgres://x@h/db".to_string())
-        });
+        config.apply_env(|name| (name == "PERCORE_DATABASE_URL").then(|| "postgres://x@h/db".to_string()));
         assert_eq!(config.database.url, "postgres://x@h/db");
         assert!(config.redis.url.is_empty());
     }

@@ -27,16 +27,11 @@ pub struct Target {
 impl Target {
     /// Parses the URL and resolves its host. Blocking: call only before shards start.
     pub fn resolve(settings: &Database) -> Result<Target, String> {
-        let mut config: tokio_postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| format!("database.url: {e}"))?;
+        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(_) => {
-                return Err(
-                    "database.url: unix-socket hosts are not supported; use host=127.0.0.1".into(),
-                );
+                return Err("database.url: unix-socket hosts are not supported; use host=127.0.0.1".into());
             }
             None => "localhost".into(),
         };
@@ -47,10 +42,7 @@ impl Target {
             .map_err(|e| format!("database.url: cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("database.url: {host} has no address"))?;
-        config.options(format!(
-            "-c statement_timeout={}",
-            settings.statement_timeout_ms
-        ));
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout_ms));
         Ok(Target { config, addr })
     }
 }
@@ -151,11 +143,7 @@ impl Supervisor {
                     ShardMetrics::add(&self.metrics.db_connections_up, 1);
                     // Drives the socket until the server or network drops it.
                     if let Err(e) = connection.await {
-                        log::warn!(
-                            "{}: postgres connection {} lost: {e}",
-                            self.application_name,
-                            self.slot
-                        );
+                        log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
                     }
                     self.pool.slots[self.slot].borrow_mut().take();
                     ShardMetrics::sub(&self.metrics.db_connections_up, 1);
@@ -183,18 +171,13 @@ impl Supervisor {
     ) -> Result<
         (
             Client,
-            tokio_postgres::Connection<
-                tokio_util::compat::Compat<TcpStream>,
-                tokio_postgres::tls::NoTlsStream,
-            >,
+            tokio_postgres::Connection<tokio_util::compat::Compat<TcpStream>, tokio_postgres::tls::NoTlsStream>,
         ),
         String,
     > {
         let connect_timeout = ms(self.settings.connect_timeout_ms);
         let attempt = async {
-            let stream = TcpStream::connect(self.target.addr)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stream = TcpStream::connect(self.target.addr).await.map_err(|e| e.to_string())?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
             let mut config = self.target.config.clone();
             config.application_name(&self.application_name);

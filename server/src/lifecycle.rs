@@ -8,10 +8,7 @@ use std::time::Duration;
 
 /// SIGTERM or SIGINT: tell systemd we are stopping and ask every shard to drain.
 pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     std::thread::Builder::new()
         .name("percore-signals".into())
         .spawn(move || {
@@ -22,6 +19,9 @@ pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
                 );
                 notify(&[NotifyState::Stopping]);
                 shared.shutdown.store(true, Ordering::SeqCst);
+                for stop in shared.stop_senders.lock().expect("stop list lock").drain(..) {
+                    let _ = stop.send(());
+                }
             }
             // A second signal while draining: stop at once.
             if signals.forever().next().is_some() {
@@ -46,11 +46,9 @@ fn notify(state: &[NotifyState]) {
 /// only while every shard's loop has ticked within the interval: one stalled shard stops
 /// the pings and systemd restarts us.
 pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    let Some(interval) = watchdog_interval(|name| std::env::var(name).ok(), std::process::id()) else {
         return Ok(());
-    }
-    let interval = Duration::from_micros(usec);
+    };
     log::info!("systemd watchdog every {interval:?}");
     std::thread::Builder::new()
         .name("percore-watchdog".into())
@@ -63,8 +61,7 @@ pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
                     .iter()
                     .enumerate()
                     .filter(|(_, m)| {
-                        now.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed))
-                            > interval.as_millis() as u64
+                        now.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed)) > interval.as_millis() as u64
                     })
                     .map(|(id, _)| id)
                     .collect();
@@ -76,4 +73,41 @@ pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// WATCHDOG_USEC, when set and meant for us. Like libsystemd's sd_watchdog_enabled,
+/// WATCHDOG_PID is checked only when present (sd-notify's own helper demands it).
+fn watchdog_interval(get: impl Fn(&str) -> Option<String>, pid: u32) -> Option<Duration> {
+    let usec: u64 = get("WATCHDOG_USEC")?.parse().ok().filter(|usec| *usec > 0)?;
+    match get("WATCHDOG_PID").map(|p| p.parse::<u32>()) {
+        None => Some(Duration::from_micros(usec)),
+        Some(Ok(owner)) if owner == pid => Some(Duration::from_micros(usec)),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_interval_honours_pid_only_when_given() {
+        let env = |usec: &'static str, pid: Option<&'static str>| {
+            move |name: &str| match name {
+                "WATCHDOG_USEC" => Some(usec.to_string()),
+                "WATCHDOG_PID" => pid.map(str::to_string),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            watchdog_interval(env("500000", None), 7),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            watchdog_interval(env("500000", Some("7")), 7),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(watchdog_interval(env("500000", Some("8")), 7), None);
+        assert_eq!(watchdog_interval(env("0", None), 7), None);
+    }
 }

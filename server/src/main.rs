@@ -71,7 +71,5 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(env).format_timestamp_millis().init();
 }

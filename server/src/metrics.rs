@@ -12,14 +12,13 @@ use std::time::Duration;
 
 /// Statuses counted by name; anything else lands in the last slot as "other".
 const STATUSES: [u16; 25] = [
-    100, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 422, 429,
-    431, 500, 501, 503, 504, 505,
+    100, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 422, 429, 431, 500, 501, 503,
+    504, 505,
 ];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS_S: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const BUCKETS_US: [u64; 16] = {
     let mut out = [0u64; 16];
@@ -62,10 +61,7 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     pub fn record(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
         let route = &self.routes[endpoint as usize];
-        let slot = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUS_SLOTS - 1);
+        let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUS_SLOTS - 1);
         route.by_status[slot].fetch_add(1, Relaxed);
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = BUCKETS_US
@@ -110,9 +106,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
                 if count == 0 {
                     continue;
                 }
-                let status = STATUSES
-                    .get(slot)
-                    .map_or("other".to_string(), |s| s.to_string());
+                let status = STATUSES.get(slot).map_or("other".to_string(), |s| s.to_string());
                 let _ = writeln!(
                     out,
                     "percore_http_requests_total{{shard=\"{id}\",route=\"{}\",status=\"{status}\"}} {count}",
@@ -145,10 +139,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
                 out,
                 "percore_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
             );
-            let _ = writeln!(
-                out,
-                "percore_http_request_duration_seconds_sum{{{labels}}} {sum_s}"
-            );
+            let _ = writeln!(out, "percore_http_request_duration_seconds_sum{{{labels}}} {sum_s}");
             let _ = writeln!(
                 out,
                 "percore_http_request_duration_seconds_count{{{labels}}} {cumulative}"
@@ -169,12 +160,9 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         );
     }
     let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 13] = [
-        (
-            "percore_connections_open",
-            "gauge",
-            "Client connections open.",
-            |m| &m.connections_open,
-        ),
+        ("percore_connections_open", "gauge", "Client connections open.", |m| {
+            &m.connections_open
+        }),
         (
             "percore_connections_accepted_total",
             "counter",
@@ -223,12 +211,9 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             "Requests that waited pool_wait_ms for a connection and got 503.",
             |m| &m.db_pool_wait_timeouts,
         ),
-        (
-            "percore_db_statements_total",
-            "counter",
-            "SQL statements sent.",
-            |m| &m.db_statements,
-        ),
+        ("percore_db_statements_total", "counter", "SQL statements sent.", |m| {
+            &m.db_statements
+        }),
         (
             "percore_redis_up",
             "gauge",
@@ -241,12 +226,9 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             "Redis connection errors and command timeouts.",
             |m| &m.redis_errors,
         ),
-        (
-            "percore_redis_commands_total",
-            "counter",
-            "Redis commands sent.",
-            |m| &m.redis_commands,
-        ),
+        ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| {
+            &m.redis_commands
+        }),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);
@@ -315,16 +297,12 @@ mod tests {
         };
         let mut out = String::new();
         render(&[&metrics], &globals, &mut out);
-        assert!(out.contains(
-            "percore_http_requests_total{shard=\"0\",route=\"healthz\",status=\"200\"} 2\n"
-        ));
+        assert!(out.contains("percore_http_requests_total{shard=\"0\",route=\"healthz\",status=\"200\"} 2\n"));
         assert!(out.contains("route=\"healthz\",status=\"other\"} 1\n"));
         assert!(out.contains("route=\"healthz\",le=\"0.0001\"} 1\n"));
         assert!(out.contains("route=\"healthz\",le=\"0.005\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"10\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains(
-            "percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"
-        ));
+        assert!(out.contains("percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"));
     }
 }

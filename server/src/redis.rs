@@ -49,8 +49,7 @@ impl RedisTarget {
 
     /// Resolves the host. Blocking: call only before shards start.
     pub fn resolve(url: &str) -> Result<RedisTarget, String> {
-        let mut target =
-            RedisTarget::parse(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
+        let mut target = RedisTarget::parse(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
         use std::net::ToSocketAddrs;
         target.addr = (target.host.as_str(), target.port) // blocking-ok: start-up only
             .to_socket_addrs()
@@ -85,11 +84,7 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    pub fn start(
-        target: Option<RedisTarget>,
-        settings: &Settings,
-        metrics: &'static ShardMetrics,
-    ) -> Rc<RedisClient> {
+    pub fn start(target: Option<RedisTarget>, settings: &Settings, metrics: &'static ShardMetrics) -> Rc<RedisClient> {
         let client = Rc::new(RedisClient {
             live: RefCell::new(None),
             settings: settings.clone(),
@@ -116,11 +111,7 @@ impl RedisClient {
                 return Err(RedisError::Busy);
             }
             let (reply, answer) = oneshot::channel();
-            if live
-                .commands
-                .unbounded_send(cmd.get_packed_command())
-                .is_err()
-            {
+            if live.commands.unbounded_send(cmd.get_packed_command()).is_err() {
                 return Err(RedisError::Down);
             }
             live.waiting.push_back(reply);
@@ -145,8 +136,7 @@ async fn supervise(client: Rc<RedisClient>, target: RedisTarget) {
     let mut backoff = min;
     let mut failures = 0u32;
     loop {
-        let connected =
-            runtime::timeout(ms(client.settings.connect_timeout_ms), connect(&target)).await;
+        let connected = runtime::timeout(ms(client.settings.connect_timeout_ms), connect(&target)).await;
         match connected {
             Some(Ok(stream)) => {
                 backoff = min;
@@ -206,16 +196,11 @@ async fn connect(target: &RedisTarget) -> Result<TcpStream, String> {
         expected += 1;
     }
     if target.db != 0 {
-        redis::cmd("SELECT")
-            .arg(target.db)
-            .write_packed_command(&mut handshake);
+        redis::cmd("SELECT").arg(target.db).write_packed_command(&mut handshake);
         expected += 1;
     }
     if expected > 0 {
-        stream
-            .write_all(&handshake)
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(&handshake).await.map_err(|e| e.to_string())?;
         let mut decoder = Decoder::<AnySendSyncPartialState, PointerOffset<[u8]>>::new();
         let mut reader = (&mut stream).compat();
         for _ in 0..expected {

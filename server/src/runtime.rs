@@ -14,12 +14,7 @@ pub type ShardHandle = glommio::ExecutorJoinHandle<()>;
 /// Starts an executor on its own OS thread, pinned to `cpu`, and runs `main` on it.
 /// `detect_stalls` turns on glommio's stall detector, which logs any task that holds the
 /// thread for longer than its run-time budget: exactly what a shard must never do.
-pub fn spawn_pinned<G, F>(
-    name: &str,
-    cpu: usize,
-    detect_stalls: bool,
-    main: G,
-) -> std::io::Result<ShardHandle>
+pub fn spawn_pinned<G, F>(name: &str, cpu: usize, detect_stalls: bool, main: G) -> std::io::Result<ShardHandle>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = ()> + 'static,
@@ -35,9 +30,7 @@ where
     if detect_stalls {
         builder = builder.detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
     }
-    builder
-        .spawn(main)
-        .map_err(|e| std::io::Error::other(e.to_string()))
+    builder.spawn(main).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Runs `future` as its own task on the current shard, detached.

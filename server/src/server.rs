@@ -22,10 +22,7 @@ pub struct Placement {
 /// Chooses CPUs: shards get `server.cpus` (or the first usable CPUs), one each, capped by
 /// what exists; workers get `workers.cpus`, else the usable CPUs no shard uses, else none.
 pub fn place(config: &Config, usable: &[usize]) -> Placement {
-    assert!(
-        !usable.is_empty(),
-        "a running process has at least one usable CPU"
-    );
+    assert!(!usable.is_empty(), "a running process has at least one usable CPU");
     let wanted = config.server.shards;
     let candidates: Vec<usize> = if config.server.cpus.is_empty() {
         usable.to_vec()
@@ -50,11 +47,7 @@ pub fn place(config: &Config, usable: &[usize]) -> Placement {
         );
     }
     let worker_cpus = if config.workers.cpus.is_empty() {
-        usable
-            .iter()
-            .copied()
-            .filter(|cpu| !shard_cpus.contains(cpu))
-            .collect()
+        usable.iter().copied().filter(|cpu| !shard_cpus.contains(cpu)).collect()
     } else {
         config.workers.cpus.clone()
     };
@@ -81,9 +74,7 @@ pub fn usable_cpus() -> Vec<usize> {
 pub fn run(mut config: Config) -> Result<(), String> {
     if config.database.url.is_empty() || config.redis.url.is_empty() {
         let var = std::path::Path::new("var");
-        log::info!(
-            "no database or redis configured: using the local dev services under ./var/ (kept between runs)"
-        );
+        log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
         let dev = percore_testkit::dev::ensure(var)?; // blocking-ok: start-up, before any shard
         if config.database.url.is_empty() {
             config.database.url = dev.database_url;
@@ -97,9 +88,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
 
     let placement = place(&config, &usable_cpus());
     if placement.worker_cpus.is_empty() {
-        log::info!(
-            "every CPU runs a shard: worker threads run unpinned and compete with the shards"
-        );
+        log::info!("every CPU runs a shard: worker threads run unpinned and compete with the shards");
     }
     let pool = Pool::start(&PoolConfig {
         threads: config.workers.threads,
@@ -116,6 +105,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         db_target: Some(db_target),
         redis_target: Some(redis_target),
         shutdown: AtomicBool::new(false),
+        stop_senders: Default::default(),
         listening: AtomicU64::new(0),
         config,
     }));
@@ -125,12 +115,9 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let mut handles = Vec::with_capacity(shard_count);
     for (id, cpu) in placement.shard_cpus.iter().copied().enumerate() {
         let bound = bound.clone();
-        let handle = runtime::spawn_pinned(
-            &format!("percore-shard-{id}"),
-            cpu,
-            detect_stalls,
-            move || shard::run(id, shared, bound),
-        )
+        let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || {
+            shard::run(id, shared, bound)
+        })
         .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }

@@ -12,6 +12,7 @@ use crate::redis::{RedisClient, RedisTarget};
 use crate::runtime::{self, Semaphore, TcpListener};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,11 @@ pub struct Shared {
     pub workers: percore_workers::Handle,
     pub db_target: Option<db::Target>,
     pub redis_target: Option<RedisTarget>,
-    /// Set by the signal thread; each shard's ticker notices it within one heartbeat.
+    /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
+    /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is
+    /// taken only then, never on a request path.
+    pub stop_senders: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
     /// Shards whose listener is bound; `main` sends READY=1 when it reaches `shards`.
     pub listening: AtomicU64,
 }
@@ -55,11 +59,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The shard's main task: bind, accept until shutdown, then drain.
-pub async fn run(
-    id: usize,
-    shared: &'static Shared,
-    bound: std::sync::mpsc::SyncSender<Result<(), String>>,
-) {
+pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::SyncSender<Result<(), String>>) {
     let config = &shared.config;
     let metrics = &shared.metrics[id];
     let listener = match TcpListener::bind(config.server.listen) {
@@ -86,39 +86,30 @@ pub async fn run(
     shared.listening.fetch_add(1, Ordering::SeqCst);
     let _ = bound.send(Ok(()));
 
-    let (stop_accepting, stop_signal) = futures::channel::oneshot::channel::<()>();
-    runtime::spawn(tick(shard.clone(), stop_accepting));
-    accept_until(&shard, listener, stop_signal).await;
+    let (stop, stop_signal) = futures::channel::oneshot::channel::<()>();
+    shared.stop_senders.lock().expect("stop list lock").push(stop);
+    runtime::spawn(tick(shard.clone()));
+    // A signal that came before the sender was registered is seen through the flag.
+    if !shared.shutdown.load(Ordering::SeqCst) {
+        accept_until(&shard, listener, stop_signal).await;
+    }
+    shard.draining.set(true);
     drain(&shard).await;
     log::info!("shard {id} stopped");
 }
 
-/// Heartbeat, Date refresh and shutdown watch, every `heartbeat_interval_ms`. Because this
-/// task only runs when the shard's loop does, its heartbeat proves the shard is not stalled.
-async fn tick(shard: Rc<Shard>, stop_accepting: futures::channel::oneshot::Sender<()>) {
+/// Heartbeat and Date refresh, every `heartbeat_interval_ms`. Because this task only runs
+/// when the shard's loop does, its heartbeat proves the shard is not stalled.
+async fn tick(shard: Rc<Shard>) {
     let interval = ms(shard.config().server.heartbeat_interval_ms);
-    let mut stop_accepting = Some(stop_accepting);
     loop {
-        shard
-            .metrics
-            .heartbeat_ms
-            .store(now_ms(), Ordering::Relaxed);
+        shard.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
-        if shard.shared.shutdown.load(Ordering::Relaxed) && !shard.draining.get() {
-            shard.draining.set(true);
-            if let Some(stop) = stop_accepting.take() {
-                let _ = stop.send(());
-            }
-        }
         runtime::sleep(interval).await;
     }
 }
 
-async fn accept_until(
-    shard: &Rc<Shard>,
-    listener: TcpListener,
-    mut stop: futures::channel::oneshot::Receiver<()>,
-) {
+async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
     let server = &shard.config().server;
     // At the cap the shard stops accepting until a connection closes; the kernel's backlog
     // holds the rest, so the fd limit is never reached through us.

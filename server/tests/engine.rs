@@ -38,17 +38,13 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
     // glommio's helper threads carry their executor's name and placement; every thread of
     // a shard must be on that shard's one CPU, and the two shards on different CPUs.
     let threads = shard_threads(server.pid());
-    let mut by_shard: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
+    let mut by_shard: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
     for (name, cpus) in &threads {
         assert!(
             cpus.parse::<usize>().is_ok(),
             "{name} may run on {cpus}: not a single CPU"
         );
-        by_shard
-            .entry(name.clone())
-            .or_default()
-            .insert(cpus.clone());
+        by_shard.entry(name.clone()).or_default().insert(cpus.clone());
     }
     assert_eq!(by_shard.len(), 2, "{threads:?}");
     let cpus: Vec<_> = by_shard.values().collect();
@@ -86,10 +82,7 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
     }
     let json_count: u64 = text
         .lines()
-        .filter(|l| {
-            l.starts_with("percore_http_requests_total")
-                && l.contains("route=\"json\",status=\"200\"")
-        })
+        .filter(|l| l.starts_with("percore_http_requests_total") && l.contains("route=\"json\",status=\"200\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(json_count, 20);
@@ -101,12 +94,7 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool (apt-get install prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&metrics.body)
-        .unwrap();
+    promtool.stdin.take().unwrap().write_all(&metrics.body).unwrap();
     let output = promtool.wait_with_output().unwrap();
     let complaints = format!(
         "{}{}",
@@ -132,23 +120,14 @@ fn sixty_four_pipelined_requests_are_answered_in_order() {
     (&stream).write_all(batch.as_bytes()).unwrap();
     let mut reader = ResponseReader::new(&stream);
     for i in 0..64 {
-        let response = reader
-            .next(false)
-            .unwrap_or_else(|| panic!("response {i} missing"));
+        let response = reader.next(false).unwrap_or_else(|| panic!("response {i} missing"));
         let expected = match paths[i % 4] {
             "/healthz" => (200, r#"{"status":"ok"}"#),
             "/json" => (200, r#"{"message":"Hello, World!"}"#),
             "/plaintext" => (200, "Hello, World!"),
-            _ => (
-                404,
-                r#"{"error":{"code":"not_found","message":"no such route"}}"#,
-            ),
+            _ => (404, r#"{"error":{"code":"not_found","message":"no such route"}}"#),
         };
-        assert_eq!(
-            (response.status, response.text().as_str()),
-            expected,
-            "response {i}"
-        );
+        assert_eq!((response.status, response.text().as_str()), expected, "response {i}");
     }
 }
 
@@ -156,7 +135,8 @@ fn sixty_four_pipelined_requests_are_answered_in_order() {
 fn a_request_split_at_every_byte_boundary_is_parsed_the_same() {
     let services = Services::start();
     let server = Server::start(&services, "", "");
-    let raw = b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let raw =
+        b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     let stream = server.connect();
     let mut reader = ResponseReader::new(&stream);
     for split in 1..raw.len() {
@@ -164,29 +144,15 @@ fn a_request_split_at_every_byte_boundary_is_parsed_the_same() {
         std::thread::sleep(Duration::from_millis(2));
         (&stream).write_all(&raw[split..]).unwrap();
         let response = reader.next(false).unwrap();
-        assert_eq!(
-            response.status,
-            200,
-            "split at {split}: {}",
-            response.text()
-        );
-        assert!(
-            response.json()["hash"]
-                .as_str()
-                .unwrap()
-                .starts_with("$argon2id$")
-        );
+        assert_eq!(response.status, 200, "split at {split}: {}", response.text());
+        assert!(response.json()["hash"].as_str().unwrap().starts_with("$argon2id$"));
     }
 }
 
 #[test]
 fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
     let services = Services::start();
-    let server = Server::start(
-        &services,
-        "",
-        "header_read_timeout_ms = 1000\nidle_timeout_ms = 5000",
-    );
+    let server = Server::start(&services, "", "header_read_timeout_ms = 1000\nidle_timeout_ms = 5000");
     let stream = server.connect();
     let started = Instant::now();
     let raw = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -248,19 +214,13 @@ fn at_the_connection_cap_the_shard_waits_until_a_slot_frees() {
     }
     // The kernel completes the handshake from its backlog, but the shard does not accept.
     let third = server.connect();
-    third
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    (&third)
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    (&third).write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut buffer = [0u8; 64];
     let waited = std::io::Read::read(&mut &third, &mut buffer);
     assert!(waited.is_err(), "answered past the cap: {waited:?}");
     drop(first);
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(ResponseReader::new(&third).next(false).unwrap().status, 200);
 }
 
@@ -271,7 +231,9 @@ fn a_panicking_handler_gets_500_and_the_shard_lives_on() {
     for _ in 0..8 {
         let stream = server.connect();
         let mut reader = ResponseReader::new(&stream);
-        (&stream).write_all(b"GET /bench/panic HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        (&stream)
+            .write_all(b"GET /bench/panic HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         let failed = reader.next(false).unwrap();
         assert_eq!(failed.status, 500);
         assert_eq!(failed.error_code(), "internal_error");
@@ -326,10 +288,7 @@ fn readyz_follows_postgres_down_and_back_without_a_restart() {
 fn readyz_is_503_when_the_database_never_answers() {
     let services = Services::start();
     let port = common::free_port();
-    let nowhere = format!(
-        "postgres://postgres@127.0.0.1:{}/postgres",
-        common::free_port()
-    );
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
     let text = common::config(port, &nowhere, &services.redis.url, "", "");
     let server = Server::start_with_config(port, &text, &[]);
     let response = server.get("/readyz");

@@ -34,25 +34,12 @@ fn cases() -> Vec<Case> {
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "b".repeat(17000)
     );
-    let many_headers = format!(
-        "GET /healthz HTTP/1.1\r\nHost: t\r\n{}\r\n",
-        "X-H: 1\r\n".repeat(101)
-    );
+    let many_headers = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-H: 1\r\n".repeat(101));
     let mut nul_value = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a".to_vec();
     nul_value.extend_from_slice(b"\0b\r\n\r\n");
     vec![
-        case(
-            "plain GET",
-            "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-            200,
-            KeepOpen,
-        ),
-        case(
-            "HEAD",
-            "HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-            200,
-            KeepOpen,
-        ),
+        case("plain GET", "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 200, KeepOpen),
+        case("HEAD", "HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 200, KeepOpen),
         case(
             "absolute-form",
             "GET http://t/healthz HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -71,12 +58,7 @@ fn cases() -> Vec<Case> {
             200,
             Close,
         ),
-        case(
-            "unknown route",
-            "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
-            404,
-            KeepOpen,
-        ),
+        case("unknown route", "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404, KeepOpen),
         case(
             "wrong method",
             "DELETE /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -229,18 +211,8 @@ fn cases() -> Vec<Case> {
             400,
             Close,
         ),
-        case(
-            "HTTP/1.2",
-            "GET /healthz HTTP/1.2\r\nHost: t\r\n\r\n",
-            505,
-            Close,
-        ),
-        case(
-            "HTTP/2.0",
-            "GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n",
-            505,
-            Close,
-        ),
+        case("HTTP/1.2", "GET /healthz HTTP/1.2\r\nHost: t\r\n\r\n", 505, Close),
+        case("HTTP/2.0", "GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", 505, Close),
         case("garbage request line", "HELLO THERE\r\n\r\n", 400, Close),
         case(
             "control byte in the method",
@@ -248,12 +220,7 @@ fn cases() -> Vec<Case> {
             400,
             Close,
         ),
-        case(
-            "asterisk-form for GET",
-            "GET * HTTP/1.1\r\nHost: t\r\n\r\n",
-            400,
-            Close,
-        ),
+        case("asterisk-form for GET", "GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400, Close),
         case("request line over 8 KiB", long_target, 414, Close),
         case("head over 16 KiB", big_head, 431, Close),
         case("over 100 headers", many_headers, 431, Close),
@@ -322,9 +289,7 @@ fn every_framing_and_limit_case_gets_its_status_and_close_behaviour() {
                     .unwrap();
                 match reader.next(false) {
                     Some(next) if next.status == 200 => {}
-                    other => {
-                        failures.push(format!("{}: connection not reusable: {other:?}", case.name))
-                    }
+                    other => failures.push(format!("{}: connection not reusable: {other:?}", case.name)),
                 }
             }
         }
@@ -343,9 +308,7 @@ fn head_has_the_get_length_and_no_body_and_errors_are_json() {
     let server = Server::start(&services, "", "");
     let stream = server.connect();
     (&stream)
-        .write_all(
-            b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
-        )
+        .write_all(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut reader = ResponseReader::new(&stream);
     let head = reader.next(true).unwrap();
@@ -372,12 +335,7 @@ fn expect_continue_gets_100_before_the_body_is_sent() {
     (&stream).write_all(b"secret").unwrap();
     let response = reader.next(false).unwrap();
     assert_eq!(response.status, 200);
-    assert!(
-        response.json()["hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("$argon2id$")
-    );
+    assert!(response.json()["hash"].as_str().unwrap().starts_with("$argon2id$"));
 }
 
 #[test]

@@ -29,9 +29,7 @@ pub fn ensure(var: &Path) -> Result<DevServices, String> {
 fn ports(var: &Path) -> Result<(u16, u16), String> {
     let file = var.join("ports");
     if let Ok(text) = std::fs::read_to_string(&file) {
-        let mut numbers = text
-            .split_whitespace()
-            .filter_map(|n| n.parse::<u16>().ok());
+        let mut numbers = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
         if let (Some(pg), Some(redis)) = (numbers.next(), numbers.next()) {
             return Ok((pg, redis));
         }
@@ -92,8 +90,7 @@ fn ensure_redis(var: &Path, port: u16) -> Result<(), String> {
     }
     let dir = var.join("redis");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let binary = process::on_path("redis-server")
-        .ok_or("redis-server not found: apt-get install redis-server")?;
+    let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
     let status = Command::new(binary)
         .args([
             "--port",

@@ -67,9 +67,7 @@ impl Postgres {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill");
         let dir = self.dir.clone().expect("restart needs a server of our own");
-        self.child = Some(
-            spawn_server(&dir, self.port).unwrap_or_else(|e| panic!("restarting postgres: {e}")),
-        );
+        self.child = Some(spawn_server(&dir, self.port).unwrap_or_else(|e| panic!("restarting postgres: {e}")));
     }
 
     /// Stops the server abruptly (like `pg_ctl stop -m immediate`), keeping its data dir.
@@ -100,12 +98,7 @@ fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
         .arg("-D")
         .arg(dir.join("data"))
         .args(["-p", &port.to_string()])
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "unix_socket_directories=",
-        ])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
         .args([
             "-c",
             "fsync=off",
@@ -119,9 +112,7 @@ fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
     configure(&mut command, process::unprivileged_user(), true);
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("spawning postgres: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("spawning postgres: {e}"))?;
     let ready = process::wait_until(START_TIMEOUT, || {
         log_says_ready(&log) || child.try_wait().ok().flatten().is_some()
     });
@@ -170,13 +161,8 @@ fn template() -> Result<&'static Path, String> {
             let user = process::unprivileged_user();
             process::chown_recursive(&building, user)?;
             init_cluster(&building.join("data"), user)?;
-            if std::fs::rename(building.join("data"), &path).is_err()
-                && !path.join("PG_VERSION").exists()
-            {
-                return Err(format!(
-                    "could not move the template into {}",
-                    path.display()
-                ));
+            if std::fs::rename(building.join("data"), &path).is_err() && !path.join("PG_VERSION").exists() {
+                return Err(format!("could not move the template into {}", path.display()));
             }
             let _ = std::fs::remove_dir_all(&building);
             Ok(path)
@@ -203,14 +189,9 @@ pub(crate) fn init_cluster(data: &Path, user: Option<(u32, u32)>) -> Result<(), 
         ])
         .stdin(Stdio::null());
     configure(&mut command, user, true);
-    let output = command
-        .output()
-        .map_err(|e| format!("running initdb: {e}"))?;
+    let output = command.output().map_err(|e| format!("running initdb: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
     }
     Ok(())
 }

@@ -36,8 +36,7 @@ impl Redis {
     }
 
     fn start() -> Result<Redis, String> {
-        let binary = process::on_path("redis-server")
-            .ok_or("redis-server not found: apt-get install redis-server")?;
+        let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
         for _ in 0..START_ATTEMPTS {
             let dir = process::temp_dir("percore-redis");
             let port = process::free_port();
@@ -59,9 +58,7 @@ impl Redis {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             configure(&mut command, None, true);
-            let mut child = command
-                .spawn()
-                .map_err(|e| format!("spawning redis-server: {e}"))?;
+            let mut child = command.spawn().map_err(|e| format!("spawning redis-server: {e}"))?;
             if process::wait_until(START_TIMEOUT, || {
                 ping(port) || child.try_wait().ok().flatten().is_some()
             }) && child.try_wait().ok().flatten().is_none()
@@ -78,9 +75,7 @@ impl Redis {
             let _ = child.wait();
             let _ = std::fs::remove_dir_all(&dir);
         }
-        Err(format!(
-            "redis-server did not start after {START_ATTEMPTS} attempts"
-        ))
+        Err(format!("redis-server did not start after {START_ATTEMPTS} attempts"))
     }
 
     /// The server's pid, for tests that pause (SIGSTOP) or kill it.
@@ -103,14 +98,10 @@ impl Drop for Redis {
 
 /// True when a Redis on `port` answers PING.
 pub fn ping(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-    else {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }

@@ -58,10 +58,7 @@ pub struct TaskLost;
 impl Pool {
     pub fn start(config: &PoolConfig) -> std::io::Result<Pool> {
         assert!(config.threads > 0, "a pool needs at least one thread");
-        assert!(
-            config.queue_depth_max > 0,
-            "a queue needs room for one task"
-        );
+        assert!(config.queue_depth_max > 0, "a queue needs room for one task");
         let (sender, receiver) = bounded::<Task>(config.queue_depth_max);
         let stats = Arc::new(Stats::default());
         let mut threads = Vec::with_capacity(config.threads);
@@ -118,10 +115,7 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>) {
 
 impl Handle {
     /// Queues `work` without blocking. The returned future resolves to its result.
-    pub fn submit<R, F>(
-        &self,
-        work: F,
-    ) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
+    pub fn submit<R, F>(&self, work: F) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,

@@ -1,9 +1,7 @@
 //! Argon2id password hashing in the PHC string format. CPU- and memory-heavy by design:
 //! call it only on a worker thread.
 
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 #[derive(Debug, Clone, Copy)]
@@ -14,13 +12,8 @@ pub struct Argon2Params {
 }
 
 fn hasher(params: Argon2Params) -> Argon2<'static> {
-    let params = Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        None,
-    )
-    .expect("Argon2 parameters are validated when tuning.toml loads");
+    let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
+        .expect("Argon2 parameters are validated when tuning.toml loads");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 

@@ -43,7 +43,6 @@ pub async fn hash(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> A
         .submit(move || password::hash(params, &secret))
         .map_err(|_| workers_busy(shard))?;
     let phc = pending.await.map_err(|_| ApiError::internal())?;
-    serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc }))
-        .expect("writing JSON to a Vec cannot fail");
+    serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc })).expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }

@@ -11,13 +11,8 @@ use crate::shard::Shard;
 pub type Answer = Result<Reply, ApiError>;
 
 /// Routes one request and runs its handler. Returns the endpoint for metrics.
-pub async fn handle(
-    shard: &Shard,
-    request: &Request<'_>,
-    body: &mut Vec<u8>,
-) -> (Endpoint, Answer) {
-    let endpoint = match router::resolve(request.method, request.path, shard.config().bench.routes)
-    {
+pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> (Endpoint, Answer) {
+    let endpoint = match router::resolve(request.method, request.path, shard.config().bench.routes) {
         Resolved::Found(endpoint) => endpoint,
         Resolved::MethodNotAllowed(allow) => {
             let error = ApiError::new(

@@ -46,11 +46,7 @@ impl ChunkedDecoder {
             match self.state {
                 State::Done => return Ok(pos),
                 State::Size => {
-                    let Some(line_end) = rest
-                        .iter()
-                        .take(CHUNK_LINE_BYTES_MAX)
-                        .position(|b| *b == b'\n')
-                    else {
+                    let Some(line_end) = rest.iter().take(CHUNK_LINE_BYTES_MAX).position(|b| *b == b'\n') else {
                         if rest.len() >= CHUNK_LINE_BYTES_MAX {
                             return Err(HttpError::BadRequest("chunk-size line too long"));
                         }
@@ -194,9 +190,6 @@ mod tests {
     fn a_long_extension_is_refused() {
         let mut input = b"1;".to_vec();
         input.extend(std::iter::repeat_n(b'x', 2000));
-        assert!(matches!(
-            decode_all(&input, 100),
-            Err(HttpError::BadRequest(_))
-        ));
+        assert!(matches!(decode_all(&input, 100), Err(HttpError::BadRequest(_))));
     }
 }

@@ -119,9 +119,7 @@ impl Conn {
                             };
                             timeout
                         }
-                        Wait::Head { deadline } => {
-                            deadline.saturating_duration_since(Instant::now())
-                        }
+                        Wait::Head { deadline } => deadline.saturating_duration_since(Instant::now()),
                     };
                     match self.fill(timeout, http.head_bytes_max).await {
                         Ok(0) => return Ok(()),
@@ -159,16 +157,6 @@ impl Conn {
             let request_end = match body_range {
                 BodyAt::Read(_, end) | BodyAt::Chunked(end) => end,
             };
-            // Answer what was read; close after it if asked, or if shutting down and no
-            // further request is already buffered.
-            let buffered_more = request_end < self.end;
-            let persistence = if !head.keep_alive || (self.shard.draining.get() && !buffered_more) {
-                Persistence::Close
-            } else if head.version == Version::Http10 {
-                Persistence::KeepAlive
-            } else {
-                Persistence::Default
-            };
             let request_bytes = &self.read[self.start..];
             let target = &request_bytes[head.target.0..head.target.1];
             let target = std::str::from_utf8(target).unwrap_or("/");
@@ -185,13 +173,9 @@ impl Conn {
                 body,
             );
             self.body_out.clear();
-            let dispatched = AssertUnwindSafe(crate::api::handle(
-                &self.shard,
-                &request,
-                &mut self.body_out,
-            ))
-            .catch_unwind()
-            .await;
+            let dispatched = AssertUnwindSafe(crate::api::handle(&self.shard, &request, &mut self.body_out))
+                .catch_unwind()
+                .await;
             let (endpoint, reply) = match dispatched {
                 Ok((endpoint, Ok(reply))) => (endpoint, reply),
                 Ok((endpoint, Err(error))) => {
@@ -213,6 +197,16 @@ impl Conn {
                     )
                 }
             };
+            // Close after this answer if asked, or if the shard began draining (perhaps
+            // while the handler ran) and no further request is already buffered.
+            let buffered_more = request_end < self.end;
+            let persistence = if !head.keep_alive || (self.shard.draining.get() && !buffered_more) {
+                Persistence::Close
+            } else if head.version == Version::Http10 {
+                Persistence::KeepAlive
+            } else {
+                Persistence::Default
+            };
             let encoder = Encoder {
                 server: SERVER,
                 date: self.shard.date.get(),
@@ -224,9 +218,7 @@ impl Conn {
                 head.method == Method::Head,
                 persistence,
             );
-            self.shard
-                .metrics
-                .record(endpoint, reply.status, started.elapsed());
+            self.shard.metrics.record(endpoint, reply.status, started.elapsed());
 
             self.start = request_end;
             if self.start == self.end {
@@ -289,10 +281,7 @@ impl Conn {
                         return Ok(Some(BodyAt::Chunked(self.start + head.len)));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self
-                        .fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES)
-                        .await
-                    {
+                    match self.fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES).await {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
@@ -304,8 +293,7 @@ impl Conn {
     }
 
     async fn send_continue(&mut self) -> io::Result<()> {
-        self.write
-            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.write.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         self.flush().await
     }
 
@@ -345,9 +333,7 @@ impl Conn {
         let result = self.stream.write_all(&self.write).await;
         if result.is_ok() {
             ShardMetrics::add(&self.shard.metrics.bytes_sent, self.write.len() as u64);
-            self.shard
-                .in_flight
-                .set(self.shard.in_flight.get() - self.unanswered);
+            self.shard.in_flight.set(self.shard.in_flight.get() - self.unanswered);
             self.unanswered = 0;
         }
         self.write.clear();
@@ -363,13 +349,7 @@ impl Conn {
             server: SERVER,
             date: self.shard.date.get(),
         };
-        encoder.encode(
-            &mut self.write,
-            &reply,
-            &self.body_out,
-            false,
-            Persistence::Close,
-        );
+        encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
         self.shard
             .metrics
             .record(Endpoint::Malformed, reply.status, Duration::ZERO);

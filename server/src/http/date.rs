@@ -26,10 +26,7 @@ impl Default for DateCache {
 impl DateCache {
     /// Re-renders the value if the second changed; called by the shard's ticker.
     pub fn refresh(&self, now: SystemTime) {
-        let seconds = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
+        let seconds = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
         if seconds == self.rendered_at_s.get() {
             return;
         }

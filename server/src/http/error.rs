@@ -38,11 +38,7 @@ impl ApiError {
         }
     }
 
-    pub fn unavailable(
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-        retry_after_s: u64,
-    ) -> Self {
+    pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>, retry_after_s: u64) -> Self {
         ApiError {
             retry_after_s: Some(retry_after_s),
             ..ApiError::new(503, code, message)
@@ -50,11 +46,7 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        ApiError::new(
-            500,
-            "internal_error",
-            "the server failed to handle this request",
-        )
+        ApiError::new(500, "internal_error", "the server failed to handle this request")
     }
 }
 
@@ -62,37 +54,21 @@ impl From<HttpError> for ApiError {
     fn from(error: HttpError) -> Self {
         let (status, code, message): (u16, &'static str, &'static str) = match error {
             HttpError::BadRequest(why) => (400, "bad_request", why),
-            HttpError::UriTooLong => (
-                414,
-                "uri_too_long",
-                "request line exceeds http.request_line_bytes_max",
-            ),
+            HttpError::UriTooLong => (414, "uri_too_long", "request line exceeds http.request_line_bytes_max"),
             HttpError::HeadTooLarge => (
                 431,
                 "headers_too_large",
                 "request head exceeds http.head_bytes_max or http.headers_count_max",
             ),
-            HttpError::BodyTooLarge => (
-                413,
-                "body_too_large",
-                "request body exceeds http.body_bytes_max",
-            ),
+            HttpError::BodyTooLarge => (413, "body_too_large", "request body exceeds http.body_bytes_max"),
             HttpError::VersionNotSupported => (
                 505,
                 "http_version_not_supported",
                 "only HTTP/1.0 and HTTP/1.1 are served",
             ),
             HttpError::NotImplemented(why) => (501, "not_implemented", why),
-            HttpError::ExpectationFailed => (
-                417,
-                "expectation_failed",
-                "only Expect: 100-continue is supported",
-            ),
-            HttpError::HeadTimeout => (
-                408,
-                "request_timeout",
-                "the request head did not arrive in time",
-            ),
+            HttpError::ExpectationFailed => (417, "expectation_failed", "only Expect: 100-continue is supported"),
+            HttpError::HeadTimeout => (408, "request_timeout", "the request head did not arrive in time"),
         };
         ApiError::new(status, code, message)
     }

@@ -44,8 +44,7 @@ pub fn parse(
     debug_assert!(headers_count_max <= HEADERS_COUNT_LIMIT);
     check_request_line_len(buf, limits.request_line_bytes_max)?;
     // Uninitialised scratch on the stack: no allocation and no memset per request.
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_LIMIT];
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_LIMIT];
     let mut request = httparse::Request::new(&mut []);
     let status = request
         .parse_with_uninit_headers(buf, &mut slots[..headers_count_max])
@@ -124,15 +123,11 @@ pub fn parse(
     }
     let framing = match (transfer_encoding.seen, content_length) {
         (true, Some(_)) => {
-            return Err(HttpError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
         }
         (true, None) => {
             if version == Version::Http10 {
-                return Err(HttpError::BadRequest(
-                    "Transfer-Encoding in an HTTP/1.0 request",
-                ));
+                return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
             }
             transfer_encoding.framing()?
         }
@@ -162,10 +157,7 @@ pub fn parse(
 /// A request line longer than the limit is answered 414, before httparse spends time on it.
 fn check_request_line_len(buf: &[u8], max: usize) -> Result<(), HttpError> {
     // RFC 9112 §2.2: leading empty lines before the request line are ignored.
-    let start = buf
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(buf.len());
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(buf.len());
     let window = &buf[start..buf.len().min(start + max + 1)];
     match window.iter().position(|b| *b == b'\n') {
         Some(_) => Ok(()),

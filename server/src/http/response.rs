@@ -54,14 +54,7 @@ pub struct Encoder<'a> {
 impl Encoder<'_> {
     /// Appends one complete response to `out`. For HEAD, `body` still sets Content-Length
     /// but is not sent (RFC 9110 §9.3.2).
-    pub fn encode(
-        &self,
-        out: &mut Vec<u8>,
-        reply: &Reply,
-        body: &[u8],
-        head_only: bool,
-        persistence: Persistence,
-    ) {
+    pub fn encode(&self, out: &mut Vec<u8>, reply: &Reply, body: &[u8], head_only: bool, persistence: Persistence) {
         debug_assert!((100..600).contains(&reply.status));
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -125,13 +118,7 @@ mod tests {
             date: [b'x'; DATE_LEN],
         };
         let mut out = Vec::new();
-        encoder.encode(
-            &mut out,
-            &Reply::new(200, TEXT),
-            b"hello",
-            true,
-            Persistence::Default,
-        );
+        encoder.encode(&mut out, &Reply::new(200, TEXT), b"hello", true, Persistence::Default);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.ends_with("\r\n\r\n"));

@@ -31,13 +31,7 @@ pub struct Server {
 /// A tuning.toml for tests: 2 shards, bench routes on, cheap Argon2, the given services;
 /// `server_extra` and `http_extra` add keys to `[server]` and `[http]` (`shards` and
 /// `shutdown_timeout_ms` given there replace the test defaults).
-pub fn config(
-    port: u16,
-    database_url: &str,
-    redis_url: &str,
-    server_extra: &str,
-    http_extra: &str,
-) -> String {
+pub fn config(port: u16, database_url: &str, redis_url: &str, server_extra: &str, http_extra: &str) -> String {
     let shards = if server_extra.contains("shards") {
         ""
     } else {
@@ -121,19 +115,14 @@ impl Server {
 
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.set_nodelay(true).unwrap();
         stream
     }
 
     /// One request on a fresh connection.
     pub fn get(&self, path: &str) -> Response {
-        request_on(
-            &self.connect(),
-            &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"),
-        )
+        request_on(&self.connect(), &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -194,8 +183,7 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     /// The `error.code` of a JSON error body.
@@ -260,22 +248,14 @@ impl<'a> ResponseReader<'a> {
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.parse().unwrap())
             .unwrap_or(0);
-        let length = if head_request || status == 100 {
-            0
-        } else {
-            length
-        };
+        let length = if head_request || status == 100 { 0 } else { length };
         while self.buffer.len() < length {
             if !self.fill() {
                 panic!("stream ended inside a body");
             }
         }
         let body = self.buffer.drain(..length).collect();
-        Some(Response {
-            status,
-            headers,
-            body,
-        })
+        Some(Response { status, headers, body })
     }
 
     /// True if the peer closes (EOF or reset) with no further bytes; false if it sends
@@ -291,10 +271,7 @@ impl<'a> ResponseReader<'a> {
                 self.buffer.extend_from_slice(&chunk[..n]);
                 false
             }
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
         }
     }
 
@@ -302,12 +279,7 @@ impl<'a> ResponseReader<'a> {
         let mut chunk = [0u8; 16 * 1024];
         match (&*self.stream).read(&mut chunk) {
             Ok(0) => false,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 panic!(
                     "timed out waiting for a response; got so far: {:?}",
                     String::from_utf8_lossy(&self.buffer)
