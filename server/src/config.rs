@@ -92,6 +92,8 @@ pub struct Workers {
     pub cpus: Vec<usize>,
     pub queue_depth_max: usize,
     pub retry_after_s: u64,
+    /// Niceness of worker threads (0-19), so shards win shared cores.
+    pub nice: i32,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
@@ -104,6 +106,7 @@ impl Default for Workers {
             cpus: Vec::new(),
             queue_depth_max: 1024,
             retry_after_s: 1,
+            nice: 10,
             // OWASP's Argon2id minimum: 19 MiB, 2 iterations, 1 lane.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -318,6 +321,12 @@ impl Config {
         let w = &self.workers;
         at_least("workers.threads", w.threads as u64, 1)?;
         at_least("workers.queue_depth_max", w.queue_depth_max as u64, 1)?;
+        if !(0..=19).contains(&w.nice) {
+            return Err((
+                "workers.nice".into(),
+                format!("must be between 0 and 19 (got {})", w.nice),
+            ));
+        }
         at_least(
             "workers.argon2_memory_kib",
             w.argon2_memory_kib as u64,

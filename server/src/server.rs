@@ -94,6 +94,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         threads: config.workers.threads,
         cpus: placement.worker_cpus.clone(),
         queue_depth_max: config.workers.queue_depth_max,
+        nice: config.workers.nice,
     })
     .map_err(|e| format!("starting the worker pool: {e}"))?;
 

@@ -22,6 +22,9 @@ pub struct PoolConfig {
     /// CPUs the threads are pinned to, round-robin; empty leaves them unpinned.
     pub cpus: Vec<usize>,
     pub queue_depth_max: usize,
+    /// Scheduling niceness for the threads (0-19): where workers share cores with shards,
+    /// a positive value lets the shards win the CPU whenever they have work.
+    pub nice: i32,
 }
 
 #[derive(Default, Debug)]
@@ -66,9 +69,10 @@ impl Pool {
             let receiver = receiver.clone();
             let stats = stats.clone();
             let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
+            let nice = config.nice;
             let thread = std::thread::Builder::new()
                 .name(format!("percore-worker-{index}"))
-                .spawn(move || run_worker(receiver, stats, cpu))?;
+                .spawn(move || run_worker(receiver, stats, cpu, nice))?;
             threads.push(thread);
         }
         Ok(Pool {
@@ -95,11 +99,22 @@ impl Pool {
     }
 }
 
-fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>) {
+fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>, nice: i32) {
     if let Some(cpu) = cpu
         && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
     {
         log::warn!("worker thread could not be pinned to CPU {cpu}; it runs unpinned");
+    }
+    if nice != 0 {
+        // On Linux a thread's niceness is per thread: PRIO_PROCESS with its own tid.
+        // SAFETY: gettid and setpriority have no memory-safety preconditions.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if result != 0 {
+            log::warn!(
+                "worker thread could not set nice {nice}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     // Blocking here is the point of this thread.
     while let Ok(task) = receiver.recv() {
@@ -157,6 +172,7 @@ mod tests {
             threads,
             cpus: vec![],
             queue_depth_max: depth,
+            nice: 0,
         })
         .unwrap()
     }

@@ -1,0 +1,149 @@
+//! Heavy work runs on the worker pool, never on a shard: while Argon2 hashes run
+//! continuously, a cheap route on the same shard stays fast; a full queue answers 503.
+
+mod common;
+use common::{ResponseReader, Server, Services};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// These tests measure CPU-bound behaviour: run them one at a time, not beside each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn pin_to(cpu: usize) {
+    assert!(
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu }),
+        "pinning a test thread"
+    );
+}
+
+#[test]
+fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let services = Services::start();
+    let port = common::free_port();
+    // One shard alone on CPU 1; the worker, the hash load and the clients share CPU 0.
+    let text = common::config(
+        port,
+        &services.postgres.url,
+        &services.redis.url,
+        "shards = 1\ncpus = [1]",
+        "",
+    )
+    .replace("[workers]\nthreads = 2\n", "[workers]\nthreads = 1\ncpus = [0]\n")
+    .replace(
+        "argon2_memory_kib = 4096\nargon2_iterations = 1",
+        "argon2_memory_kib = 19456\nargon2_iterations = 2",
+    );
+    let server = Server::start_with_config(port, &text, &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hashes = Arc::new(AtomicU64::new(0));
+    let hashers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, hashes, stream) = (stop.clone(), hashes.clone(), server.connect());
+            std::thread::spawn(move || {
+                pin_to(0);
+                let mut reader = ResponseReader::new(&stream);
+                while !stop.load(Ordering::Relaxed) {
+                    (&stream)
+                        .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\npassword")
+                        .unwrap();
+                    assert_eq!(reader.next(false).unwrap().status, 200);
+                    hashes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let hashes_before = hashes.load(Ordering::Relaxed);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let stream = server.connect();
+            std::thread::spawn(move || {
+                pin_to(0);
+                let mut reader = ResponseReader::new(&stream);
+                let mut latencies = Vec::with_capacity(40);
+                for _ in 0..40 {
+                    let sent = Instant::now();
+                    (&stream)
+                        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                        .unwrap();
+                    assert_eq!(reader.next(false).unwrap().status, 200);
+                    latencies.push(sent.elapsed());
+                    // Paced, so the measurement spans many hashes.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let hashes_during = hashes.load(Ordering::Relaxed) - hashes_before;
+    stop.store(true, Ordering::Relaxed);
+    for hasher in hashers {
+        hasher.join().unwrap();
+    }
+
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert_eq!(latencies.len(), 4000);
+    assert!(
+        hashes_during >= 2,
+        "the pool was not busy while the cheap route was measured ({hashes_during} hashes)"
+    );
+    eprintln!("cheap route p99 {p99:?}, {hashes_during} hashes completed meanwhile");
+    assert!(
+        p99 < Duration::from_millis(5),
+        "cheap route p99 {p99:?} with {hashes_during} hashes running"
+    );
+}
+
+#[test]
+fn a_full_worker_queue_answers_503_with_retry_after() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::config(port, &services.postgres.url, &services.redis.url, "shards = 1", "")
+        .replace(
+            "[workers]\nthreads = 2\n",
+            "[workers]\nthreads = 1\nqueue_depth_max = 1\nretry_after_s = 3\n",
+        )
+        .replace(
+            "argon2_memory_kib = 4096\nargon2_iterations = 1",
+            "argon2_memory_kib = 65536\nargon2_iterations = 6",
+        );
+    let server = Server::start_with_config(port, &text, &[]);
+    // Ten hashes at once on one thread with a queue of one: most must be refused at once.
+    let streams: Vec<_> = (0..10)
+        .map(|_| {
+            let stream = server.connect();
+            (&stream)
+                .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let mut refused = 0;
+    let mut hashed = 0;
+    for stream in &streams {
+        let response = ResponseReader::new(stream).next(false).unwrap();
+        match response.status {
+            200 => hashed += 1,
+            503 => {
+                assert_eq!(response.error_code(), "workers_busy");
+                assert_eq!(response.header("Retry-After"), Some("3"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    assert!(hashed >= 1 && refused >= 5, "hashed {hashed}, refused {refused}");
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!("percore_worker_rejected_total {refused}")),
+        "{metrics}"
+    );
+}
