@@ -159,7 +159,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             "percore_shard_heartbeat_timestamp_seconds{{shard=\"{id}\"}} {seconds}"
         );
     }
-    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 13] = [
+    let per_shard: [Family; 13] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| {
             &m.connections_open
         }),
@@ -273,6 +273,14 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         let _ = writeln!(out, "{name} {value}");
     }
 }
+
+/// (name, type, help, the shard's counter) of a one-sample-per-shard family.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &AtomicU64,
+);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
