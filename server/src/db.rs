@@ -11,11 +11,41 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// How often a request waiting for a connection looks again, while none is up.
 const POOL_POLL_MS: u64 = 5;
+
+/// Every statement a shard runs, prepared once per connection when it opens, so a request
+/// never pays for parsing and planning a statement it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stmt {
+    /// Readiness probe.
+    Ping,
+}
+
+impl Stmt {
+    const ALL: [Stmt; 1] = [Stmt::Ping];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Stmt::Ping => "SELECT 1::int4",
+        }
+    }
+}
+
+/// One open connection and its prepared statements, indexed by `Stmt as usize`.
+pub struct Conn {
+    pub client: Client,
+    statements: Vec<Statement>,
+}
+
+impl Conn {
+    pub fn statement(&self, stmt: Stmt) -> &Statement {
+        &self.statements[stmt as usize]
+    }
+}
 
 /// Everything a shard needs to open its connections; built once in `main`.
 #[derive(Clone)]
@@ -50,7 +80,7 @@ impl Target {
 /// The shard's connections. Clients pipeline concurrent queries on one socket, so a few
 /// connections serve many concurrent requests.
 pub struct Pool {
-    slots: Vec<RefCell<Option<Rc<Client>>>>,
+    slots: Vec<RefCell<Option<Rc<Conn>>>>,
     next: Cell<usize>,
     pool_wait: Duration,
 }
@@ -91,7 +121,7 @@ impl Pool {
     }
 
     /// A usable client, waiting up to `pool_wait_ms` while none is.
-    pub async fn client(&self, metrics: &ShardMetrics) -> Result<Rc<Client>, Unavailable> {
+    pub async fn conn(&self, metrics: &ShardMetrics) -> Result<Rc<Conn>, Unavailable> {
         let deadline = Instant::now() + self.pool_wait;
         loop {
             if let Some(client) = self.pick() {
@@ -105,14 +135,14 @@ impl Pool {
         }
     }
 
-    fn pick(&self) -> Option<Rc<Client>> {
+    fn pick(&self) -> Option<Rc<Conn>> {
         let n = self.slots.len();
         for i in 0..n {
             let index = (self.next.get() + i) % n;
             let slot = self.slots[index].borrow();
-            if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
                 self.next.set((index + 1) % n);
-                return Some(client.clone());
+                return Some(conn.clone());
             }
         }
         None
@@ -137,16 +167,35 @@ impl Supervisor {
         loop {
             match self.connect().await {
                 Ok((client, connection)) => {
-                    backoff = min;
-                    failures_logged = 0;
-                    *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(client));
-                    ShardMetrics::add(&self.metrics.db_connections_up, 1);
-                    // Drives the socket until the server or network drops it.
-                    if let Err(e) = connection.await {
-                        log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
+                    // The connection future drives the socket; it runs beside the
+                    // preparation below and until the server or network drops it.
+                    let mut connection = std::pin::pin!(connection);
+                    let prepared = {
+                        let prepare = std::pin::pin!(prepare_all(&client));
+                        match futures::future::select(prepare, connection.as_mut()).await {
+                            futures::future::Either::Left((prepared, _)) => prepared,
+                            futures::future::Either::Right((ended, _)) => {
+                                Err(format!("closed while preparing: {ended:?}"))
+                            }
+                        }
+                    };
+                    match prepared {
+                        Ok(statements) => {
+                            backoff = min;
+                            failures_logged = 0;
+                            *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(Conn { client, statements }));
+                            ShardMetrics::add(&self.metrics.db_connections_up, 1);
+                            if let Err(e) = connection.await {
+                                log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
+                            }
+                            self.pool.slots[self.slot].borrow_mut().take();
+                            ShardMetrics::sub(&self.metrics.db_connections_up, 1);
+                        }
+                        Err(e) => {
+                            ShardMetrics::add(&self.metrics.db_connect_failures, 1);
+                            log::warn!("{}: preparing statements failed: {e}", self.application_name);
+                        }
                     }
-                    self.pool.slots[self.slot].borrow_mut().take();
-                    ShardMetrics::sub(&self.metrics.db_connections_up, 1);
                 }
                 Err(e) => {
                     ShardMetrics::add(&self.metrics.db_connect_failures, 1);
@@ -190,4 +239,13 @@ impl Supervisor {
             .await
             .unwrap_or_else(|| Err("connect timed out".into()))
     }
+}
+
+async fn prepare_all(client: &Client) -> Result<Vec<Statement>, String> {
+    let mut statements = Vec::with_capacity(Stmt::ALL.len());
+    for (index, stmt) in Stmt::ALL.iter().enumerate() {
+        debug_assert_eq!(*stmt as usize, index, "Stmt::ALL is in declaration order");
+        statements.push(client.prepare(stmt.sql()).await.map_err(|e| format!("{stmt:?}: {e}"))?);
+    }
+    Ok(statements)
 }

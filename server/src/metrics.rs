@@ -119,7 +119,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         out,
         "percore_http_request_duration_seconds",
         "histogram",
-        "Time from a complete request head to its encoded response.",
+        "Time from reading a request to handing its response to the kernel.",
     );
     for (id, shard) in shards.iter().enumerate() {
         for endpoint in Endpoint::ALL {

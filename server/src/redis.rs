@@ -96,10 +96,6 @@ impl RedisClient {
         client
     }
 
-    pub fn is_up(&self) -> bool {
-        self.live.borrow().is_some()
-    }
-
     /// Sends one command and waits for its reply, at most `command_timeout_ms`.
     pub async fn query(&self, cmd: &redis::Cmd) -> Reply {
         let answer = {

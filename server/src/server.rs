@@ -72,10 +72,12 @@ pub fn usable_cpus() -> Vec<usize> {
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
 pub fn run(mut config: Config) -> Result<(), String> {
+    let placement = place(&config, &usable_cpus());
     if config.database.url.is_empty() || config.redis.url.is_empty() {
         let var = std::path::Path::new("var");
         log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
-        let dev = percore_testkit::dev::ensure(var)?; // blocking-ok: start-up, before any shard
+        // blocking-ok: start-up, before any shard. Started servers stay off shard cores.
+        let dev = percore_testkit::dev::ensure(var, &placement.worker_cpus)?;
         if config.database.url.is_empty() {
             config.database.url = dev.database_url;
         }
@@ -86,7 +88,6 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let db_target = db::Target::resolve(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 
-    let placement = place(&config, &usable_cpus());
     if placement.worker_cpus.is_empty() {
         log::info!("every CPU runs a shard: worker threads run unpinned and compete with the shards");
     }

@@ -295,3 +295,59 @@ fn readyz_is_503_when_the_database_never_answers() {
     assert_eq!(response.status, 503);
     assert_eq!(response.error_code(), "not_ready");
 }
+
+#[test]
+fn redis_loss_is_reported_not_fatal_and_the_connection_comes_back() {
+    let mut services = Services::start();
+    let server = Server::start(&services, "", "");
+    let ready = wait_for_status(&server, "/readyz", 200, Duration::from_secs(10));
+    assert_eq!(ready.json()["redis"], true, "{}", ready.text());
+
+    services.redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut without = server.get("/readyz");
+    while without.json()["redis"] != false && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        without = server.get("/readyz");
+    }
+    assert_eq!(without.status, 200, "Redis does not gate readiness: {}", without.text());
+    assert_eq!(without.json()["redis"], false);
+
+    services.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = server.get("/readyz");
+    while back.json()["redis"] != true && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        back = server.get("/readyz");
+    }
+    assert_eq!(back.json()["redis"], true, "redis did not come back: {}", back.text());
+}
+
+#[test]
+fn concurrent_readiness_checks_pipeline_on_each_shards_connections() {
+    let services = Services::start();
+    let server = Server::start(&services, "", "");
+    // 200 readiness checks in one write per connection: each runs a prepared statement on
+    // Postgres and a PING on Redis; replies must pair with their requests in order.
+    let streams: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    for stream in &streams {
+        (&*stream)
+            .write_all("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(50).as_bytes())
+            .unwrap();
+    }
+    for stream in &streams {
+        let mut reader = ResponseReader::new(stream);
+        for i in 0..50 {
+            let response = reader.next(false).unwrap();
+            assert_eq!(response.status, 200, "check {i}: {}", response.text());
+            assert_eq!(response.json()["redis"], true);
+        }
+    }
+    let metrics = server.get("/metrics").text();
+    let statements: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("percore_db_statements_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(statements >= 200, "{statements} statements counted");
+}

@@ -3,7 +3,7 @@
 //! Their ports are chosen once and remembered in `var/ports`.
 
 use crate::postgres::init_cluster;
-use crate::process::{self, configure};
+use crate::process::{self, configure_on};
 use crate::redis::ping;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,12 +14,14 @@ pub struct DevServices {
     pub redis_url: String,
 }
 
-pub fn ensure(var: &Path) -> Result<DevServices, String> {
+/// Starts (or reuses) the dev services; when `cpus` is not empty, new server processes are
+/// confined to those CPUs so that they stay off the shards' cores.
+pub fn ensure(var: &Path, cpus: &[usize]) -> Result<DevServices, String> {
     std::fs::create_dir_all(var).map_err(|e| format!("creating {}: {e}", var.display()))?;
     let var = var.canonicalize().map_err(|e| e.to_string())?;
     let (pg_port, redis_port) = ports(&var)?;
-    ensure_postgres(&var, pg_port)?;
-    ensure_redis(&var, redis_port)?;
+    ensure_postgres(&var, pg_port, cpus)?;
+    ensure_redis(&var, redis_port, cpus)?;
     Ok(DevServices {
         database_url: format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
         redis_url: format!("redis://127.0.0.1:{redis_port}/0"),
@@ -39,7 +41,7 @@ fn ports(var: &Path) -> Result<(u16, u16), String> {
     Ok(chosen)
 }
 
-fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
+fn ensure_postgres(var: &Path, port: u16, cpus: &[usize]) -> Result<(), String> {
     if process::port_open(port) {
         return Ok(());
     }
@@ -72,7 +74,7 @@ fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // Kept running after percore exits: no parent-death signal here.
-    configure(&mut command, user, false);
+    configure_on(&mut command, user, false, cpus);
     let output = command.output().map_err(|e| format!("pg_ctl: {e}"))?;
     if !output.status.success() {
         return Err(format!(
@@ -84,14 +86,16 @@ fn ensure_postgres(var: &Path, port: u16) -> Result<(), String> {
     Ok(())
 }
 
-fn ensure_redis(var: &Path, port: u16) -> Result<(), String> {
+fn ensure_redis(var: &Path, port: u16, cpus: &[usize]) -> Result<(), String> {
     if ping(port) {
         return Ok(());
     }
     let dir = var.join("redis");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
-    let status = Command::new(binary)
+    let mut command = Command::new(binary);
+    configure_on(&mut command, None, false, cpus);
+    let status = command
         .args([
             "--port",
             &port.to_string(),

@@ -79,11 +79,29 @@ pub fn chown_recursive(path: &Path, user: Option<(u32, u32)>) -> Result<(), Stri
 /// Runs the command as `user` (when root) and, if `die_with_parent`, has the kernel kill it
 /// when this process dies, so a crashed test leaves no server behind.
 pub fn configure(command: &mut Command, user: Option<(u32, u32)>, die_with_parent: bool) {
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, setgid, setuid).
+    configure_on(command, user, die_with_parent, &[]);
+}
+
+/// As `configure`, and confines the process (and the children it forks) to `cpus` when
+/// that is not empty: the dev services stay off the shards' cores.
+pub fn configure_on(command: &mut Command, user: Option<(u32, u32)>, die_with_parent: bool, cpus: &[usize]) {
+    // SAFETY: cpu_set_t is plain data; zeroed is its empty value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpus {
+        // SAFETY: CPU_SET writes one bit of `set`; cpu indices beyond its size are ignored.
+        unsafe { libc::CPU_SET(*cpu, &mut set) };
+    }
+    let confine = !cpus.is_empty();
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, sched_setaffinity,
+    // setgid, setuid) on data captured by value.
     unsafe {
         command.pre_exec(move || {
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Best effort: a CPU list that no longer fits the machine leaves it unconfined.
+            if confine {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
             }
             if let Some((uid, gid)) = user
                 && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)

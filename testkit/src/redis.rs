@@ -36,33 +36,10 @@ impl Redis {
     }
 
     fn start() -> Result<Redis, String> {
-        let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
         for _ in 0..START_ATTEMPTS {
             let dir = process::temp_dir("percore-redis");
             let port = process::free_port();
-            let mut command = Command::new(&binary);
-            command
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            configure(&mut command, None, true);
-            let mut child = command.spawn().map_err(|e| format!("spawning redis-server: {e}"))?;
-            if process::wait_until(START_TIMEOUT, || {
-                ping(port) || child.try_wait().ok().flatten().is_some()
-            }) && child.try_wait().ok().flatten().is_none()
-            {
+            if let Ok(child) = spawn_server(&dir, port) {
                 let url = format!("redis://127.0.0.1:{port}/0");
                 return Ok(Redis {
                     url,
@@ -71,11 +48,24 @@ impl Redis {
                     dir: Some(dir),
                 });
             }
-            let _ = child.kill();
-            let _ = child.wait();
             let _ = std::fs::remove_dir_all(&dir);
         }
         Err(format!("redis-server did not start after {START_ATTEMPTS} attempts"))
+    }
+
+    /// Kills the server (SIGKILL), keeping its port for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port after `kill`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill");
+        let dir = self.dir.clone().expect("restart needs a server of our own");
+        self.child = Some(spawn_server(&dir, self.port).unwrap_or_else(|e| panic!("restarting redis: {e}")));
     }
 
     /// The server's pid, for tests that pause (SIGSTOP) or kill it.
@@ -84,12 +74,41 @@ impl Redis {
     }
 }
 
+fn spawn_server(dir: &std::path::Path, port: u16) -> Result<Child, String> {
+    let binary = process::on_path("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
+    let mut command = Command::new(&binary);
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    configure(&mut command, None, true);
+    let mut child = command.spawn().map_err(|e| format!("spawning redis-server: {e}"))?;
+    if process::wait_until(START_TIMEOUT, || {
+        ping(port) || child.try_wait().ok().flatten().is_some()
+    }) && child.try_wait().ok().flatten().is_none()
+    {
+        return Ok(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("redis-server did not answer PING".into())
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }

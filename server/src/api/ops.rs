@@ -1,8 +1,9 @@
 //! Ops endpoints: liveness, readiness and Prometheus metrics.
 
 use super::Answer;
+use crate::db::Stmt;
 use crate::http::{ApiError, Reply, response};
-use crate::metrics::{self, Globals};
+use crate::metrics::{self, Globals, ShardMetrics};
 use crate::shard::Shard;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -12,11 +13,19 @@ pub fn healthz(body: &mut Vec<u8>) -> Answer {
 }
 
 /// Ready when this shard answers `SELECT 1` and every other shard has a live connection.
+/// Redis is reported but does not gate readiness: the cache falls back to the database.
 pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
-    let local = match shard.db.client(shard.metrics).await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+    let local = match shard.db.conn(shard.metrics).await {
+        Ok(conn) => {
+            ShardMetrics::add(&shard.metrics.db_statements, 1);
+            conn.client
+                .query_one(conn.statement(Stmt::Ping), &[])
+                .await
+                .is_ok_and(|row| row.get::<_, i32>(0) == 1)
+        }
         Err(_) => false,
     };
+    let redis = matches!(shard.redis.query(&redis::cmd("PING")).await, Ok(redis::Value::SimpleString(ref pong)) if pong == "PONG");
     let down: Vec<usize> = shard
         .shared
         .metrics
@@ -43,7 +52,7 @@ pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         &serde_json::json!({
             "status": "ready",
             "shards": shard.shared.metrics.len(),
-            "redis": shard.redis.is_up(),
+            "redis": redis,
         }),
     )
     .expect("writing JSON to a Vec cannot fail");

@@ -15,9 +15,9 @@ use super::response::{Encoder, JSON, Persistence, Reply};
 use crate::config::ms;
 use crate::metrics::ShardMetrics;
 use crate::router::Endpoint;
-use crate::runtime::TcpStream;
+use crate::runtime::{self, TcpStream};
 use crate::shard::Shard;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures::{AsyncWriteExt, FutureExt};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -44,6 +44,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         body_out: Vec::new(),
         chunked: Vec::new(),
         spans: Vec::new(),
+        ready_at: Instant::now(),
+        encoded: Vec::with_capacity(32),
         unanswered: 0,
     };
     if let Err(e) = conn.run().await {
@@ -67,6 +69,11 @@ struct Conn {
     /// A decoded chunked request body; reused.
     chunked: Vec<u8>,
     spans: Vec<HeaderSpan>,
+    /// When the bytes of the request at `start` were last read. Latency runs from here to
+    /// the flush that hands its response to the kernel.
+    ready_at: Instant,
+    /// Responses encoded but not yet flushed: (endpoint, status, ready_at), for metrics.
+    encoded: Vec<(Endpoint, u16, Instant)>,
     /// Requests read whose responses are not flushed yet (counted in `Shard::in_flight`).
     unanswered: usize,
 }
@@ -126,7 +133,7 @@ impl Conn {
                         Ok(_) => {
                             if matches!(wait, Wait::Idle) {
                                 wait = Wait::Head {
-                                    deadline: Instant::now() + ms(http.header_read_timeout_ms),
+                                    deadline: self.ready_at + ms(http.header_read_timeout_ms),
                                 };
                             }
                             continue;
@@ -140,7 +147,6 @@ impl Conn {
                 Err(error) => return self.fail(error).await,
             };
             wait = Wait::Idle;
-            let started = Instant::now();
             self.unanswered += 1;
             self.shard.in_flight.set(self.shard.in_flight.get() + 1);
 
@@ -159,7 +165,10 @@ impl Conn {
             };
             let request_bytes = &self.read[self.start..];
             let target = &request_bytes[head.target.0..head.target.1];
-            let target = std::str::from_utf8(target).unwrap_or("/");
+            debug_assert!(std::str::from_utf8(target).is_ok());
+            // SAFETY: httparse handed these exact bytes out as the request's `&str` path, and
+            // moving the request within the buffer (compaction) keeps its bytes unchanged.
+            let target = unsafe { std::str::from_utf8_unchecked(target) };
             let body: &[u8] = match body_range {
                 BodyAt::Read(from, to) => &self.read[from..to],
                 BodyAt::Chunked(_) => &self.chunked,
@@ -218,7 +227,7 @@ impl Conn {
                 head.method == Method::Head,
                 persistence,
             );
-            self.shard.metrics.record(endpoint, reply.status, started.elapsed());
+            self.encoded.push((endpoint, reply.status, self.ready_at));
 
             self.start = request_end;
             if self.start == self.end {
@@ -243,7 +252,7 @@ impl Conn {
         body_bytes_max: usize,
     ) -> Result<Option<BodyAt>, BodyError> {
         let body_start = self.start + head.len;
-        let deadline = Instant::now() + ms(timeout_ms);
+        let deadline = self.ready_at + ms(timeout_ms);
         match head.framing {
             Framing::Length(length) => {
                 let needed = head.len + length;
@@ -319,8 +328,9 @@ impl Conn {
                 self.read.resize(grown, 0);
             }
         }
-        self.stream.set_read_timeout(Some(timeout))?;
-        let n = self.stream.read(&mut self.read[self.end..]).await?;
+        let retries = self.shard.config().http.read_retries_max;
+        let n = runtime::read(&self.stream, &mut self.read[self.end..], timeout, retries).await?;
+        self.ready_at = Instant::now();
         self.end += n;
         ShardMetrics::add(&self.shard.metrics.bytes_received, n as u64);
         Ok(n)
@@ -331,6 +341,12 @@ impl Conn {
             return Ok(());
         }
         let result = self.stream.write_all(&self.write).await;
+        // Latency ends when the response is handed to the kernel; one clock read per flush
+        // serves every response of a pipelined batch.
+        let flushed_at = Instant::now();
+        for (endpoint, status, ready_at) in self.encoded.drain(..) {
+            self.shard.metrics.record(endpoint, status, flushed_at - ready_at);
+        }
         if result.is_ok() {
             ShardMetrics::add(&self.shard.metrics.bytes_sent, self.write.len() as u64);
             self.shard.in_flight.set(self.shard.in_flight.get() - self.unanswered);
@@ -350,9 +366,7 @@ impl Conn {
             date: self.shard.date.get(),
         };
         encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
-        self.shard
-            .metrics
-            .record(Endpoint::Malformed, reply.status, Duration::ZERO);
+        self.encoded.push((Endpoint::Malformed, reply.status, self.ready_at));
         self.flush().await
     }
 }

@@ -80,9 +80,13 @@ impl<'a> Request<'a> {
         headers: &'a [HeaderSpan],
         body: &'a [u8],
     ) -> Request<'a> {
-        let target = strip_scheme_and_authority(target);
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
+        let target = if target.starts_with('/') {
+            target
+        } else {
+            strip_scheme_and_authority(target)
+        };
+        let (path, query) = match target.bytes().position(|b| b == b'?') {
+            Some(i) => (&target[..i], Some(&target[i + 1..])),
             None => (target, None),
         };
         Request {
