@@ -59,10 +59,24 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
 /// arrive meanwhile, and each io_uring wait avoided saves its completion work (task_work
 /// and an IPI to the running shard). Only then does it wait, with a one-byte MSG_PEEK
 /// through io_uring, which unlike glommio's own read leaves no poll armed behind it.
-pub async fn read(stream: &TcpStream, buf: &mut [u8], timeout: Duration, retries: usize) -> std::io::Result<usize> {
+///
+/// `peer_is_answering`: we have just written to this peer, so its next bytes cannot be
+/// here yet; other tasks run before the first look, which saves a read that would find
+/// nothing.
+pub async fn read(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    timeout: Duration,
+    retries: usize,
+    peer_is_answering: bool,
+) -> std::io::Result<usize> {
     debug_assert!(!buf.is_empty());
     let mut attempt = 0;
     let mut deadline = None;
+    if peer_is_answering && retries > 0 {
+        attempt += 1;
+        glommio::executor().yield_task_queue_now().await;
+    }
     loop {
         if let Some(n) = try_recv(stream, buf)? {
             return Ok(n);

@@ -130,6 +130,44 @@ fn sigterm_answers_every_request_already_read_and_exits_0() {
     );
     let mut server = Server::start_with_config(port, &text, &[]);
 
+    // A load that runs through the signal: pipelined batches of 8 on keep-alive
+    // connections. Every response that arrives must be whole and 200; a batch may only be
+    // cut short by the connection closing after a `Connection: close` answer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stream = server.connect();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answered = 0u64;
+                let mut reader = ResponseReader::new(&stream);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if (&stream)
+                        .write_all("GET /json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(8).as_bytes())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    for _ in 0..8 {
+                        match reader.next(false) {
+                            Some(response) => {
+                                assert_eq!(response.status, 200, "{}", response.text());
+                                answered += 1;
+                                if response.header("Connection") == Some("close") {
+                                    assert!(reader.closed(), "open after Connection: close");
+                                    return answered;
+                                }
+                            }
+                            None => return answered,
+                        }
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+
     let clients: Vec<_> = (0..8)
         .map(|i| {
             let stream = server.connect();
@@ -168,6 +206,10 @@ fn sigterm_answers_every_request_already_read_and_exits_0() {
     let status = server
         .wait_exit(Duration::from_secs(8))
         .expect("exits within shutdown_timeout");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in load {
+        assert!(worker.join().expect("no load client saw a bad or torn response") > 0);
+    }
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
     assert!(signalled.elapsed() < Duration::from_secs(8));
     assert!(

@@ -46,6 +46,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         spans: Vec::new(),
         ready_at: Instant::now(),
         encoded: Vec::with_capacity(32),
+        wrote_since_read: false,
         unanswered: 0,
     };
     if let Err(e) = conn.run().await {
@@ -72,6 +73,8 @@ struct Conn {
     /// When the bytes of the request at `start` were last read. Latency runs from here to
     /// the flush that hands its response to the kernel.
     ready_at: Instant,
+    /// A flush happened since the last read: the peer is still reading our answer.
+    wrote_since_read: bool,
     /// Responses encoded but not yet flushed: (endpoint, status, ready_at), for metrics.
     encoded: Vec<(Endpoint, u16, Instant)>,
     /// Requests read whose responses are not flushed yet (counted in `Shard::in_flight`).
@@ -329,7 +332,8 @@ impl Conn {
             }
         }
         let retries = self.shard.config().http.read_retries_max;
-        let n = runtime::read(&self.stream, &mut self.read[self.end..], timeout, retries).await?;
+        let wrote = std::mem::take(&mut self.wrote_since_read);
+        let n = runtime::read(&self.stream, &mut self.read[self.end..], timeout, retries, wrote).await?;
         self.ready_at = Instant::now();
         self.end += n;
         ShardMetrics::add(&self.shard.metrics.bytes_received, n as u64);
@@ -341,6 +345,7 @@ impl Conn {
             return Ok(());
         }
         let result = self.stream.write_all(&self.write).await;
+        self.wrote_since_read = true;
         // Latency ends when the response is handed to the kernel; one clock read per flush
         // serves every response of a pipelined batch.
         let flushed_at = Instant::now();
