@@ -123,3 +123,34 @@ fn ensure_redis(var: &Path, port: u16, cpus: &[usize]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Stops the dev services under `var` (they are otherwise left running between runs).
+pub fn stop(var: &Path) -> Result<(), String> {
+    let data = var.join("pg");
+    if data.join("postmaster.pid").exists() {
+        let mut command = Command::new(process::postgres_binary("pg_ctl")?);
+        command
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        configure_on(&mut command, process::unprivileged_user(), false, &[]);
+        let output = command.output().map_err(|e| format!("pg_ctl stop: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    let pid_file = var.join("redis").join("redis.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: sending SIGTERM to the pid redis-server wrote for itself.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            process::wait_until(Duration::from_secs(10), || !pid_file.exists());
+        }
+    }
+    Ok(())
+}

@@ -26,6 +26,8 @@ pub struct Server {
     pub child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// Removed on drop unless a test keeps it for a second run.
+    pub keep_dir: bool,
 }
 
 /// A tuning.toml for tests: 2 shards, bench routes on, cheap Argon2, the given services;
@@ -75,7 +77,12 @@ impl Server {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawning percore");
-        let mut server = Server { child, port, dir };
+        let mut server = Server {
+            child,
+            port,
+            dir,
+            keep_dir: false,
+        };
         server.wait_healthy(Duration::from_secs(30));
         server
     }
@@ -151,7 +158,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
