@@ -32,7 +32,7 @@ fn shard_threads(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     assert_eq!(server.get("/healthz").status, 200);
 
     // glommio's helper threads carry their executor's name and placement; every thread of
@@ -110,7 +110,7 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
 #[test]
 fn sixty_four_pipelined_requests_are_answered_in_order() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let paths = ["/healthz", "/json", "/plaintext", "/nope"];
     let mut batch = String::new();
     for i in 0..64 {
@@ -134,7 +134,7 @@ fn sixty_four_pipelined_requests_are_answered_in_order() {
 #[test]
 fn a_request_split_at_every_byte_boundary_is_parsed_the_same() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let raw =
         b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     let stream = server.connect();
@@ -152,7 +152,7 @@ fn a_request_split_at_every_byte_boundary_is_parsed_the_same() {
 #[test]
 fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
     let services = Services::start();
-    let server = Server::start(&services, "", "header_read_timeout_ms = 1000\nidle_timeout_ms = 5000");
+    let server = Server::start(&services, "header_read_timeout_ms = 1000\nidle_timeout_ms = 5000");
     let stream = server.connect();
     let started = Instant::now();
     let raw = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -184,7 +184,7 @@ fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
 #[test]
 fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     let services = Services::start();
-    let server = Server::start(&services, "", "idle_timeout_ms = 500");
+    let server = Server::start(&services, "idle_timeout_ms = 500");
     let stream = server.connect();
     let mut reader = ResponseReader::new(&stream);
     (&stream)
@@ -203,7 +203,12 @@ fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
 #[test]
 fn at_the_connection_cap_the_shard_waits_until_a_slot_frees() {
     let services = Services::start();
-    let server = Server::start(&services, "shards = 1\nconnections_per_shard_max = 2", "");
+    let port = common::free_port();
+    let text = common::Tuning {
+        server: "shards = 1\nconnections_per_shard_max = 2",
+        ..common::Tuning::new(port, &services)
+    };
+    let server = Server::start_with_config(port, &text.render(), &[]);
     let first = server.connect();
     let second = server.connect();
     for stream in [&first, &second] {
@@ -227,7 +232,7 @@ fn at_the_connection_cap_the_shard_waits_until_a_slot_frees() {
 #[test]
 fn a_panicking_handler_gets_500_and_the_shard_lives_on() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     for _ in 0..8 {
         let stream = server.connect();
         let mut reader = ResponseReader::new(&stream);
@@ -262,7 +267,7 @@ fn wait_for_status(server: &Server, path: &str, status: u16, limit: Duration) ->
 #[test]
 fn readyz_follows_postgres_down_and_back_without_a_restart() {
     let mut services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     assert_eq!(
         wait_for_status(&server, "/readyz", 200, Duration::from_secs(10)).status,
         200
@@ -289,7 +294,11 @@ fn readyz_is_503_when_the_database_never_answers() {
     let services = Services::start();
     let port = common::free_port();
     let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
-    let text = common::config(port, &nowhere, &services.redis.url, "", "");
+    let text = common::Tuning {
+        database_url: &nowhere,
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
     let server = Server::start_with_config(port, &text, &[]);
     let response = server.get("/readyz");
     assert_eq!(response.status, 503);
@@ -299,7 +308,7 @@ fn readyz_is_503_when_the_database_never_answers() {
 #[test]
 fn redis_loss_is_reported_not_fatal_and_the_connection_comes_back() {
     let mut services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let ready = wait_for_status(&server, "/readyz", 200, Duration::from_secs(10));
     assert_eq!(ready.json()["redis"], true, "{}", ready.text());
 
@@ -326,7 +335,7 @@ fn redis_loss_is_reported_not_fatal_and_the_connection_comes_back() {
 #[test]
 fn concurrent_readiness_checks_pipeline_on_each_shards_connections() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     // 200 readiness checks in one write per connection: each runs a prepared statement on
     // Postgres and a PING on Redis; replies must pair with their requests in order.
     let streams: Vec<_> = (0..4).map(|_| server.connect()).collect();

@@ -248,7 +248,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn every_framing_and_limit_case_gets_its_status_and_close_behaviour() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let mut failures = Vec::new();
     for case in cases() {
         let stream = server.connect();
@@ -305,7 +305,7 @@ fn every_framing_and_limit_case_gets_its_status_and_close_behaviour() {
 #[test]
 fn head_has_the_get_length_and_no_body_and_errors_are_json() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let stream = server.connect();
     (&stream)
         .write_all(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -325,7 +325,7 @@ fn head_has_the_get_length_and_no_body_and_errors_are_json() {
 #[test]
 fn expect_continue_gets_100_before_the_body_is_sent() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let stream = server.connect();
     (&stream)
         .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n")
@@ -341,7 +341,7 @@ fn expect_continue_gets_100_before_the_body_is_sent() {
 #[test]
 fn a_1_mib_body_at_the_limit_is_read_whole() {
     let services = Services::start();
-    let server = Server::start(&services, "", "");
+    let server = Server::start(&services, "");
     let stream = server.connect();
     let body = vec![b'x'; 1024 * 1024];
     let head = format!(

@@ -92,7 +92,7 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
 
     let port = common::free_port();
-    let text = common::config(port, &services.postgres.url, &services.redis.url, "", "");
+    let text = common::Tuning::new(port, &services).render();
     let mut server = Server::start_with_config(
         port,
         &text,
@@ -117,17 +117,12 @@ fn sigterm_answers_every_request_already_read_and_exits_0() {
     let services = Services::start();
     // Costly hashes keep requests in flight on the two workers when the signal lands.
     let port = common::free_port();
-    let text = common::config(
-        port,
-        &services.postgres.url,
-        &services.redis.url,
-        "shutdown_timeout_ms = 8000",
-        "",
-    )
-    .replace(
-        "argon2_memory_kib = 4096\nargon2_iterations = 1",
-        "argon2_memory_kib = 65536\nargon2_iterations = 4",
-    );
+    let text = common::Tuning {
+        server: "shards = 2\nshutdown_timeout_ms = 8000",
+        workers: "threads = 2\nargon2_memory_kib = 65536\nargon2_iterations = 4",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
     let mut server = Server::start_with_config(port, &text, &[]);
 
     // A load that runs through the signal: pipelined batches of 8 on keep-alive

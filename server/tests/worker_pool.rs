@@ -24,18 +24,12 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
     let services = Services::start();
     let port = common::free_port();
     // One shard alone on CPU 1; the worker, the hash load and the clients share CPU 0.
-    let text = common::config(
-        port,
-        &services.postgres.url,
-        &services.redis.url,
-        "shards = 1\ncpus = [1]",
-        "",
-    )
-    .replace("[workers]\nthreads = 2\n", "[workers]\nthreads = 1\ncpus = [0]\n")
-    .replace(
-        "argon2_memory_kib = 4096\nargon2_iterations = 1",
-        "argon2_memory_kib = 19456\nargon2_iterations = 2",
-    );
+    let text = common::Tuning {
+        server: "shards = 1\ncpus = [1]",
+        workers: "threads = 1\ncpus = [0]\nargon2_memory_kib = 19456\nargon2_iterations = 2",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
     let server = Server::start_with_config(port, &text, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,15 +100,12 @@ fn a_full_worker_queue_answers_503_with_retry_after() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let services = Services::start();
     let port = common::free_port();
-    let text = common::config(port, &services.postgres.url, &services.redis.url, "shards = 1", "")
-        .replace(
-            "[workers]\nthreads = 2\n",
-            "[workers]\nthreads = 1\nqueue_depth_max = 1\nretry_after_s = 3\n",
-        )
-        .replace(
-            "argon2_memory_kib = 4096\nargon2_iterations = 1",
-            "argon2_memory_kib = 65536\nargon2_iterations = 6",
-        );
+    let text = common::Tuning {
+        server: "shards = 1",
+        workers: "threads = 1\nqueue_depth_max = 1\nretry_after_s = 3\nargon2_memory_kib = 65536\nargon2_iterations = 6",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
     let server = Server::start_with_config(port, &text, &[]);
     // Ten hashes at once on one thread with a queue of one: most must be refused at once.
     let streams: Vec<_> = (0..10)

@@ -145,12 +145,12 @@ pub fn stop(var: &Path) -> Result<(), String> {
         }
     }
     let pid_file = var.join("redis").join("redis.pid");
-    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: sending SIGTERM to the pid redis-server wrote for itself.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            process::wait_until(Duration::from_secs(10), || !pid_file.exists());
-        }
+    if let Ok(pid) = std::fs::read_to_string(&pid_file)
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        // SAFETY: sending SIGTERM to the pid redis-server wrote for itself.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        process::wait_until(Duration::from_secs(10), || !pid_file.exists());
     }
     Ok(())
 }

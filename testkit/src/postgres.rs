@@ -21,10 +21,7 @@ impl Postgres {
     /// `TEST_DATABASE_URL` if set, else a fresh server of our own.
     pub fn throwaway() -> Postgres {
         if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
-            let port = url
-                .rsplit_once(':')
-                .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
-                .unwrap_or(5432);
+            let port = process::port_of_url(&url, 5432);
             return Postgres {
                 url,
                 port,

@@ -13,6 +13,21 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// The port of a `scheme://[user@]host:port[/…]` URL, else `default`.
+pub fn port_of_url(url: &str, default: u16) -> u16 {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    host_port
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Finds `name` on PATH, else in the newest `/usr/lib/postgresql/*/bin`.
 pub fn postgres_binary(name: &str) -> Result<PathBuf, String> {
     if let Some(found) = on_path(name) {
@@ -138,4 +153,16 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a temp dir");
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_of_url_reads_the_authority_only() {
+        assert_eq!(port_of_url("postgres://u:secret@127.0.0.1:6543/db", 5432), 6543);
+        assert_eq!(port_of_url("postgres://u:secret@localhost/db", 5432), 5432);
+        assert_eq!(port_of_url("redis://127.0.0.1:7000/0", 6379), 7000);
+    }
 }

@@ -21,10 +21,7 @@ impl Redis {
     /// `TEST_REDIS_URL` if set, else a fresh server of our own.
     pub fn throwaway() -> Redis {
         if let Ok(url) = std::env::var("TEST_REDIS_URL") {
-            let port = url
-                .rsplit_once(':')
-                .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
-                .unwrap_or(6379);
+            let port = process::port_of_url(&url, 6379);
             return Redis {
                 url,
                 port,

@@ -30,28 +30,46 @@ pub struct Server {
     pub keep_dir: bool,
 }
 
-/// A tuning.toml for tests: 2 shards, bench routes on, cheap Argon2, the given services;
-/// `server_extra` and `http_extra` add keys to `[server]` and `[http]` (`shards` and
-/// `shutdown_timeout_ms` given there replace the test defaults).
-pub fn config(port: u16, database_url: &str, redis_url: &str, server_extra: &str, http_extra: &str) -> String {
-    let shards = if server_extra.contains("shards") {
-        ""
-    } else {
-        "shards = 2\n"
-    };
-    let shutdown = if server_extra.contains("shutdown_timeout_ms") {
-        ""
-    } else {
-        "shutdown_timeout_ms = 5000\n"
-    };
-    format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{shards}{shutdown}{server_extra}\n\
-         [http]\n{http_extra}\n\
-         [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\n\
-         [redis]\nurl = \"{redis_url}\"\n\
-         [workers]\nthreads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1\n\
-         [bench]\nroutes = true\n[log]\nlevel = \"warn\"\n"
-    )
+/// A tuning.toml for tests: bench routes on, the given services, and these sections'
+/// keys. Override fields with struct-update syntax: `Tuning { server: "shards = 1",
+/// ..Tuning::new(port, &services) }`.
+pub struct Tuning<'a> {
+    pub port: u16,
+    pub database_url: &'a str,
+    pub redis_url: &'a str,
+    pub server: &'a str,
+    pub http: &'a str,
+    pub workers: &'a str,
+}
+
+impl<'a> Tuning<'a> {
+    pub fn new(port: u16, services: &'a Services) -> Tuning<'a> {
+        Tuning {
+            port,
+            database_url: &services.postgres.url,
+            redis_url: &services.redis.url,
+            server: "shards = 2\nshutdown_timeout_ms = 5000",
+            http: "",
+            // Cheap Argon2 so tests that hash stay fast.
+            workers: "threads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1",
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let Tuning {
+            port,
+            database_url,
+            redis_url,
+            server,
+            http,
+            workers,
+        } = self;
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[http]\n{http}\n\
+             [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\n[redis]\nurl = \"{redis_url}\"\n\
+             [workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n"
+        )
+    }
 }
 
 impl Server {
@@ -87,15 +105,14 @@ impl Server {
         server
     }
 
-    pub fn start(services: &Services, server_extra: &str, http_extra: &str) -> Server {
+    /// Two shards on the given services, plus `http_extra` keys in `[http]`.
+    pub fn start(services: &Services, http_extra: &str) -> Server {
         let port = free_port();
-        let text = config(
-            port,
-            &services.postgres.url,
-            &services.redis.url,
-            server_extra,
-            http_extra,
-        );
+        let text = Tuning {
+            http: http_extra,
+            ..Tuning::new(port, services)
+        }
+        .render();
         Server::start_with_config(port, &text, &[])
     }
 
