@@ -217,7 +217,8 @@ impl Config {
     /// explicitly is an error.
     pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let read = std::fs::read_to_string(path); // blocking-ok: start-up, before any shard
+        let text = match read {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
             Err(e) => {

@@ -54,7 +54,7 @@ pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
         .name("percore-watchdog".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(interval / 2);
+                std::thread::sleep(interval / 2); // blocking-ok: the watchdog thread, not a shard
                 let now = now_ms();
                 let stalled: Vec<usize> = shared
                     .metrics

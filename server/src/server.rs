@@ -124,7 +124,8 @@ pub fn run(mut config: Config) -> Result<(), String> {
         handles.push(handle);
     }
     for _ in 0..shard_count {
-        match bound_rx.recv() {
+        let bound = bound_rx.recv(); // blocking-ok: the main thread waits for shards to bind
+        match bound {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("a shard exited during start-up".into()),
