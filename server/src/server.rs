@@ -9,7 +9,7 @@ use crate::redis::RedisTarget;
 use crate::runtime;
 use crate::shard::{self, Shared};
 use percore_workers::{Pool, PoolConfig};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 
 /// Where shards and workers run.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,7 +108,6 @@ pub fn run(mut config: Config) -> Result<(), String> {
         redis_target: Some(redis_target),
         shutdown: AtomicBool::new(false),
         stop_senders: Default::default(),
-        listening: AtomicU64::new(0),
         config,
     }));
     lifecycle::watch_signals(shared).map_err(|e| format!("installing signal handlers: {e}"))?;

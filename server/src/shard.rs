@@ -13,7 +13,7 @@ use crate::runtime::{self, Semaphore, TcpListener};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Process-wide state, created once in `main` and never freed.
@@ -28,8 +28,6 @@ pub struct Shared {
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is
     /// taken only then, never on a request path.
     pub stop_senders: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
-    /// Shards whose listener is bound; `main` sends READY=1 when it reaches `shards`.
-    pub listening: AtomicU64,
 }
 
 /// A shard's own state, owned by its thread.
@@ -83,7 +81,6 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         in_flight: Cell::new(0),
     });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
-    shared.listening.fetch_add(1, Ordering::SeqCst);
     let _ = bound.send(Ok(()));
 
     let (stop, stop_signal) = futures::channel::oneshot::channel::<()>();

@@ -360,3 +360,56 @@ fn concurrent_readiness_checks_pipeline_on_each_shards_connections() {
         .sum();
     assert!(statements >= 200, "{statements} statements counted");
 }
+
+#[test]
+fn a_body_that_stops_arriving_gets_408_at_the_body_timeout() {
+    let services = Services::start();
+    let server = Server::start(&services, "body_read_timeout_ms = 500");
+    let stream = server.connect();
+    let sent = Instant::now();
+    (&stream)
+        .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    let mut reader = ResponseReader::new(&stream);
+    let response = reader.next(false).expect("a 408");
+    assert_eq!(response.status, 408);
+    assert_eq!(response.error_code(), "request_timeout");
+    assert!(reader.closed());
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "after {waited:?}"
+    );
+}
+
+fn open_connections(server: &Server) -> u64 {
+    server
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("percore_connections_open{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_at_the_write_timeout() {
+    let services = Services::start();
+    let server = Server::start(&services, "write_timeout_ms = 500");
+    let stream = server.connect();
+    // Far more response bytes than the socket buffers hold, and never a read.
+    let batch = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..40 {
+        if (&stream).write_all(batch.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Only the /metrics connection that asks remains.
+    while open_connections(&server) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(open_connections(&server), 1, "the stalled connection is still open");
+    drop(stream);
+}

@@ -267,7 +267,9 @@ impl Conn {
                     match self.fill(remaining, needed).await {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Err(BodyError::Http(HttpError::BodyTimeout));
+                        }
                         Err(e) => return Err(BodyError::Io(e)),
                     }
                 }
@@ -296,7 +298,9 @@ impl Conn {
                     match self.fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES).await {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Err(BodyError::Http(HttpError::BodyTimeout));
+                        }
                         Err(e) => return Err(BodyError::Io(e)),
                     }
                 }

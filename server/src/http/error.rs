@@ -16,6 +16,8 @@ pub enum HttpError {
     ExpectationFailed,
     /// The head did not arrive within `header_read_timeout_ms` (408, then close).
     HeadTimeout,
+    /// The body did not arrive within `body_read_timeout_ms` (408, then close).
+    BodyTimeout,
 }
 
 /// An error a handler returns; rendered by `render` below.
@@ -69,6 +71,7 @@ impl From<HttpError> for ApiError {
             HttpError::NotImplemented(why) => (501, "not_implemented", why),
             HttpError::ExpectationFailed => (417, "expectation_failed", "only Expect: 100-continue is supported"),
             HttpError::HeadTimeout => (408, "request_timeout", "the request head did not arrive in time"),
+            HttpError::BodyTimeout => (408, "request_timeout", "the request body did not arrive in time"),
         };
         ApiError::new(status, code, message)
     }
