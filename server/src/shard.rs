@@ -42,6 +42,8 @@ pub struct Shard {
     pub draining: Cell<bool>,
     /// Requests read but not yet answered on this shard.
     pub in_flight: Cell<usize>,
+    /// Sequence for the tokens `/readyz` echoes through Redis.
+    pub probe_seq: Cell<u64>,
 }
 
 impl Shard {
@@ -79,6 +81,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         redis: RedisClient::start(shared.redis_target.clone(), &config.redis, metrics),
         draining: Cell::new(false),
         in_flight: Cell::new(0),
+        probe_seq: Cell::new(0),
     });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     let _ = bound.send(Ok(()));

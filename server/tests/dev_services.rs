@@ -31,7 +31,7 @@ fn no_database_configured_starts_and_then_reuses_dev_services_under_var() {
     first.keep_dir = true;
     drop(first);
 
-    let second = Server::start_with_config(port, &text, &[]);
+    let mut second = Server::start_with_config(port, &text, &[]);
     assert_eq!(second.dir, dir);
     assert_eq!(second.get("/readyz").status, 200);
     assert_eq!(
@@ -39,7 +39,13 @@ fn no_database_configured_starts_and_then_reuses_dev_services_under_var() {
         ports,
         "same services, same ports"
     );
+    second.keep_dir = true;
     drop(second);
     percore_testkit::dev::stop(&var).expect("stopping the dev services");
+    assert!(!var.join("redis").join("redis.pid").exists(), "redis still running");
+    assert!(
+        !var.join("pg").join("postmaster.pid").exists(),
+        "postgres still running"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

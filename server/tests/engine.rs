@@ -413,3 +413,85 @@ fn a_client_that_never_reads_is_dropped_at_the_write_timeout() {
     assert_eq!(open_connections(&server), 1, "the stalled connection is still open");
     drop(stream);
 }
+
+#[test]
+fn at_the_fd_limit_accept_fails_softly_and_service_resumes() {
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::Tuning {
+        server: "shards = 1",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    // Enough descriptors to start (rings, eventfds, Postgres, Redis, the listener), far too
+    // few for the connections below; connections_per_shard_max stays at its 10,000.
+    let server = Server::start_limited(port, &text, &[], Some(96));
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    // The shard backs off after EMFILE and accepts again once descriptors are free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut reader = ResponseReader::new(&stream);
+            if (&stream).write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").is_ok()
+                && let Some(response) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next(false)))
+                    .ok()
+                    .flatten()
+            {
+                metrics = response.text();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let accept_errors: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("percore_accept_errors_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(accept_errors > 0, "the fd limit was never hit:\n{metrics}");
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_paused_redis_costs_at_most_the_command_timeout_and_replies_stay_paired() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let ready = wait_for_status(&server, "/readyz", 200, Duration::from_secs(10));
+    assert_eq!(ready.json()["redis"], true);
+    let pid = services.redis.pid().expect("our own redis") as i32;
+
+    // SAFETY: pausing our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let paused = server.get("/readyz");
+        let took = asked.elapsed();
+        assert_eq!(paused.status, 200, "{}", paused.text());
+        assert_eq!(paused.json()["redis"], false);
+        assert!(
+            took < Duration::from_secs(1),
+            "a paused Redis held a request for {took:?}"
+        );
+    }
+    // SAFETY: resuming it.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The late replies to the timed-out PINGs arrive first and are discarded in order;
+    // later commands get their own replies.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut back = server.get("/readyz");
+    while back.json()["redis"] != true && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        back = server.get("/readyz");
+    }
+    assert_eq!(back.json()["redis"], true, "{}", back.text());
+}

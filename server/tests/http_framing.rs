@@ -53,6 +53,12 @@ fn cases() -> Vec<Case> {
             Close,
         ),
         case(
+            "HTTP/1.0 keep-alive",
+            "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            200,
+            KeepOpen,
+        ),
+        case(
             "Connection: close",
             "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
             200,

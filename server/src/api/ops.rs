@@ -25,7 +25,12 @@ pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         }
         Err(_) => false,
     };
-    let redis = matches!(shard.redis.query(&redis::cmd("PING")).await, Ok(redis::Value::SimpleString(ref pong)) if pong == "PONG");
+    // ECHO of a token unique on this shard: a reply paired with the wrong command fails.
+    let token = shard.probe_seq.get();
+    shard.probe_seq.set(token + 1);
+    let token = format!("percore-{}-{token}", shard.id);
+    let echoed = shard.redis.query(redis::cmd("ECHO").arg(&token)).await;
+    let redis = matches!(echoed, Ok(redis::Value::BulkString(ref bytes)) if bytes == token.as_bytes());
     let down: Vec<usize> = shard
         .shared
         .metrics

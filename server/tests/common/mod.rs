@@ -75,6 +75,11 @@ impl<'a> Tuning<'a> {
 impl Server {
     /// Starts `percore` with `config_text` and waits for /healthz.
     pub fn start_with_config(port: u16, config_text: &str, envs: &[(&str, &str)]) -> Server {
+        Server::start_limited(port, config_text, envs, None)
+    }
+
+    /// As `start_with_config`, with the process's open-file limit set to `nofile`.
+    pub fn start_limited(port: u16, config_text: &str, envs: &[(&str, &str)], nofile: Option<u64>) -> Server {
         let dir = std::env::temp_dir().join(format!("percore-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("tuning.toml");
@@ -93,6 +98,22 @@ impl Server {
             .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
         for (key, value) in envs {
             command.env(key, value);
+        }
+        if let Some(nofile) = nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and `limit` is captured by value.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = command.spawn().expect("spawning percore");
         let mut server = Server {
