@@ -70,6 +70,9 @@ pub struct Http {
     /// many times before arming an io_uring poll. Under load the bytes usually arrive
     /// meanwhile, which saves the poll's completion work; idle, it costs a few syscalls.
     pub read_retries_max: usize,
+    /// TCP_NODELAY on client sockets: each flush goes out at once instead of waiting for
+    /// the peer's ACK of earlier data (Nagle).
+    pub tcp_nodelay: bool,
 }
 
 impl Default for Http {
@@ -85,6 +88,7 @@ impl Default for Http {
             write_timeout_ms: 10_000,
             write_buffer_bytes_max: 64 * 1024,
             read_retries_max: 1,
+            tcp_nodelay: true,
         }
     }
 }

@@ -89,7 +89,10 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 
     if placement.worker_cpus.is_empty() {
-        log::info!("every CPU runs a shard: worker threads run unpinned at nice {}", config.workers.nice);
+        log::info!(
+            "every CPU runs a shard: worker threads run unpinned at nice {}",
+            config.workers.nice
+        );
     }
     let pool = Pool::start(&PoolConfig {
         threads: config.workers.threads,

@@ -31,7 +31,7 @@ const READ_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 const CHUNKED_READ_SLACK_BYTES: usize = 16 * 1024;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.set_nodelay(shard.config().http.tcp_nodelay);
     let _ = stream.set_write_timeout(Some(ms(shard.config().http.write_timeout_ms)));
     ShardMetrics::add(&shard.metrics.connections_open, 1);
     let mut conn = Conn {
