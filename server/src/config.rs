@@ -70,6 +70,9 @@ pub struct Http {
     /// many times before arming an io_uring poll. Under load the bytes usually arrive
     /// meanwhile, which saves the poll's completion work; idle, it costs a few syscalls.
     pub read_retries_max: usize,
+    /// How often each shard expires read deadlines (header, body, idle timeouts fire up to
+    /// this late).
+    pub deadline_sweep_ms: u64,
     /// TCP_NODELAY on client sockets: each flush goes out at once instead of waiting for
     /// the peer's ACK of earlier data (Nagle).
     pub tcp_nodelay: bool,
@@ -89,6 +92,7 @@ impl Default for Http {
             write_buffer_bytes_max: 64 * 1024,
             read_retries_max: 1,
             tcp_nodelay: true,
+            deadline_sweep_ms: 100,
         }
     }
 }
@@ -328,6 +332,7 @@ impl Config {
         at_least("http.idle_timeout_ms", h.idle_timeout_ms, 1)?;
         at_least("http.write_timeout_ms", h.write_timeout_ms, 1)?;
         at_least("http.write_buffer_bytes_max", h.write_buffer_bytes_max as u64, 1024)?;
+        at_least("http.deadline_sweep_ms", h.deadline_sweep_ms, 10)?;
         if h.read_retries_max > 16 {
             return Err((
                 "http.read_retries_max".into(),

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod deadlines;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

@@ -2,8 +2,9 @@
 //! and local task spawning. Nothing else in the crate names glommio, so the runtime could
 //! be swapped by rewriting this file alone.
 
+use crate::deadlines::ReadDeadline;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::sync::Semaphore;
@@ -52,13 +53,14 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
     }
 }
 
-/// Reads what the socket has, waiting at most `timeout` for the first byte.
+/// Reads what the socket has, waiting until `deadline` for the first byte.
 ///
 /// The socket is read directly (non-blocking). When it is empty, the shard's other tasks
 /// run first and the read is retried up to `retries` times: under load the bytes usually
-/// arrive meanwhile, and each io_uring wait avoided saves its completion work (task_work
-/// and an IPI to the running shard). Only then does it wait, with a one-byte MSG_PEEK
-/// through io_uring, which unlike glommio's own read leaves no poll armed behind it.
+/// arrive meanwhile, and each io_uring wait avoided saves its completion work. Only then
+/// does it wait, with a one-byte MSG_PEEK through io_uring (unlike glommio's own read, it
+/// leaves no poll armed behind it). The wait's deadline is enforced by the shard's
+/// sweeper (`deadlines`), not by a timer per wait.
 ///
 /// `peer_is_answering`: we have just written to this peer, so its next bytes cannot be
 /// here yet; other tasks run before the first look, which saves a read that would find
@@ -66,18 +68,21 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
 pub async fn read(
     stream: &TcpStream,
     buf: &mut [u8],
-    timeout: Duration,
+    deadline: (&ReadDeadline, Duration),
     retries: usize,
     peer_is_answering: bool,
 ) -> std::io::Result<usize> {
     debug_assert!(!buf.is_empty());
+    let (watch, timeout) = deadline;
     let mut attempt = 0;
-    let mut deadline = None;
     if peer_is_answering && retries > 0 {
         attempt += 1;
         glommio::executor().yield_task_queue_now().await;
     }
     loop {
+        if watch.expired() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
         if let Some(n) = try_recv(stream, buf)? {
             return Ok(n);
         }
@@ -86,15 +91,15 @@ pub async fn read(
             glommio::executor().yield_task_queue_now().await;
             continue;
         }
-        let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + timeout);
-        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        watch.arm(Instant::now() + timeout);
         let mut probe = [0u8; 1];
-        match self::timeout(remaining, stream.peek(&mut probe)).await {
-            // Readable, or at end of stream: the next recv tells which.
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err(std::io::ErrorKind::TimedOut.into()),
+        let waited = stream.peek(&mut probe).await;
+        watch.disarm();
+        if watch.expired() {
+            return Err(std::io::ErrorKind::TimedOut.into());
         }
+        // Readable, or at end of stream: the next recv tells which.
+        waited?;
     }
 }
 

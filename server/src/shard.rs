@@ -6,6 +6,7 @@
 
 use crate::config::{Config, ms};
 use crate::db;
+use crate::deadlines::Sweeper;
 use crate::http::date::DateCache;
 use crate::metrics::ShardMetrics;
 use crate::redis::{RedisClient, RedisTarget};
@@ -44,6 +45,8 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Sequence for the tokens `/readyz` echoes through Redis.
     pub probe_seq: Cell<u64>,
+    /// Read deadlines of this shard's connections.
+    pub deadlines: Sweeper,
 }
 
 impl Shard {
@@ -82,6 +85,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         draining: Cell::new(false),
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
+        deadlines: Sweeper::default(),
     });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     let _ = bound.send(Ok(()));
@@ -89,6 +93,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     let (stop, stop_signal) = futures::channel::oneshot::channel::<()>();
     shared.stop_senders.lock().expect("stop list lock").push(stop);
     runtime::spawn(tick(shard.clone()));
+    runtime::spawn(sweep(shard.clone()));
     // A signal that came before the sender was registered is seen through the flag.
     if !shared.shutdown.load(Ordering::SeqCst) {
         accept_until(&shard, listener, stop_signal).await;
@@ -106,6 +111,15 @@ async fn tick(shard: Rc<Shard>) {
         shard.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
         runtime::sleep(interval).await;
+    }
+}
+
+/// Expires connection read deadlines every `deadline_sweep_ms`.
+async fn sweep(shard: Rc<Shard>) {
+    let interval = ms(shard.config().http.deadline_sweep_ms);
+    loop {
+        runtime::sleep(interval).await;
+        shard.deadlines.sweep(Instant::now());
     }
 }
 

@@ -13,6 +13,7 @@ use super::head::{self, HeadLimits, Parsed};
 use super::request::{Framing, HeaderSpan, Method, Request, Version};
 use super::response::{Encoder, JSON, Persistence, Reply};
 use crate::config::ms;
+use crate::deadlines::ReadDeadline;
 use crate::metrics::ShardMetrics;
 use crate::router::Endpoint;
 use crate::runtime::{self, TcpStream};
@@ -34,6 +35,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(shard.config().http.tcp_nodelay);
     let _ = stream.set_write_timeout(Some(ms(shard.config().http.write_timeout_ms)));
     ShardMetrics::add(&shard.metrics.connections_open, 1);
+    let deadline = shard.deadlines.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let mut conn = Conn {
         shard: shard.clone(),
         stream,
@@ -44,6 +46,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         body_out: Vec::new(),
         chunked: Vec::new(),
         spans: Vec::new(),
+        deadline,
         ready_at: Instant::now(),
         encoded: Vec::with_capacity(32),
         wrote_since_read: false,
@@ -70,6 +73,8 @@ struct Conn {
     /// A decoded chunked request body; reused.
     chunked: Vec<u8>,
     spans: Vec<HeaderSpan>,
+    /// This connection's read deadline, enforced by the shard's sweeper.
+    deadline: Rc<ReadDeadline>,
     /// When the bytes of the request at `start` were last read. Latency runs from here to
     /// the flush that hands its response to the kernel.
     ready_at: Instant,
@@ -337,7 +342,14 @@ impl Conn {
         }
         let retries = self.shard.config().http.read_retries_max;
         let wrote = std::mem::take(&mut self.wrote_since_read);
-        let n = runtime::read(&self.stream, &mut self.read[self.end..], timeout, retries, wrote).await?;
+        let n = runtime::read(
+            &self.stream,
+            &mut self.read[self.end..],
+            (&self.deadline, timeout),
+            retries,
+            wrote,
+        )
+        .await?;
         self.ready_at = Instant::now();
         self.end += n;
         ShardMetrics::add(&self.shard.metrics.bytes_received, n as u64);
