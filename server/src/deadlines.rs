@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn an_expired_deadline_ends_the_read_side_and_closed_connections_are_forgotten() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(); // blocking-ok: unit test
         let (mut server_side, _) = listener.accept().unwrap();
         let sweeper = Sweeper::default();
         let deadline = sweeper.register(server_side.as_raw_fd());

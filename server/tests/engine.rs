@@ -80,11 +80,7 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
     ] {
         assert!(text.contains(family), "metrics lack {family}:\n{text}");
     }
-    let json_count: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("percore_http_requests_total") && l.contains("route=\"json\",status=\"200\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let json_count = common::metric_sum(&text, "percore_http_requests_total{", "route=\"json\",status=\"200\"");
     assert_eq!(json_count, 20);
 
     let mut promtool = std::process::Command::new("promtool")
@@ -245,11 +241,7 @@ fn a_panicking_handler_gets_500_and_the_shard_lives_on() {
         assert_eq!(reader.next(false).unwrap().status, 200);
     }
     let metrics = server.get("/metrics").text();
-    let panics: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("percore_handler_panics_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let panics = common::metric_sum(&metrics, "percore_handler_panics_total{", "");
     assert_eq!(panics, 8);
 }
 
@@ -353,11 +345,7 @@ fn concurrent_readiness_checks_pipeline_on_each_shards_connections() {
         }
     }
     let metrics = server.get("/metrics").text();
-    let statements: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("percore_db_statements_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let statements = common::metric_sum(&metrics, "percore_db_statements_total{", "");
     assert!(statements >= 200, "{statements} statements counted");
 }
 
@@ -388,14 +376,8 @@ fn open_connections(probe: &std::net::TcpStream) -> u64 {
     (&*probe)
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    ResponseReader::new(probe)
-        .next(false)
-        .unwrap()
-        .text()
-        .lines()
-        .filter(|l| l.starts_with("percore_connections_open{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    let text = ResponseReader::new(probe).next(false).unwrap().text();
+    common::metric_sum(&text, "percore_connections_open{", "")
 }
 
 #[test]
@@ -462,11 +444,7 @@ fn at_the_fd_limit_accept_fails_softly_and_service_resumes() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let accept_errors: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("percore_accept_errors_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let accept_errors = common::metric_sum(&metrics, "percore_accept_errors_total{", "");
     assert!(accept_errors > 0, "the fd limit was never hit:\n{metrics}");
     assert_eq!(server.get("/healthz").status, 200);
 }

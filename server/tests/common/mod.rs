@@ -202,6 +202,15 @@ impl Drop for Server {
     }
 }
 
+/// Sums the samples of a metric family across shards: lines starting with `prefix` and
+/// containing `label_filter`.
+pub fn metric_sum(text: &str, prefix: &str, label_filter: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(label_filter))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
