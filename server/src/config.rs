@@ -374,7 +374,7 @@ impl Config {
             r.reconnect_backoff_ms_max,
             r.reconnect_backoff_ms_min,
         )?;
-        if !r.url.is_empty() && crate::redis::RedisTarget::parse(&r.url).is_none() {
+        if !r.url.is_empty() && !crate::redis::RedisTarget::is_valid_url(&r.url) {
             return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {

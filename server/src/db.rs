@@ -91,12 +91,7 @@ pub struct Unavailable;
 
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
-    pub fn start(
-        target: Option<Target>,
-        settings: &Database,
-        shard_id: usize,
-        metrics: &'static ShardMetrics,
-    ) -> Rc<Pool> {
+    pub fn start(target: Target, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
         let pool = Rc::new(Pool {
             slots: (0..settings.connections_per_shard)
                 .map(|_| RefCell::new(None))
@@ -104,18 +99,16 @@ impl Pool {
             next: Cell::new(0),
             pool_wait: ms(settings.pool_wait_ms),
         });
-        if let Some(target) = target {
-            for slot in 0..settings.connections_per_shard {
-                let supervisor = Supervisor {
-                    pool: pool.clone(),
-                    slot,
-                    target: target.clone(),
-                    settings: settings.clone(),
-                    metrics,
-                    application_name: format!("percore-shard-{shard_id}"),
-                };
-                runtime::spawn(supervisor.run());
-            }
+        for slot in 0..settings.connections_per_shard {
+            let supervisor = Supervisor {
+                pool: pool.clone(),
+                slot,
+                target: target.clone(),
+                settings: settings.clone(),
+                metrics,
+                application_name: format!("percore-shard-{shard_id}"),
+            };
+            runtime::spawn(supervisor.run());
         }
         pool
     }

@@ -159,76 +159,21 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             "percore_shard_heartbeat_timestamp_seconds{{shard=\"{id}\"}} {seconds}"
         );
     }
+    #[rustfmt::skip]
     let per_shard: [Family; 13] = [
-        ("percore_connections_open", "gauge", "Client connections open.", |m| {
-            &m.connections_open
-        }),
-        (
-            "percore_connections_accepted_total",
-            "counter",
-            "Client connections accepted.",
-            |m| &m.connections_accepted,
-        ),
-        (
-            "percore_accept_errors_total",
-            "counter",
-            "accept() failures (e.g. at the fd limit).",
-            |m| &m.accept_errors,
-        ),
-        (
-            "percore_received_bytes_total",
-            "counter",
-            "Bytes read from clients.",
-            |m| &m.bytes_received,
-        ),
-        (
-            "percore_sent_bytes_total",
-            "counter",
-            "Bytes written to clients.",
-            |m| &m.bytes_sent,
-        ),
-        (
-            "percore_handler_panics_total",
-            "counter",
-            "Handler panics turned into 500.",
-            |m| &m.handler_panics,
-        ),
-        (
-            "percore_db_connections_up",
-            "gauge",
-            "Postgres connections currently usable.",
-            |m| &m.db_connections_up,
-        ),
-        (
-            "percore_db_connect_failures_total",
-            "counter",
-            "Failed Postgres connection attempts.",
-            |m| &m.db_connect_failures,
-        ),
-        (
-            "percore_db_pool_wait_timeouts_total",
-            "counter",
-            "Requests that waited pool_wait_ms for a connection and got 503.",
-            |m| &m.db_pool_wait_timeouts,
-        ),
-        ("percore_db_statements_total", "counter", "SQL statements sent.", |m| {
-            &m.db_statements
-        }),
-        (
-            "percore_redis_up",
-            "gauge",
-            "1 while the shard's Redis connection is usable.",
-            |m| &m.redis_up,
-        ),
-        (
-            "percore_redis_errors_total",
-            "counter",
-            "Redis connection errors and command timeouts.",
-            |m| &m.redis_errors,
-        ),
-        ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| {
-            &m.redis_commands
-        }),
+        ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
+        ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
+        ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
+        ("percore_received_bytes_total", "counter", "Bytes read from clients.", |m| &m.bytes_received),
+        ("percore_sent_bytes_total", "counter", "Bytes written to clients.", |m| &m.bytes_sent),
+        ("percore_handler_panics_total", "counter", "Handler panics turned into 500.", |m| &m.handler_panics),
+        ("percore_db_connections_up", "gauge", "Postgres connections currently usable.", |m| &m.db_connections_up),
+        ("percore_db_connect_failures_total", "counter", "Failed Postgres connection attempts.", |m| &m.db_connect_failures),
+        ("percore_db_pool_wait_timeouts_total", "counter", "Requests that waited pool_wait_ms for a connection in vain.", |m| &m.db_pool_wait_timeouts),
+        ("percore_db_statements_total", "counter", "SQL statements sent.", |m| &m.db_statements),
+        ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
+        ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
+        ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);
@@ -236,37 +181,13 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {}", get(shard).load(Relaxed));
         }
     }
+    #[rustfmt::skip]
     let global: [(&str, &str, &str, u64); 5] = [
-        (
-            "percore_worker_queue_depth",
-            "gauge",
-            "Tasks waiting for a worker thread.",
-            globals.worker_queue_depth,
-        ),
-        (
-            "percore_worker_queue_capacity",
-            "gauge",
-            "Bound of the worker queue (workers.queue_depth_max).",
-            globals.worker_queue_capacity,
-        ),
-        (
-            "percore_worker_rejected_total",
-            "counter",
-            "Tasks refused because the worker queue was full.",
-            globals.worker_rejected,
-        ),
-        (
-            "percore_worker_threads_busy",
-            "gauge",
-            "Worker threads running a task.",
-            globals.worker_threads_busy,
-        ),
-        (
-            "percore_db_connections_per_shard",
-            "gauge",
-            "Configured Postgres connections per shard.",
-            globals.db_connections_per_shard,
-        ),
+        ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
+        ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
+        ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
+        ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
+        ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard.", globals.db_connections_per_shard),
     ];
     for (name, kind, help, value) in global {
         family(out, name, kind, help);

@@ -27,35 +27,52 @@ pub struct RedisTarget {
     db: i64,
     username: Option<String>,
     password: Option<String>,
-    addr: Option<SocketAddr>,
+    addr: SocketAddr,
+}
+
+/// The parts of a `redis://[user:pass@]host:port[/db]` URL, before name resolution.
+type UrlParts = (String, u16, i64, Option<String>, Option<String>);
+
+fn url_parts(url: &str) -> Option<UrlParts> {
+    let info = url.into_connection_info().ok()?;
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+        return None;
+    };
+    let settings = info.redis_settings();
+    let username = settings.username().map(str::to_string);
+    Some((
+        host,
+        port,
+        settings.db(),
+        username,
+        settings.password().map(str::to_string),
+    ))
 }
 
 impl RedisTarget {
-    pub fn parse(url: &str) -> Option<RedisTarget> {
-        let info = url.into_connection_info().ok()?;
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
-            return None;
-        };
-        let settings = info.redis_settings();
-        Some(RedisTarget {
-            host,
-            port,
-            db: settings.db(),
-            username: settings.username().map(str::to_string),
-            password: settings.password().map(str::to_string),
-            addr: None,
-        })
+    /// True for a TCP `redis://` URL; checked when tuning.toml loads.
+    pub fn is_valid_url(url: &str) -> bool {
+        url_parts(url).is_some()
     }
 
-    /// Resolves the host. Blocking: call only before shards start.
+    /// Parses the URL and resolves its host. Blocking: call only before shards start.
     pub fn resolve(url: &str) -> Result<RedisTarget, String> {
-        let mut target = RedisTarget::parse(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
+        let (host, port, db, username, password) =
+            url_parts(url).ok_or("redis.url: not a redis://host:port[/db] URL")?;
         use std::net::ToSocketAddrs;
-        target.addr = (target.host.as_str(), target.port) // blocking-ok: start-up only
+        let addr = (host.as_str(), port) // blocking-ok: start-up only
             .to_socket_addrs()
-            .map_err(|e| format!("redis.url: cannot resolve {}: {e}", target.host))?
-            .next();
-        Ok(target)
+            .map_err(|e| format!("redis.url: cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("redis.url: {host} has no address"))?;
+        Ok(RedisTarget {
+            host,
+            port,
+            db,
+            username,
+            password,
+            addr,
+        })
     }
 }
 
@@ -84,15 +101,13 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    pub fn start(target: Option<RedisTarget>, settings: &Settings, metrics: &'static ShardMetrics) -> Rc<RedisClient> {
+    pub fn start(target: RedisTarget, settings: &Settings, metrics: &'static ShardMetrics) -> Rc<RedisClient> {
         let client = Rc::new(RedisClient {
             live: RefCell::new(None),
             settings: settings.clone(),
             metrics,
         });
-        if let Some(target) = target.filter(|t| t.addr.is_some()) {
-            runtime::spawn(supervise(client.clone(), target));
-        }
+        runtime::spawn(supervise(client.clone(), target));
         client
     }
 
@@ -177,8 +192,7 @@ async fn supervise(client: Rc<RedisClient>, target: RedisTarget) {
 }
 
 async fn connect(target: &RedisTarget) -> Result<TcpStream, String> {
-    let addr = target.addr.expect("resolved at start-up");
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(target.addr).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // The handshake runs before the connection is shared, so it reads replies directly.
     let mut handshake = Vec::new();

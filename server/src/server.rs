@@ -107,8 +107,8 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
         workers: pool.handle(),
-        db_target: Some(db_target),
-        redis_target: Some(redis_target),
+        db_target,
+        redis_target,
         shutdown: AtomicBool::new(false),
         stop_senders: Default::default(),
         config,

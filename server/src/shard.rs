@@ -22,8 +22,8 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Vec<ShardMetrics>,
     pub workers: percore_workers::Handle,
-    pub db_target: Option<db::Target>,
-    pub redis_target: Option<RedisTarget>,
+    pub db_target: db::Target,
+    pub redis_target: RedisTarget,
     /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is

@@ -20,7 +20,7 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
                 "method_not_allowed",
                 format!("{} is not allowed here", request.method.as_str()),
             );
-            let mut reply = crate::http::conn::error_reply(&error, body);
+            let mut reply = crate::http::error::error_reply(&error, body);
             reply.headers.push(("Allow", allow));
             return (Endpoint::MethodNotAllowed, Ok(reply));
         }

@@ -8,10 +8,10 @@
 //! Runs on a shard: never blocks.
 
 use super::body::ChunkedDecoder;
-use super::error::{ApiError, HttpError, render};
+use super::error::{ApiError, HttpError, error_reply};
 use super::head::{self, HeadLimits, Parsed};
 use super::request::{Framing, HeaderSpan, Method, Request, Version};
-use super::response::{Encoder, JSON, Persistence, Reply};
+use super::response::{Encoder, Persistence};
 use crate::config::ms;
 use crate::deadlines::ReadDeadline;
 use crate::metrics::ShardMetrics;
@@ -408,14 +408,4 @@ impl From<io::Error> for BodyError {
     fn from(e: io::Error) -> Self {
         BodyError::Io(e)
     }
-}
-
-/// The one place an `ApiError` becomes a response.
-pub fn error_reply(error: &ApiError, body: &mut Vec<u8>) -> Reply {
-    render(error, body);
-    let mut reply = Reply::new(error.status, JSON);
-    if let Some(seconds) = error.retry_after_s {
-        reply = reply.with_header("Retry-After", seconds.to_string());
-    }
-    reply
 }

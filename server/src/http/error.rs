@@ -1,6 +1,7 @@
 //! Every error a client can get, and the one table mapping each to a status, a stable
 //! machine-readable code and the JSON body `{"error":{"code":"…","message":"…"}}`.
 
+use super::response::{JSON, Reply};
 use std::borrow::Cow;
 
 /// Errors found while reading a request off the wire. Each closes the connection: after a
@@ -77,8 +78,18 @@ impl From<HttpError> for ApiError {
     }
 }
 
+/// The one place an `ApiError` becomes a response: its JSON body into `body`, and the head.
+pub fn error_reply(error: &ApiError, body: &mut Vec<u8>) -> Reply {
+    render(error, body);
+    let mut reply = Reply::new(error.status, JSON);
+    if let Some(seconds) = error.retry_after_s {
+        reply = reply.with_header("Retry-After", seconds.to_string());
+    }
+    reply
+}
+
 /// Writes the JSON error body into `out`.
-pub fn render(error: &ApiError, out: &mut Vec<u8>) {
+fn render(error: &ApiError, out: &mut Vec<u8>) {
     #[derive(serde::Serialize)]
     struct Body<'a> {
         error: Inner<'a>,
