@@ -17,6 +17,8 @@ pub struct Config {
     pub workers: Workers,
     pub database: Database,
     pub redis: Redis,
+    pub identity: Identity,
+    pub api: Api,
     pub bench: Bench,
     pub log: Log,
 }
@@ -139,6 +141,9 @@ pub struct Database {
     pub statement_timeout_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
+    /// Apply pending migrations at start-up. Unset: on for the dev database under ./var/,
+    /// off for a configured one (run `percore migrate` in the deploy step instead).
+    pub auto_migrate: Option<bool>,
 }
 
 impl Default for Database {
@@ -151,6 +156,7 @@ impl Default for Database {
             statement_timeout_ms: 5_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
+            auto_migrate: None,
         }
     }
 }
@@ -177,6 +183,51 @@ impl Default for Redis {
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
             in_flight_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// Lifetime of a session token from login.
+    pub token_ttl_s: u64,
+    /// Login attempts refilled per minute, per client IP and per email, on each shard.
+    pub login_rate_per_minute: u32,
+    /// Attempts allowed at once before the rate applies.
+    pub login_burst: u32,
+    /// Clients (IPs plus emails) tracked per shard; the least recently seen are dropped.
+    pub login_tracked_max: usize,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            token_ttl_s: 7 * 24 * 3600,
+            login_rate_per_minute: 10,
+            login_burst: 10,
+            login_tracked_max: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// `POST /v1/events`: the largest `payload`, as JSON text.
+    pub event_payload_bytes_max: usize,
+    /// `GET /v1/users?ids=`: the most ids in one request.
+    pub user_ids_max: usize,
+    /// `GET /v1/me/events`: the largest `limit`.
+    pub events_page_max: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            event_payload_bytes_max: 16 * 1024,
+            user_ids_max: 100,
+            events_page_max: 100,
         }
     }
 }
@@ -377,6 +428,21 @@ impl Config {
         if !r.url.is_empty() && !crate::redis::RedisTarget::is_valid_url(&r.url) {
             return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
         }
+        let i = &self.identity;
+        at_least("identity.token_ttl_s", i.token_ttl_s, 60)?;
+        at_least("identity.login_rate_per_minute", i.login_rate_per_minute as u64, 1)?;
+        at_least("identity.login_burst", i.login_burst as u64, 1)?;
+        at_least("identity.login_tracked_max", i.login_tracked_max as u64, 16)?;
+        let a = &self.api;
+        at_least("api.event_payload_bytes_max", a.event_payload_bytes_max as u64, 2)?;
+        if a.event_payload_bytes_max > self.http.body_bytes_max {
+            return Err((
+                "api.event_payload_bytes_max".into(),
+                format!("must not exceed http.body_bytes_max ({})", self.http.body_bytes_max),
+            ));
+        }
+        at_least("api.user_ids_max", a.user_ids_max as u64, 1)?;
+        at_least("api.events_page_max", a.events_page_max as u64, 1)?;
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
             return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
         }

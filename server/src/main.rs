@@ -1,11 +1,12 @@
 //! The `percore` command: `percore [--config PATH]` serves; `percore check-config [PATH]`
-//! validates a tuning file and prints the effective configuration.
+//! validates a tuning file and prints the effective configuration; `percore migrate` applies
+//! pending schema migrations and exits.
 
 use percore::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore check-config [PATH]";
+const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore [--config PATH] migrate\n       percore check-config [PATH]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            "serve" | "check-config" if command.is_none() => command = Some(arg),
+            "serve" | "check-config" | "migrate" if command.is_none() => command = Some(arg),
             _ if arg.starts_with('-') => return usage_error(&format!("unknown option {arg}")),
             _ => positional.push(PathBuf::from(arg)),
         }
@@ -52,6 +53,26 @@ fn main() -> ExitCode {
                 toml::to_string_pretty(&config).expect("a parsed config serializes back")
             );
             ExitCode::SUCCESS
+        }
+        "migrate" => {
+            let mut config = config;
+            let outcome = percore::server::resolve_services(&mut config, &[])
+                .and_then(|_| percore::server::migrate(&config.database));
+            match outcome {
+                Ok(outcome) => {
+                    println!(
+                        "migrations: {} applied ({:?}), {} already applied",
+                        outcome.applied.len(),
+                        outcome.applied,
+                        outcome.already
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("percore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         _ => match percore::server::run(config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -70,20 +70,48 @@ pub fn usable_cpus() -> Vec<usize> {
     cpus
 }
 
-/// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
-pub fn run(mut config: Config) -> Result<(), String> {
-    let placement = place(&config, &usable_cpus());
-    if config.database.url.is_empty() || config.redis.url.is_empty() {
+/// Fills empty database and Redis URLs with the dev services under `./var/`, starting them
+/// if needed. Returns whether the database is the dev one. Blocking: start-up only.
+pub fn resolve_services(config: &mut Config, service_cpus: &[usize]) -> Result<bool, String> {
+    let dev_database = config.database.url.is_empty();
+    if dev_database || config.redis.url.is_empty() {
         let var = std::path::Path::new("var");
         log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
         // blocking-ok: start-up, before any shard. Started servers stay off shard cores.
-        let dev = percore_testkit::dev::ensure(var, &placement.worker_cpus)?;
+        let dev = percore_testkit::dev::ensure(var, service_cpus)?;
         if config.database.url.is_empty() {
             config.database.url = dev.database_url;
         }
         if config.redis.url.is_empty() {
             config.redis.url = dev.redis_url;
         }
+    }
+    Ok(dev_database)
+}
+
+/// Applies pending schema migrations. Blocking: start-up and `percore migrate` only.
+pub fn migrate(settings: &crate::config::Database) -> Result<percore_schema::Outcome, String> {
+    let mut config: postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
+    config.connect_timeout(crate::config::ms(settings.connect_timeout_ms));
+    config.application_name("percore-migrate");
+    // blocking-ok: start-up, before any shard exists.
+    let mut client = config
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("migrations: cannot connect to the database: {e}"))?;
+    percore_schema::migrate(&mut client).map_err(|e| format!("migrations: {e}"))
+}
+
+/// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
+pub fn run(mut config: Config) -> Result<(), String> {
+    let placement = place(&config, &usable_cpus());
+    let dev_database = resolve_services(&mut config, &placement.worker_cpus)?;
+    if config.database.auto_migrate.unwrap_or(dev_database) {
+        let outcome = migrate(&config.database)?;
+        log::info!(
+            "schema: {} migrations applied now, {} already",
+            outcome.applied.len(),
+            outcome.already
+        );
     }
     let db_target = db::Target::resolve(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
