@@ -7,6 +7,7 @@
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{self, TcpStream};
+use crate::sql::Stmt;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,25 +18,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 /// How often a request waiting for a connection looks again, while none is up.
 const POOL_POLL_MS: u64 = 5;
 
-/// Every statement a shard runs, prepared once per connection when it opens, so a request
-/// never pays for parsing and planning a statement it sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stmt {
-    /// Readiness probe.
-    Ping,
-}
-
-impl Stmt {
-    const ALL: [Stmt; 1] = [Stmt::Ping];
-
-    fn sql(self) -> &'static str {
-        match self {
-            Stmt::Ping => "SELECT 1::int4",
-        }
-    }
-}
-
-/// One open connection and its prepared statements, indexed by `Stmt as usize`.
+/// One open connection and its prepared statements (`sql::Stmt`), indexed by `Stmt as usize`.
 pub struct Conn {
     pub client: Client,
     statements: Vec<Statement>,

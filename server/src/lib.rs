@@ -19,3 +19,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod sql;
+pub mod throttle;

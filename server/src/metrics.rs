@@ -36,6 +36,12 @@ struct RouteMetrics {
     /// Per-bucket (not cumulative) counts; the last slot is +Inf.
     latency_buckets: [AtomicU64; BUCKETS_S.len() + 1],
     latency_sum_us: AtomicU64,
+    db_reads: AtomicU64,
+    db_writes: AtomicU64,
+    /// The most statements, and reads, any one request of this route ran: the query budget
+    /// made visible under load.
+    db_statements_max: AtomicU64,
+    db_reads_max: AtomicU64,
 }
 
 #[derive(Default)]
@@ -50,7 +56,6 @@ pub struct ShardMetrics {
     pub db_connections_up: AtomicU64,
     pub db_connect_failures: AtomicU64,
     pub db_pool_wait_timeouts: AtomicU64,
-    pub db_statements: AtomicU64,
     pub redis_up: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_commands: AtomicU64,
@@ -70,6 +75,18 @@ impl ShardMetrics {
             .unwrap_or(BUCKETS_US.len());
         route.latency_buckets[bucket].fetch_add(1, Relaxed);
         route.latency_sum_us.fetch_add(micros, Relaxed);
+    }
+
+    /// One request's SQL statements, by route.
+    pub fn record_statements(&self, endpoint: Endpoint, reads: u32, writes: u32) {
+        if reads + writes == 0 {
+            return;
+        }
+        let route = &self.routes[endpoint as usize];
+        route.db_reads.fetch_add(u64::from(reads), Relaxed);
+        route.db_writes.fetch_add(u64::from(writes), Relaxed);
+        route.db_statements_max.fetch_max(u64::from(reads + writes), Relaxed);
+        route.db_reads_max.fetch_max(u64::from(reads), Relaxed);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -148,6 +165,43 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
     }
     family(
         out,
+        "percore_db_statements_total",
+        "counter",
+        "SQL statements run, by shard, route and kind (read or write).",
+    );
+    for (id, shard) in shards.iter().enumerate() {
+        for endpoint in Endpoint::ALL {
+            let route = &shard.routes[endpoint as usize];
+            for (kind, counter) in [("read", &route.db_reads), ("write", &route.db_writes)] {
+                let count = counter.load(Relaxed);
+                if count > 0 {
+                    let label = endpoint.label();
+                    let _ = writeln!(
+                        out,
+                        "percore_db_statements_total{{shard=\"{id}\",route=\"{label}\",kind=\"{kind}\"}} {count}"
+                    );
+                }
+            }
+        }
+    }
+    #[rustfmt::skip]
+    let maxima: [(&str, &str, RouteCounter); 2] = [
+        ("percore_db_request_statements_max", "The most SQL statements one request of the route ran (budget: 2).", |r| &r.db_statements_max),
+        ("percore_db_request_reads_max", "The most SQL reads one request of the route ran (budget: 1).", |r| &r.db_reads_max),
+    ];
+    for (name, help, get) in maxima {
+        family(out, name, "gauge", help);
+        for (id, shard) in shards.iter().enumerate() {
+            for endpoint in Endpoint::ALL {
+                let value = get(&shard.routes[endpoint as usize]).load(Relaxed);
+                if value > 0 {
+                    let _ = writeln!(out, "{name}{{shard=\"{id}\",route=\"{}\"}} {value}", endpoint.label());
+                }
+            }
+        }
+    }
+    family(
+        out,
         "percore_shard_heartbeat_timestamp_seconds",
         "gauge",
         "When the shard loop last ticked, Unix time.",
@@ -160,7 +214,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         );
     }
     #[rustfmt::skip]
-    let per_shard: [Family; 13] = [
+    let per_shard: [Family; 12] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -170,7 +224,6 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_db_connections_up", "gauge", "Postgres connections currently usable.", |m| &m.db_connections_up),
         ("percore_db_connect_failures_total", "counter", "Failed Postgres connection attempts.", |m| &m.db_connect_failures),
         ("percore_db_pool_wait_timeouts_total", "counter", "Requests that waited pool_wait_ms for a connection in vain.", |m| &m.db_pool_wait_timeouts),
-        ("percore_db_statements_total", "counter", "SQL statements sent.", |m| &m.db_statements),
         ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
         ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
         ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
@@ -194,6 +247,9 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         let _ = writeln!(out, "{name} {value}");
     }
 }
+
+/// One route's counter, picked out of its metrics.
+type RouteCounter = fn(&RouteMetrics) -> &AtomicU64;
 
 /// (name, type, help, the shard's counter) of a one-sample-per-shard family.
 type Family = (

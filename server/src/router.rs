@@ -1,6 +1,6 @@
 //! The route table: which method and path reach which endpoint. Reads like the API.
-//! HEAD is served wherever GET is. Authentication, when routes need it, is applied here
-//! once, by the `auth` column, not inside handlers.
+//! HEAD is served wherever GET is. Authentication is decided here, by each route's
+//! `Access`, and applied once by `api::handle`, never inside handlers.
 
 use crate::http::Method;
 
@@ -10,6 +10,17 @@ pub enum Endpoint {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
+    Register,
+    Login,
+    Logout,
+    Me,
+    PatchProfile,
+    PutPrefs,
+    UserById,
+    UsersByIds,
+    PostEvent,
+    MyEvents,
     Plaintext,
     Json,
     BenchHash,
@@ -22,10 +33,21 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 21] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
+        Endpoint::OpenApi,
+        Endpoint::Register,
+        Endpoint::Login,
+        Endpoint::Logout,
+        Endpoint::Me,
+        Endpoint::PatchProfile,
+        Endpoint::PutPrefs,
+        Endpoint::UserById,
+        Endpoint::UsersByIds,
+        Endpoint::PostEvent,
+        Endpoint::MyEvents,
         Endpoint::Plaintext,
         Endpoint::Json,
         Endpoint::BenchHash,
@@ -40,6 +62,17 @@ impl Endpoint {
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
             Endpoint::Metrics => "metrics",
+            Endpoint::OpenApi => "openapi",
+            Endpoint::Register => "register",
+            Endpoint::Login => "login",
+            Endpoint::Logout => "logout",
+            Endpoint::Me => "me",
+            Endpoint::PatchProfile => "patch_profile",
+            Endpoint::PutPrefs => "put_prefs",
+            Endpoint::UserById => "user_by_id",
+            Endpoint::UsersByIds => "users_by_ids",
+            Endpoint::PostEvent => "post_event",
+            Endpoint::MyEvents => "my_events",
             Endpoint::Plaintext => "plaintext",
             Endpoint::Json => "json",
             Endpoint::BenchHash => "bench_hash",
@@ -55,6 +88,9 @@ impl Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Public,
+    /// Needs `Authorization: Bearer <token>`: the auth middleware in `api::handle` checks it
+    /// once for every such route, before any handler runs.
+    User,
     /// Only when `[bench] routes = true`.
     Bench,
     /// Only in debug builds (the tests' binary), and only with bench routes on.
@@ -63,6 +99,7 @@ pub enum Access {
 
 struct Route {
     method: Method,
+    /// Literal segments, and `{name}` for one path parameter.
     path: &'static str,
     endpoint: Endpoint,
     access: Access,
@@ -85,6 +122,17 @@ const ROUTES: &[Route] = &[
     route(Get, "/healthz", Healthz, Public),
     route(Get, "/readyz", Readyz, Public),
     route(Get, "/metrics", Metrics, Public),
+    route(Get, "/openapi.json", OpenApi, Public),
+    route(Post, "/v1/auth/register", Register, Public),
+    route(Post, "/v1/auth/login", Login, Public),
+    route(Post, "/v1/auth/logout", Logout, User),
+    route(Get, "/v1/me", Me, User),
+    route(Patch, "/v1/me/profile", PatchProfile, User),
+    route(Put, "/v1/me/prefs", PutPrefs, User),
+    route(Get, "/v1/me/events", MyEvents, User),
+    route(Get, "/v1/users/{id}", UserById, User),
+    route(Get, "/v1/users", UsersByIds, User),
+    route(Post, "/v1/events", PostEvent, User),
     route(Get, "/plaintext", Plaintext, Bench),
     route(Get, "/json", Json, Bench),
     route(Post, "/bench/hash", BenchHash, Bench),
@@ -92,25 +140,44 @@ const ROUTES: &[Route] = &[
 ];
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Resolved {
-    Found(Endpoint),
+pub enum Resolved<'a> {
+    Found {
+        endpoint: Endpoint,
+        access: Access,
+        /// The `{…}` segment of the path, if the route has one.
+        param: Option<&'a str>,
+    },
     /// The path exists for other methods; the value is the `Allow` header.
     MethodNotAllowed(String),
     NotFound,
 }
 
-pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved {
+/// Matches `path` against a route pattern; `Some(param)` on a match.
+fn matches<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let Some(open) = pattern.find('{') else {
+        return (pattern == path).then_some(None);
+    };
+    let prefix = &pattern[..open];
+    let rest = path.strip_prefix(prefix)?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(Some(rest))
+}
+
+pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved<'_> {
     let visible = |r: &&Route| match r.access {
-        Public => true,
+        Public | User => true,
         Bench => bench_routes,
         DebugBuild => bench_routes && cfg!(debug_assertions),
     };
     let lookup = if method == Head { Get } else { method };
     let mut path_matched = false;
     for r in ROUTES.iter().filter(visible) {
-        if r.path == path {
+        if let Some(param) = matches(r.path, path) {
             if r.method == lookup {
-                return Resolved::Found(r.endpoint);
+                return Resolved::Found {
+                    endpoint: r.endpoint,
+                    access: r.access,
+                    param,
+                };
             }
             path_matched = true;
         }
@@ -121,7 +188,7 @@ pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved {
     let mut allow: Vec<&str> = ROUTES
         .iter()
         .filter(visible)
-        .filter(|r| r.path == path)
+        .filter(|r| matches(r.path, path).is_some())
         .map(|r| r.method.as_str())
         .collect();
     if allow.contains(&"GET") {
@@ -136,8 +203,13 @@ mod tests {
 
     #[test]
     fn resolves_get_head_405_and_404() {
-        assert_eq!(resolve(Get, "/healthz", false), Resolved::Found(Healthz));
-        assert_eq!(resolve(Head, "/healthz", false), Resolved::Found(Healthz));
+        let healthz = Resolved::Found {
+            endpoint: Healthz,
+            access: Public,
+            param: None,
+        };
+        assert_eq!(resolve(Get, "/healthz", false), healthz);
+        assert_eq!(resolve(Head, "/healthz", false), healthz);
         assert_eq!(
             resolve(Post, "/healthz", false),
             Resolved::MethodNotAllowed("GET, HEAD".into())
@@ -148,10 +220,41 @@ mod tests {
     #[test]
     fn bench_routes_hide_unless_enabled() {
         assert_eq!(resolve(Get, "/plaintext", false), Resolved::NotFound);
-        assert_eq!(resolve(Get, "/plaintext", true), Resolved::Found(Plaintext));
+        assert!(matches!(
+            resolve(Get, "/plaintext", true),
+            Resolved::Found {
+                endpoint: Plaintext,
+                ..
+            }
+        ));
         assert_eq!(
             resolve(Get, "/bench/hash", true),
             Resolved::MethodNotAllowed("POST".into())
+        );
+    }
+
+    #[test]
+    fn path_parameters_match_one_whole_segment() {
+        assert_eq!(
+            resolve(Get, "/v1/users/42", false),
+            Resolved::Found {
+                endpoint: UserById,
+                access: User,
+                param: Some("42")
+            }
+        );
+        assert!(matches!(
+            resolve(Get, "/v1/users", false),
+            Resolved::Found {
+                endpoint: UsersByIds,
+                ..
+            }
+        ));
+        assert_eq!(resolve(Get, "/v1/users/", false), Resolved::NotFound);
+        assert_eq!(resolve(Get, "/v1/users/1/x", false), Resolved::NotFound);
+        assert_eq!(
+            resolve(Delete, "/v1/users/1", false),
+            Resolved::MethodNotAllowed("GET, HEAD".into())
         );
     }
 }

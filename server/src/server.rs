@@ -130,6 +130,18 @@ pub fn run(mut config: Config) -> Result<(), String> {
     })
     .map_err(|e| format!("starting the worker pool: {e}"))?;
 
+    let dummy_password_hash = {
+        let w = &config.workers;
+        let params = percore_workers::password::Argon2Params {
+            memory_kib: w.argon2_memory_kib,
+            iterations: w.argon2_iterations,
+            parallelism: w.argon2_parallelism,
+        };
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| format!("getrandom: {e}"))?;
+        // blocking-ok: start-up, before any shard; one hash, tens of milliseconds.
+        percore_workers::password::hash(params, &secret)
+    };
     let shard_count = placement.shard_cpus.len();
     let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
@@ -137,6 +149,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         workers: pool.handle(),
         db_target,
         redis_target,
+        dummy_password_hash,
         shutdown: AtomicBool::new(false),
         stop_senders: Default::default(),
         config,

@@ -11,7 +11,8 @@ use crate::http::date::DateCache;
 use crate::metrics::ShardMetrics;
 use crate::redis::{RedisClient, RedisTarget};
 use crate::runtime::{self, Semaphore, TcpListener};
-use std::cell::Cell;
+use crate::throttle::Throttle;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,9 @@ pub struct Shared {
     pub workers: percore_workers::Handle,
     pub db_target: db::Target,
     pub redis_target: RedisTarget,
+    /// An Argon2 hash of nothing anyone knows, made at start-up with the configured cost: a
+    /// login for an unknown email verifies against it, so it costs what a real one does.
+    pub dummy_password_hash: String,
     /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is
@@ -47,6 +51,7 @@ pub struct Shard {
     pub probe_seq: Cell<u64>,
     /// Read deadlines of this shard's connections.
     pub deadlines: Sweeper,
+    pub login_throttle: RefCell<Throttle>,
 }
 
 impl Shard {
@@ -86,6 +91,11 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
+        login_throttle: RefCell::new(Throttle::new(
+            config.identity.login_rate_per_minute,
+            config.identity.login_burst,
+            config.identity.login_tracked_max,
+        )),
     });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     let _ = bound.send(Ok(()));

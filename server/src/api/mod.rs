@@ -1,19 +1,36 @@
 //! Handlers: extract, call the domain, answer. They never name the runtime, and write
-//! their response body into the buffer they are given so that answering allocates nothing.
+//! their response body into the buffer they are given.
+//!
+//! `handle` is the core API's one hop: it routes, applies the auth middleware to every
+//! route the table marks `Access::User`, hands the handler a statement-counting `Sql`, and
+//! records the statements each route ran.
 
+pub mod auth;
 mod bench;
+mod events;
+pub mod extract;
+pub mod identity;
 mod ops;
+mod users;
 
 use crate::http::{ApiError, Reply, Request};
-use crate::router::{self, Endpoint, Resolved};
+use crate::router::{self, Access, Endpoint, Resolved};
 use crate::shard::Shard;
+use crate::sql::Sql;
 
 pub type Answer = Result<Reply, ApiError>;
 
+/// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
 /// Routes one request and runs its handler. Returns the endpoint for metrics.
 pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> (Endpoint, Answer) {
-    let endpoint = match router::resolve(request.method, request.path, shard.config().bench.routes) {
-        Resolved::Found(endpoint) => endpoint,
+    let (endpoint, access, param) = match router::resolve(request.method, request.path, shard.config().bench.routes) {
+        Resolved::Found {
+            endpoint,
+            access,
+            param,
+        } => (endpoint, access, param),
         Resolved::MethodNotAllowed(allow) => {
             let error = ApiError::new(
                 405,
@@ -31,18 +48,53 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             );
         }
     };
-    let answer = match endpoint {
-        Endpoint::Healthz => ops::healthz(body),
-        Endpoint::Readyz => ops::readyz(shard, body).await,
-        Endpoint::Metrics => ops::metrics(shard, body),
-        Endpoint::Plaintext => bench::plaintext(body),
-        Endpoint::Json => bench::json(body),
-        Endpoint::BenchHash => bench::hash(shard, request, body).await,
-        Endpoint::DebugPanic => panic!("GET /bench/panic panics on purpose"),
-        Endpoint::NotFound | Endpoint::MethodNotAllowed | Endpoint::Malformed => {
+    // The auth middleware: once, here, for every route that needs it.
+    let principal = match access {
+        Access::User => match auth::authenticate(request) {
+            Ok(principal) => Some(principal),
+            Err(error) => return (endpoint, Err(error)),
+        },
+        Access::Public | Access::Bench | Access::DebugBuild => None,
+    };
+    let sql = Sql::new(shard);
+    let answer = match (endpoint, &principal) {
+        (Endpoint::Healthz, _) => ops::healthz(body),
+        (Endpoint::Readyz, _) => ops::readyz(shard, &sql, body).await,
+        (Endpoint::Metrics, _) => ops::metrics(shard, body),
+        (Endpoint::OpenApi, _) => {
+            body.extend_from_slice(OPENAPI_JSON.as_bytes());
+            Ok(Reply::json(200))
+        }
+        (Endpoint::Register, _) => identity::register(shard, &sql, request, body).await,
+        (Endpoint::Login, _) => identity::login(shard, &sql, request, body).await,
+        (Endpoint::Logout, Some(who)) => identity::logout(&sql, who).await,
+        (Endpoint::Me, Some(who)) => users::me(&sql, who, body).await,
+        (Endpoint::PatchProfile, Some(who)) => users::patch_profile(&sql, who, request, body).await,
+        (Endpoint::PutPrefs, Some(who)) => users::put_prefs(&sql, who, request, body).await,
+        (Endpoint::UserById, Some(who)) => users::user_by_id(&sql, who, param.unwrap_or_default(), body).await,
+        (Endpoint::UsersByIds, Some(who)) => users::users_by_ids(shard, &sql, who, request, body).await,
+        (Endpoint::PostEvent, Some(who)) => events::post_event(shard, &sql, who, request, body).await,
+        (Endpoint::MyEvents, Some(who)) => events::my_events(shard, &sql, who, request, body).await,
+        (Endpoint::Plaintext, _) => bench::plaintext(body),
+        (Endpoint::Json, _) => bench::json(body),
+        (Endpoint::BenchHash, _) => bench::hash(shard, request, body).await,
+        (Endpoint::DebugPanic, _) => panic!("GET /bench/panic panics on purpose"),
+        (
+            Endpoint::Logout
+            | Endpoint::Me
+            | Endpoint::PatchProfile
+            | Endpoint::PutPrefs
+            | Endpoint::UserById
+            | Endpoint::UsersByIds
+            | Endpoint::PostEvent
+            | Endpoint::MyEvents,
+            None,
+        ) => unreachable!("the route table marks {endpoint:?} Access::User"),
+        (Endpoint::NotFound | Endpoint::MethodNotAllowed | Endpoint::Malformed, _) => {
             unreachable!("pseudo-endpoints are never routed to")
         }
     };
+    shard.metrics.record_statements(endpoint, sql.reads(), sql.writes());
     (endpoint, answer)
 }
 
@@ -53,4 +105,9 @@ pub fn workers_busy(shard: &Shard) -> ApiError {
         "the worker queue is full; retry later",
         shard.config().workers.retry_after_s,
     )
+}
+
+/// Serializes a response body; our types always serialize.
+pub fn write_json(body: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(body, value).expect("response types serialize to a Vec without fail");
 }

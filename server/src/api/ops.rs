@@ -1,10 +1,10 @@
 //! Ops endpoints: liveness, readiness and Prometheus metrics.
 
 use super::Answer;
-use crate::db::Stmt;
 use crate::http::{ApiError, Reply, response};
-use crate::metrics::{self, Globals, ShardMetrics};
+use crate::metrics::{self, Globals};
 use crate::shard::Shard;
+use crate::sql::{Sql, Stmt};
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn healthz(body: &mut Vec<u8>) -> Answer {
@@ -14,17 +14,11 @@ pub fn healthz(body: &mut Vec<u8>) -> Answer {
 
 /// Ready when this shard answers `SELECT 1` and every other shard has a live connection.
 /// Redis is reported but does not gate readiness: the cache falls back to the database.
-pub async fn readyz(shard: &Shard, body: &mut Vec<u8>) -> Answer {
-    let local = match shard.db.conn(shard.metrics).await {
-        Ok(conn) => {
-            ShardMetrics::add(&shard.metrics.db_statements, 1);
-            conn.client
-                .query_one(conn.statement(Stmt::Ping), &[])
-                .await
-                .is_ok_and(|row| row.get::<_, i32>(0) == 1)
-        }
-        Err(_) => false,
-    };
+pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer {
+    let local = sql
+        .query(Stmt::Ping, &[])
+        .await
+        .is_ok_and(|rows| rows.first().is_some_and(|row| row.get::<_, i32>(0) == 1));
     // ECHO of a token unique on this shard: a reply paired with the wrong command fails.
     let token = shard.probe_seq.get();
     shard.probe_seq.set(token + 1);

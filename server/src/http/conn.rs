@@ -36,8 +36,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(ms(shard.config().http.write_timeout_ms)));
     ShardMetrics::add(&shard.metrics.connections_open, 1);
     let deadline = shard.deadlines.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let peer = stream
+        .peer_addr()
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let mut conn = Conn {
         shard: shard.clone(),
+        peer,
         stream,
         read: vec![0; READ_BUFFER_BYTES_INITIAL],
         start: 0,
@@ -60,6 +64,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
 struct Conn {
     shard: Rc<Shard>,
+    peer: std::net::IpAddr,
     stream: TcpStream,
     /// Bytes read; `start..end` is what is not yet consumed. The request being handled
     /// always begins at `start`.
@@ -182,6 +187,7 @@ impl Conn {
                 BodyAt::Chunked(_) => &self.chunked,
             };
             let request = Request::new(
+                self.peer,
                 head.method,
                 head.version,
                 target,

@@ -29,6 +29,26 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Seconds for `Retry-After` (503 and 429).
     pub retry_after_s: Option<u64>,
+    /// Per-field problems of a 422; empty otherwise (and then allocation-free).
+    pub fields: Vec<FieldError>,
+}
+
+/// One field's problem in a 422 body: `{"field":"email","code":"invalid","message":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: Cow<'static, str>,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<Cow<'static, str>>, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        FieldError {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl ApiError {
@@ -38,6 +58,26 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            fields: Vec::new(),
+        }
+    }
+
+    /// 422 listing every field that failed, so a client can fix them all at once.
+    pub fn invalid_fields(fields: Vec<FieldError>) -> Self {
+        debug_assert!(!fields.is_empty());
+        let names: Vec<&str> = fields.iter().map(|f| f.field.as_ref()).collect();
+        ApiError {
+            message: format!("invalid fields: {}", names.join(", ")).into(),
+            fields,
+            ..ApiError::new(422, "invalid_fields", "")
+        }
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many(message: impl Into<Cow<'static, str>>, retry_after_s: u64) -> Self {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(429, "too_many_requests", message)
         }
     }
 
@@ -85,6 +125,15 @@ pub fn error_reply(error: &ApiError, body: &mut Vec<u8>) -> Reply {
     if let Some(seconds) = error.retry_after_s {
         reply = reply.with_header("Retry-After", seconds.to_string());
     }
+    if error.status == 401 {
+        // RFC 9110 §11.6.1: a 401 names the scheme; RFC 6750 §3 adds why a token failed.
+        let challenge = if error.code == "invalid_token" {
+            r#"Bearer realm="percore", error="invalid_token""#
+        } else {
+            r#"Bearer realm="percore""#
+        };
+        reply = reply.with_header("WWW-Authenticate", challenge);
+    }
     reply
 }
 
@@ -98,11 +147,14 @@ fn render(error: &ApiError, out: &mut Vec<u8>) {
     struct Inner<'a> {
         code: &'a str,
         message: &'a str,
+        #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+        fields: &'a [FieldError],
     }
     let body = Body {
         error: Inner {
             code: error.code,
             message: &error.message,
+            fields: &error.fields,
         },
     };
     serde_json::to_writer(out, &body).expect("serializing two strings to a Vec cannot fail");

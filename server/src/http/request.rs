@@ -61,6 +61,8 @@ pub struct HeaderSpan {
 }
 
 pub struct Request<'a> {
+    /// The client's address (the TCP peer; percore trusts no forwarding header).
+    pub peer: std::net::IpAddr,
     pub method: Method,
     pub version: Version,
     /// The path of the target, without the query; for absolute-form, the path part.
@@ -73,6 +75,7 @@ pub struct Request<'a> {
 
 impl<'a> Request<'a> {
     pub fn new(
+        peer: std::net::IpAddr,
         method: Method,
         version: Version,
         target: &'a str,
@@ -90,6 +93,7 @@ impl<'a> Request<'a> {
             None => (target, None),
         };
         Request {
+            peer,
             method,
             version,
             path,

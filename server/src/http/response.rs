@@ -65,10 +65,15 @@ impl Encoder<'_> {
         out.extend_from_slice(self.server);
         out.extend_from_slice(b"\r\nDate: ");
         out.extend_from_slice(&self.date);
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(reply.content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(number.format(body.len()).as_bytes());
+        // RFC 9110 §8.6, §15.3.5: a 204 or 304 has no content and no Content-Length.
+        let has_content = !matches!(reply.status, 204 | 304);
+        debug_assert!(has_content || body.is_empty());
+        if has_content {
+            out.extend_from_slice(b"\r\nContent-Type: ");
+            out.extend_from_slice(reply.content_type.as_bytes());
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            out.extend_from_slice(number.format(body.len()).as_bytes());
+        }
         for (name, value) in &reply.headers {
             debug_assert!(
                 !value.bytes().any(|b| b == b'\r' || b == b'\n'),

@@ -1,0 +1,195 @@
+//! Events: a user's activity log. Written one at a time, read newest first by keyset
+//! pagination on `events(user_id, created_at DESC, id DESC)`: the cursor is the last row's
+//! (created_at, id), so every page is one index range scan, however deep, and rows written
+//! meanwhile never shift a page (as OFFSET would).
+
+use super::auth::{self, Principal};
+use super::identity::timestamp;
+use super::{Answer, extract, write_json};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply, Request};
+use crate::shard::Shard;
+use crate::sql::{Sql, Stmt};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const KIND_CHARS_MAX: usize = 64;
+const PAGE_DEFAULT: i64 = 20;
+/// The cursor of the first page: after every event that can exist (9999-12-31).
+const NEWEST_MICROS: i64 = 253_402_300_799_000_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEvent<'a> {
+    kind: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    id: i64,
+    kind: String,
+    payload: &'a RawValue,
+    created_at: String,
+}
+
+pub async fn post_event(
+    shard: &Shard,
+    sql: &Sql<'_>,
+    principal: &Principal,
+    request: &Request<'_>,
+    body: &mut Vec<u8>,
+) -> Answer {
+    let input: NewEvent = extract::json(request)?;
+    let payload_max = shard.config().api.event_payload_bytes_max;
+    if input.payload.get().len() > payload_max {
+        return Err(ApiError::new(
+            413,
+            "payload_too_large",
+            format!("payload must be at most {payload_max} bytes of JSON"),
+        ));
+    }
+    let kind_ok = (1..=KIND_CHARS_MAX).contains(&input.kind.len())
+        && input
+            .kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
+    if !kind_ok {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "kind",
+            "invalid",
+            format!("must be 1 to {KIND_CHARS_MAX} of a-z, 0-9, _ . : -"),
+        )]));
+    }
+    let rows = sql
+        .query(
+            Stmt::EventInsert,
+            &[&principal.token_hash(), &input.kind, &input.payload.get()],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let event = Event {
+        id: row.get(0),
+        kind: input.kind,
+        payload: input.payload,
+        created_at: timestamp(row.get(1)),
+    };
+    write_json(body, &event);
+    Ok(Reply::json(201))
+}
+
+pub async fn my_events(
+    shard: &Shard,
+    sql: &Sql<'_>,
+    principal: &Principal,
+    request: &Request<'_>,
+    body: &mut Vec<u8>,
+) -> Answer {
+    let page_max = i64::from(shard.config().api.events_page_max);
+    let limit = extract::query_number(request, "limit")?.unwrap_or(PAGE_DEFAULT);
+    if !(1..=page_max).contains(&limit) {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "limit",
+            "range",
+            format!("must be 1 to {page_max}"),
+        )]));
+    }
+    let (before_micros, before_id) = match request.query_param("before") {
+        Some(cursor) => decode_cursor(cursor)?,
+        None => (NEWEST_MICROS, i64::MAX),
+    };
+    let before_time = UNIX_EPOCH + Duration::from_micros(before_micros as u64);
+    // One row more than asked tells whether another page exists.
+    let fetch = limit + 1;
+    let rows = sql
+        .query(
+            Stmt::EventsPage,
+            &[&principal.token_hash(), &before_time, &before_id, &fetch],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(auth::invalid_token());
+    }
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut meta = Vec::with_capacity(rows.len());
+    for row in rows.iter().take(limit as usize) {
+        let Some(id) = row.get::<_, Option<i64>>(0) else {
+            continue; // the all-NULL row of an empty page
+        };
+        let payload: String = row.get(2);
+        let created_at: SystemTime = row.get(3);
+        payloads.push(RawValue::from_string(payload).map_err(|_| ApiError::internal())?);
+        meta.push((id, row.get::<_, String>(1), created_at));
+    }
+    let next = (rows.len() as i64 > limit)
+        .then(|| meta.last().map(|(id, _, at)| encode_cursor(*at, *id)))
+        .flatten();
+    let events: Vec<Event> = meta
+        .into_iter()
+        .zip(&payloads)
+        .map(|((id, kind, at), payload)| Event {
+            id,
+            kind,
+            payload,
+            created_at: timestamp(at),
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Page<'a> {
+        events: Vec<Event<'a>>,
+        next: Option<String>,
+    }
+    write_json(body, &Page { events, next });
+    Ok(Reply::json(200))
+}
+
+fn encode_cursor(created_at: SystemTime, id: i64) -> String {
+    let micros = created_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    URL_SAFE_NO_PAD.encode(format!("{micros}.{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
+    let invalid = || {
+        ApiError::new(
+            400,
+            "invalid_cursor",
+            "before must be a cursor from a previous page's next",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    let (micros, id) = text.split_once('.').ok_or_else(invalid)?;
+    let micros: i64 = micros.parse().map_err(|_| invalid())?;
+    let id: i64 = id.parse().map_err(|_| invalid())?;
+    if !(0..=NEWEST_MICROS).contains(&micros) || id < 1 {
+        return Err(invalid());
+    }
+    Ok((micros, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let at = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
+        let cursor = encode_cursor(at, 42);
+        assert_eq!(decode_cursor(&cursor).unwrap(), (1_764_000_000_123_456, 42));
+        for bad in [
+            "",
+            "x",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("1.0"),
+            &URL_SAFE_NO_PAD.encode("-1.5"),
+        ] {
+            assert_eq!(decode_cursor(bad).unwrap_err().status, 400, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Identity: register, login, logout.
+//!
+//! Password hashing and verification run on the worker pool, never on the shard. A login
+//! for an unknown email still verifies one Argon2 hash (a dummy made at start-up with the
+//! configured cost), so the answer's timing and body do not tell unknown emails from wrong
+//! passwords.
+
+use super::auth::{self, Principal};
+use super::{Answer, extract, workers_busy, write_json};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply, Request};
+use crate::shard::Shard;
+use crate::sql::{Sql, Stmt};
+use crate::throttle::Key;
+use percore_workers::password::{self, Argon2Params};
+use serde::{Deserialize, Serialize};
+use std::time::{Instant, SystemTime};
+
+pub const PASSWORD_BYTES_MIN: usize = 8;
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+pub const NAME_CHARS_MAX: usize = 200;
+/// RFC 5321's limits on a forward path and on its local part.
+pub const EMAIL_BYTES_MAX: usize = 254;
+const EMAIL_LOCAL_BYTES_MAX: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// RFC 3339 in UTC with microseconds, Postgres's precision: `2026-11-25T13:00:00.123456Z`.
+pub fn timestamp(time: SystemTime) -> String {
+    match jiff::Timestamp::try_from(time) {
+        Ok(t) => format!("{t:.6}"),
+        Err(_) => String::from("1970-01-01T00:00:00.000000Z"),
+    }
+}
+
+pub async fn register(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
+    let input: Registration = extract::json(request)?;
+    let mut problems = Vec::new();
+    if let Err(problem) = check_email(&input.email) {
+        problems.push(problem);
+    }
+    if !(PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&input.password.len()) {
+        problems.push(FieldError::new(
+            "password",
+            "length",
+            format!("must be {PASSWORD_BYTES_MIN} to {PASSWORD_BYTES_MAX} bytes"),
+        ));
+    }
+    let name_chars = input.name.chars().count();
+    if !(1..=NAME_CHARS_MAX).contains(&name_chars) || input.name.trim().is_empty() {
+        problems.push(FieldError::new(
+            "name",
+            "length",
+            format!("must be 1 to {NAME_CHARS_MAX} characters, not all blank"),
+        ));
+    } else if input.name.chars().any(char::is_control) {
+        problems.push(FieldError::new(
+            "name",
+            "invalid",
+            "must not contain control characters",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_fields(problems));
+    }
+    let params = argon2_params(shard);
+    let secret = input.password.into_bytes();
+    let hashing = shard
+        .shared
+        .workers
+        .submit(move || password::hash(params, &secret))
+        .map_err(|_| workers_busy(shard))?;
+    let phc = hashing.await.map_err(|_| ApiError::internal())?;
+    let rows = sql.query(Stmt::Register, &[&input.email, &phc, &input.name]).await?;
+    let Some(row) = rows.first() else {
+        return Err(ApiError::new(409, "email_taken", "an account with this email exists"));
+    };
+    let user = User {
+        id: row.get(0),
+        email: row.get(1),
+        name: row.get(2),
+        created_at: timestamp(row.get(3)),
+        updated_at: timestamp(row.get(4)),
+    };
+    write_json(body, &user);
+    Ok(Reply::json(201).with_header("Location", format!("/v1/users/{}", user.id)))
+}
+
+fn check_email(email: &str) -> Result<(), FieldError> {
+    let invalid = |why: &'static str| FieldError::new("email", "invalid", why);
+    if email.len() > EMAIL_BYTES_MAX {
+        return Err(invalid("must be at most 254 bytes"));
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err(invalid("must look like name@example.com"));
+    };
+    if local.is_empty() || local.len() > EMAIL_LOCAL_BYTES_MAX {
+        return Err(invalid("the part before @ must be 1 to 64 bytes"));
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) || local.contains('@') {
+        return Err(invalid("must not contain spaces, control characters or a second @"));
+    }
+    let labels_ok = domain.split('.').count() >= 2
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err(invalid("the domain must be a dotted host name like example.com"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct Session {
+    token: String,
+    token_type: &'static str,
+    expires_at: String,
+}
+
+pub async fn login(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
+    let input: Credentials = extract::json(request)?;
+    let email_key = Key::Email(input.email.to_lowercase());
+    shard
+        .login_throttle
+        .borrow_mut()
+        .attempt(&[Key::Ip(request.peer), email_key], Instant::now())
+        .map_err(|wait_s| ApiError::too_many("too many login attempts; retry later", wait_s))?;
+    if input.email.len() > EMAIL_BYTES_MAX || input.password.len() > PASSWORD_BYTES_MAX {
+        // Cannot match any account; still costs the same verification below.
+        return Err(spend_verification(shard, input.password).await);
+    }
+    let rows = sql.query(Stmt::LoginLookup, &[&input.email]).await?;
+    let Some(row) = rows.first() else {
+        return Err(spend_verification(shard, input.password).await);
+    };
+    let (user_id, phc): (i64, String) = (row.get(0), row.get(1));
+    let secret = input.password.into_bytes();
+    let verifying = shard
+        .shared
+        .workers
+        .submit(move || password::verify(&phc, &secret))
+        .map_err(|_| workers_busy(shard))?;
+    if !verifying.await.map_err(|_| ApiError::internal())? {
+        return Err(invalid_credentials());
+    }
+    let (token, token_hash) = auth::new_token()?;
+    let ttl_s = shard.config().identity.token_ttl_s as f64;
+    let rows = sql
+        .query(Stmt::SessionInsert, &[&token_hash.as_slice(), &user_id, &ttl_s])
+        .await?;
+    let expires_at: SystemTime = rows.first().ok_or_else(ApiError::internal)?.get(0);
+    write_json(
+        body,
+        &Session {
+            token,
+            token_type: "Bearer",
+            expires_at: timestamp(expires_at),
+        },
+    );
+    Ok(Reply::json(200).with_header("Cache-Control", "no-store"))
+}
+
+/// Verifies against the dummy hash, then answers as for a wrong password.
+async fn spend_verification(shard: &Shard, password: String) -> ApiError {
+    let dummy = shard.shared.dummy_password_hash.clone();
+    match shard
+        .shared
+        .workers
+        .submit(move || password::verify(&dummy, password.as_bytes()))
+    {
+        Ok(verifying) => {
+            let _ = verifying.await;
+            invalid_credentials()
+        }
+        Err(_) => workers_busy(shard),
+    }
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(401, "invalid_credentials", "the email or the password is wrong")
+}
+
+pub async fn logout(sql: &Sql<'_>, principal: &Principal) -> Answer {
+    let revoked = sql.execute(Stmt::Logout, &[&principal.token_hash()]).await?;
+    if revoked == 0 {
+        return Err(auth::invalid_token());
+    }
+    Ok(Reply::new(204, crate::http::response::JSON))
+}
+
+pub fn argon2_params(shard: &Shard) -> Argon2Params {
+    let w = &shard.config().workers;
+    Argon2Params {
+        memory_kib: w.argon2_memory_kib,
+        iterations: w.argon2_iterations,
+        parallelism: w.argon2_parallelism,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_shapes() {
+        for good in ["a@b.co", "first.last+tag@sub.example.org", "X@EXAMPLE.COM"] {
+            assert!(check_email(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@b..co", "a@-b.co", "a@b.co\n", "a@@b.co",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_email(&format!("{}@b.co", "a".repeat(65))).is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! Users: one's own account (`/v1/me`, profile, prefs) and other users' public view.
+//! Each handler runs one statement, which also checks the session (see `sql.rs`).
+
+use super::auth::{self, Principal};
+use super::identity::timestamp;
+use super::{Answer, extract, write_json};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply, Request};
+use crate::shard::Shard;
+use crate::sql::{Sql, Stmt};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+
+pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
+pub const BIO_CHARS_MAX: usize = 2000;
+pub const AVATAR_URL_BYTES_MAX: usize = 2048;
+pub const THEMES: [&str; 3] = ["light", "dark", "system"];
+
+#[derive(Serialize)]
+struct Profile {
+    display_name: Option<String>,
+    bio: Option<String>,
+    avatar_url: Option<String>,
+    updated_at: String,
+}
+
+impl Profile {
+    fn from_row(row: &Row, at: usize) -> Profile {
+        Profile {
+            display_name: row.get(at),
+            bio: row.get(at + 1),
+            avatar_url: row.get(at + 2),
+            updated_at: timestamp(row.get(at + 3)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Prefs {
+    locale: String,
+    timezone: String,
+    theme: String,
+    email_opt_in: bool,
+    updated_at: String,
+}
+
+impl Prefs {
+    fn from_row(row: &Row, at: usize) -> Prefs {
+        Prefs {
+            locale: row.get(at),
+            timezone: row.get(at + 1),
+            theme: row.get(at + 2),
+            email_opt_in: row.get(at + 3),
+            updated_at: timestamp(row.get(at + 4)),
+        }
+    }
+}
+
+pub async fn me(sql: &Sql<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let rows = sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    #[derive(Serialize)]
+    struct Me {
+        user: super::identity::User,
+        profile: Profile,
+        prefs: Prefs,
+    }
+    let me = Me {
+        user: super::identity::User {
+            id: row.get(0),
+            email: row.get(1),
+            name: row.get(2),
+            created_at: timestamp(row.get(3)),
+            updated_at: timestamp(row.get(4)),
+        },
+        profile: Profile::from_row(row, 5),
+        prefs: Prefs::from_row(row, 9),
+    };
+    write_json(body, &me);
+    Ok(Reply::json(200))
+}
+
+/// PATCH: an absent field is left alone, `null` clears it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilePatch {
+    #[serde(default, deserialize_with = "extract::present")]
+    display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "extract::present")]
+    bio: Option<Option<String>>,
+    #[serde(default, deserialize_with = "extract::present")]
+    avatar_url: Option<Option<String>>,
+}
+
+pub async fn patch_profile(sql: &Sql<'_>, principal: &Principal, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
+    let patch: ProfilePatch = extract::json(request)?;
+    let mut problems = Vec::new();
+    let too_long = |field: &'static str, value: &Option<Option<String>>, max: usize| {
+        let chars = value.as_ref().and_then(Option::as_ref).map_or(0, |v| v.chars().count());
+        (chars > max).then(|| FieldError::new(field, "length", format!("must be at most {max} characters")))
+    };
+    problems.extend(too_long("display_name", &patch.display_name, DISPLAY_NAME_CHARS_MAX));
+    problems.extend(too_long("bio", &patch.bio, BIO_CHARS_MAX));
+    if let Some(Some(url)) = &patch.avatar_url {
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok || url.len() > AVATAR_URL_BYTES_MAX || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push(FieldError::new(
+                "avatar_url",
+                "invalid",
+                format!("must be an http(s) URL of at most {AVATAR_URL_BYTES_MAX} bytes"),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_fields(problems));
+    }
+    let flag = |v: &Option<Option<String>>| v.is_some();
+    let value = |v: &Option<Option<String>>| v.clone().flatten();
+    let (display_name, bio, avatar_url) = (value(&patch.display_name), value(&patch.bio), value(&patch.avatar_url));
+    let rows = sql
+        .query(
+            Stmt::ProfileUpdate,
+            &[
+                &principal.token_hash(),
+                &flag(&patch.display_name),
+                &display_name,
+                &flag(&patch.bio),
+                &bio,
+                &flag(&patch.avatar_url),
+                &avatar_url,
+            ],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    write_json(body, &Profile::from_row(row, 0));
+    Ok(Reply::json(200))
+}
+
+/// PUT replaces all preferences: every field is required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefsInput {
+    locale: String,
+    timezone: String,
+    theme: String,
+    email_opt_in: bool,
+}
+
+pub async fn put_prefs(sql: &Sql<'_>, principal: &Principal, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
+    let input: PrefsInput = extract::json(request)?;
+    let mut problems = Vec::new();
+    if !is_locale(&input.locale) {
+        problems.push(FieldError::new(
+            "locale",
+            "invalid",
+            "must be a BCP 47 language tag like en or pt-BR",
+        ));
+    }
+    if !is_timezone(&input.timezone) {
+        problems.push(FieldError::new(
+            "timezone",
+            "invalid",
+            "must be an IANA time zone name like UTC or Europe/Berlin",
+        ));
+    }
+    if !THEMES.contains(&input.theme.as_str()) {
+        problems.push(FieldError::new("theme", "invalid", "must be light, dark or system"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_fields(problems));
+    }
+    let rows = sql
+        .query(
+            Stmt::PrefsUpdate,
+            &[
+                &principal.token_hash(),
+                &input.locale,
+                &input.timezone,
+                &input.theme,
+                &input.email_opt_in,
+            ],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    write_json(body, &Prefs::from_row(row, 0));
+    Ok(Reply::json(200))
+}
+
+/// `en`, `pt-BR`, `zh-Hant-TW`: a 2-3 letter language and up to four 2-8 character subtags.
+fn is_locale(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let language = parts.next().unwrap_or_default();
+    let subtags: Vec<&str> = parts.collect();
+    (2..=3).contains(&language.len())
+        && language.bytes().all(|b| b.is_ascii_alphabetic())
+        && subtags.len() <= 4
+        && subtags
+            .iter()
+            .all(|s| (2..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// `UTC`, `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+3`.
+fn is_timezone(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part.as_bytes()[0].is_ascii_alphabetic()
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+        })
+}
+
+#[derive(Serialize)]
+struct PublicUser {
+    id: i64,
+    name: String,
+    display_name: Option<String>,
+    avatar_url: Option<String>,
+}
+
+impl PublicUser {
+    /// `None` for the all-NULL row a LEFT JOIN yields when nothing matched.
+    fn from_row(row: &Row) -> Option<PublicUser> {
+        Some(PublicUser {
+            id: row.get::<_, Option<i64>>(0)?,
+            name: row.get(1),
+            display_name: row.get(2),
+            avatar_url: row.get(3),
+        })
+    }
+}
+
+pub async fn user_by_id(sql: &Sql<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
+    let id = extract::user_id(id)?;
+    let rows = sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let user = PublicUser::from_row(row).ok_or_else(|| ApiError::new(404, "user_not_found", "no such user"))?;
+    write_json(body, &user);
+    Ok(Reply::json(200))
+}
+
+pub async fn users_by_ids(
+    shard: &Shard,
+    sql: &Sql<'_>,
+    principal: &Principal,
+    request: &Request<'_>,
+    body: &mut Vec<u8>,
+) -> Answer {
+    let max = shard.config().api.user_ids_max;
+    let Some(list) = request.query_param("ids").filter(|l| !l.is_empty()) else {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "ids",
+            "required",
+            "pass ?ids=1,2,3",
+        )]));
+    };
+    // Counted before parsing, so a huge list costs no more than this check.
+    if list.split(',').nth(max).is_some() {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "ids",
+            "too_many",
+            format!("at most {max} ids"),
+        )]));
+    }
+    let mut ids: Vec<i64> = Vec::with_capacity(max);
+    for text in list.split(',') {
+        let id = extract::user_id(text)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let rows = sql.query(Stmt::UsersPublic, &[&principal.token_hash(), &ids]).await?;
+    if rows.is_empty() {
+        return Err(auth::invalid_token());
+    }
+    let mut found: Vec<PublicUser> = rows.iter().filter_map(PublicUser::from_row).collect();
+    // In the order asked; `ids` has no duplicates, so each position is unique.
+    found.sort_by_key(|user| ids.iter().position(|id| *id == user.id));
+    #[derive(Serialize)]
+    struct Users {
+        users: Vec<PublicUser>,
+    }
+    write_json(body, &Users { users: found });
+    Ok(Reply::json(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locales_and_timezones() {
+        for good in ["en", "pt-BR", "zh-Hant-TW", "fil"] {
+            assert!(is_locale(good), "{good}");
+        }
+        for bad in ["", "e", "english", "en_US", "en-", "en-B", "ab-cd-ef-gh-ij-kl"] {
+            assert!(!is_locale(bad), "{bad}");
+        }
+        for good in ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+3"] {
+            assert!(is_timezone(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/UTC",
+            "Europe//Berlin",
+            "Europe/Berlin Time",
+            "../etc/passwd",
+            "1Zone",
+        ] {
+            assert!(!is_timezone(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Every SQL statement percore runs, and the per-request handle that runs them and counts
+//! them against the query budget: at most 2 statements per request, at most 1 a read.
+//!
+//! Statements are prepared once per connection (`db.rs`), so a request never pays for
+//! parsing or planning, and none is ever built from strings at run time: every value is a
+//! bound parameter.
+//!
+//! Authentication rides in the statement. The auth middleware (`api::auth`) checks the
+//! bearer token's shape and hashes it; each authenticated statement joins `sessions` on
+//! that hash with the condition below, so validating the session and doing the work cost
+//! one statement, and a revoked token fails on every shard the moment logout commits.
+//!
+//! Runs on a shard: never blocks.
+
+use crate::db::Unavailable;
+use crate::http::ApiError;
+use crate::shard::Shard;
+use std::cell::Cell;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+/// The live-session condition on `sessions s`, for the token hash in `$1`.
+macro_rules! live_session {
+    () => {
+        "s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stmt {
+    /// Readiness probe.
+    Ping,
+    /// $1 email, $2 password hash, $3 name. Creates the user with empty profile and prefs;
+    /// no row when the email is taken.
+    Register,
+    /// $1 email → id, password hash.
+    LoginLookup,
+    /// $1 token hash, $2 user id, $3 lifetime in seconds → expires_at.
+    SessionInsert,
+    /// $1 token hash. Revokes the session; no row affected when it was not live.
+    Logout,
+    /// $1 token hash → user, profile and prefs in one row.
+    Me,
+    /// $1 token hash; per field a "present" flag and a value: $2/$3 display_name, $4/$5 bio,
+    /// $6/$7 avatar_url → the profile.
+    ProfileUpdate,
+    /// $1 token hash, $2 locale, $3 timezone, $4 theme, $5 email_opt_in → the prefs.
+    PrefsUpdate,
+    /// $1 token hash, $2 user id → one row (NULL id: no such user); no row: bad session.
+    UserPublic,
+    /// $1 token hash, $2 user ids → public rows, any order; one all-NULL row when none exist.
+    UsersPublic,
+    /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at.
+    EventInsert,
+    /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → newest first; one all-NULL
+    /// row when the page is empty.
+    EventsPage,
+}
+
+impl Stmt {
+    pub const ALL: [Stmt; 12] = [
+        Stmt::Ping,
+        Stmt::Register,
+        Stmt::LoginLookup,
+        Stmt::SessionInsert,
+        Stmt::Logout,
+        Stmt::Me,
+        Stmt::ProfileUpdate,
+        Stmt::PrefsUpdate,
+        Stmt::UserPublic,
+        Stmt::UsersPublic,
+        Stmt::EventInsert,
+        Stmt::EventsPage,
+    ];
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Stmt::Ping | Stmt::LoginLookup | Stmt::Me | Stmt::UserPublic | Stmt::UsersPublic | Stmt::EventsPage => {
+                Kind::Read
+            }
+            Stmt::Register
+            | Stmt::SessionInsert
+            | Stmt::Logout
+            | Stmt::ProfileUpdate
+            | Stmt::PrefsUpdate
+            | Stmt::EventInsert => Kind::Write,
+        }
+    }
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            Stmt::Ping => "SELECT 1::int4",
+            Stmt::Register => {
+                "WITH u AS (
+                    INSERT INTO users (email, password_hash, name) VALUES ($1, $2, $3)
+                    ON CONFLICT (email) DO NOTHING
+                    RETURNING id, email, name, created_at, updated_at),
+                 p AS (INSERT INTO profiles (user_id) SELECT id FROM u),
+                 q AS (INSERT INTO prefs (user_id) SELECT id FROM u)
+                 SELECT id, email::text, name, created_at, updated_at FROM u"
+            }
+            Stmt::LoginLookup => "SELECT id, password_hash FROM users WHERE email = $1::citext",
+            Stmt::SessionInsert => {
+                "INSERT INTO sessions (token_hash, user_id, expires_at)
+                 VALUES ($1, $2, now() + make_interval(secs => $3::float8))
+                 RETURNING expires_at"
+            }
+            Stmt::Logout => concat!("UPDATE sessions s SET revoked_at = now() WHERE ", live_session!()),
+            Stmt::Me => concat!(
+                "SELECT u.id, u.email::text, u.name, u.created_at, u.updated_at,
+                        p.display_name, p.bio, p.avatar_url, p.updated_at,
+                        q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at
+                 FROM sessions s
+                 JOIN users u ON u.id = s.user_id
+                 JOIN profiles p ON p.user_id = s.user_id
+                 JOIN prefs q ON q.user_id = s.user_id
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::ProfileUpdate => concat!(
+                "UPDATE profiles p SET
+                    display_name = CASE WHEN $2::bool THEN $3::text ELSE p.display_name END,
+                    bio = CASE WHEN $4::bool THEN $5::text ELSE p.bio END,
+                    avatar_url = CASE WHEN $6::bool THEN $7::text ELSE p.avatar_url END,
+                    updated_at = now()
+                 FROM sessions s
+                 WHERE p.user_id = s.user_id AND ",
+                live_session!(),
+                " RETURNING p.display_name, p.bio, p.avatar_url, p.updated_at"
+            ),
+            Stmt::PrefsUpdate => concat!(
+                "UPDATE prefs q SET locale = $2, timezone = $3, theme = $4, email_opt_in = $5, updated_at = now()
+                 FROM sessions s
+                 WHERE q.user_id = s.user_id AND ",
+                live_session!(),
+                " RETURNING q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at"
+            ),
+            Stmt::UserPublic => concat!(
+                "SELECT u.id, u.name, p.display_name, p.avatar_url
+                 FROM sessions s
+                 LEFT JOIN users u ON u.id = $2::int8
+                 LEFT JOIN profiles p ON p.user_id = u.id
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::UsersPublic => concat!(
+                "SELECT u.id, u.name, p.display_name, p.avatar_url
+                 FROM sessions s
+                 LEFT JOIN (users u LEFT JOIN profiles p ON p.user_id = u.id) ON u.id = ANY($2::int8[])
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::EventInsert => concat!(
+                "INSERT INTO events (user_id, kind, payload)
+                 SELECT s.user_id, $2, $3::text::jsonb FROM sessions s WHERE ",
+                live_session!(),
+                " RETURNING id, created_at"
+            ),
+            Stmt::EventsPage => concat!(
+                "SELECT e.id, e.kind, e.payload::text, e.created_at
+                 FROM sessions s
+                 LEFT JOIN LATERAL (
+                     SELECT id, kind, payload, created_at FROM events
+                     WHERE user_id = s.user_id AND (created_at, id) < ($2::timestamptz, $3::int8)
+                     ORDER BY created_at DESC, id DESC
+                     LIMIT $4::int8) e ON true
+                 WHERE ",
+                live_session!(),
+                " ORDER BY e.created_at DESC, e.id DESC"
+            ),
+        }
+    }
+}
+
+/// The most statements one request may run, and the most of them that may read.
+pub const STATEMENTS_PER_REQUEST_MAX: u32 = 2;
+pub const READS_PER_REQUEST_MAX: u32 = 1;
+
+/// One request's access to the shard's database: runs prepared statements and counts them.
+pub struct Sql<'a> {
+    shard: &'a Shard,
+    reads: Cell<u32>,
+    writes: Cell<u32>,
+}
+
+impl<'a> Sql<'a> {
+    pub fn new(shard: &'a Shard) -> Sql<'a> {
+        Sql {
+            shard,
+            reads: Cell::new(0),
+            writes: Cell::new(0),
+        }
+    }
+
+    pub fn reads(&self) -> u32 {
+        self.reads.get()
+    }
+
+    pub fn writes(&self) -> u32 {
+        self.writes.get()
+    }
+
+    /// Runs `stmt` and returns its rows.
+    pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
+        self.count(stmt);
+        let conn = self.shard.db.conn(self.shard.metrics).await.map_err(unavailable)?;
+        conn.client
+            .query(conn.statement(stmt), params)
+            .await
+            .map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    /// Runs `stmt` and returns the rows it affected.
+    pub async fn execute(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ApiError> {
+        self.count(stmt);
+        let conn = self.shard.db.conn(self.shard.metrics).await.map_err(unavailable)?;
+        conn.client
+            .execute(conn.statement(stmt), params)
+            .await
+            .map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    fn count(&self, stmt: Stmt) {
+        let counter = match stmt.kind() {
+            Kind::Read => &self.reads,
+            Kind::Write => &self.writes,
+        };
+        counter.set(counter.get() + 1);
+        // The budget is a design rule, not a runtime condition: break it and tests fail.
+        debug_assert!(
+            self.reads.get() <= READS_PER_REQUEST_MAX
+                && self.reads.get() + self.writes.get() <= STATEMENTS_PER_REQUEST_MAX,
+            "query budget exceeded at {stmt:?}"
+        );
+    }
+}
+
+fn unavailable(_: Unavailable) -> ApiError {
+    ApiError::unavailable("database_unavailable", "the database is not reachable; retry later", 1)
+}
+
+fn database_error(shard: &Shard, stmt: Stmt, error: tokio_postgres::Error) -> ApiError {
+    // 57014: query_canceled, which is how statement_timeout ends a statement.
+    if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        return ApiError::unavailable(
+            "database_timeout",
+            "the database did not answer in time; retry later",
+            1,
+        );
+    }
+    let io = std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
+    if error.is_closed() || io {
+        log::warn!("shard {}: {stmt:?}: {error}", shard.id);
+        return unavailable(Unavailable);
+    }
+    log::error!("shard {}: {stmt:?} failed: {error}", shard.id);
+    ApiError::internal()
+}
