@@ -58,8 +58,10 @@ pub enum Stmt {
     UsersPublic,
     /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at.
     EventInsert,
-    /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → newest first; one all-NULL
-    /// row when the page is empty.
+    /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → the page, in index order
+    /// (newest first) as the one-row outer side of the nested loop yields it; the handler
+    /// sorts anyway, as SQL promises no order without ORDER BY, and an ORDER BY here would
+    /// add a Sort node over the join. One all-NULL row when the page is empty.
     EventsPage,
 }
 
@@ -171,8 +173,7 @@ impl Stmt {
                      ORDER BY created_at DESC, id DESC
                      LIMIT $4::int8) e ON true
                  WHERE ",
-                live_session!(),
-                " ORDER BY e.created_at DESC, e.id DESC"
+                live_session!()
             ),
         }
     }

@@ -114,6 +114,9 @@ pub async fn my_events(
     if rows.is_empty() {
         return Err(auth::invalid_token());
     }
+    let mut rows: Vec<&tokio_postgres::Row> = rows.iter().collect();
+    // Newest first by (created_at, id); already so, unless the plan changes.
+    rows.sort_by_key(|row| std::cmp::Reverse((row.get::<_, Option<SystemTime>>(3), row.get::<_, Option<i64>>(0))));
     let mut payloads = Vec::with_capacity(rows.len());
     let mut meta = Vec::with_capacity(rows.len());
     for row in rows.iter().take(limit as usize) {

@@ -40,6 +40,8 @@ pub struct Tuning<'a> {
     pub server: &'a str,
     pub http: &'a str,
     pub workers: &'a str,
+    /// Whole extra sections, e.g. "[identity]\nlogin_burst = 3".
+    pub extra: &'a str,
 }
 
 impl<'a> Tuning<'a> {
@@ -52,6 +54,7 @@ impl<'a> Tuning<'a> {
             http: "",
             // Cheap Argon2 so tests that hash stay fast.
             workers: "threads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1",
+            extra: "",
         }
     }
 
@@ -63,11 +66,12 @@ impl<'a> Tuning<'a> {
             server,
             http,
             workers,
+            extra,
         } = self;
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[http]\n{http}\n\
-             [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\n[redis]\nurl = \"{redis_url}\"\n\
-             [workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n"
+             [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\nauto_migrate = true\n\
+             [redis]\nurl = \"{redis_url}\"\n[workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n{extra}\n"
         )
     }
 }
@@ -348,4 +352,68 @@ impl<'a> ResponseReader<'a> {
             }
         }
     }
+}
+
+/// A raw HTTP/1.1 request with an optional bearer token and JSON body.
+pub fn api_request(method: &str, path: &str, token: Option<&str>, json: Option<&serde_json::Value>) -> String {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
+    if let Some(token) = token {
+        raw.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    match json {
+        Some(value) => {
+            let body = value.to_string();
+            raw.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+        None => raw.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    raw
+}
+
+impl Server {
+    /// One API call on a fresh connection.
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, json: Option<&serde_json::Value>) -> Response {
+        request_on(&self.connect(), &api_request(method, path, token, json))
+    }
+
+    /// Registers a user with a unique email and logs in; returns (user id, token).
+    pub fn sign_up(&self, name: &str) -> (i64, String) {
+        let email = unique_email(name);
+        let password = "correct horse battery";
+        let created = self.call(
+            "POST",
+            "/v1/auth/register",
+            None,
+            Some(&serde_json::json!({"email": email, "password": password, "name": name})),
+        );
+        assert_eq!(created.status, 201, "register: {}", created.text());
+        let id = created.json()["id"].as_i64().unwrap();
+        let login = self.call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(&serde_json::json!({"email": email, "password": password})),
+        );
+        assert_eq!(login.status, 200, "login: {}", login.text());
+        (id, login.json()["token"].as_str().unwrap().to_string())
+    }
+}
+
+/// An email no other test (or earlier run on a shared database) uses.
+pub fn unique_email(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.{}.{nanos}.{seq}@example.com",
+        name.to_lowercase(),
+        std::process::id()
+    )
 }

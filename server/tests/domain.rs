@@ -1,0 +1,342 @@
+//! The domain API against real Postgres: the whole flow on two shards, the query budget,
+//! the events index, isolation between users, and logout on every shard.
+
+mod common;
+
+use common::{Server, Services, metric_sum};
+use serde_json::json;
+use std::collections::HashSet;
+
+fn series(metrics: &str, family: &str, shard: usize, route: &str, extra: &str) -> u64 {
+    metric_sum(
+        metrics,
+        &format!("{family}{{shard=\"{shard}\",route=\"{route}\"{extra}"),
+        "",
+    )
+}
+
+#[test]
+fn the_whole_flow_on_two_shards_within_the_query_budget() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let (id, token) = server.sign_up("Flow");
+    let token = Some(token.as_str());
+
+    let me = server.call("GET", "/v1/me", token, None);
+    assert_eq!(me.status, 200, "{}", me.text());
+    let me = me.json();
+    assert_eq!(me["user"]["id"], id);
+    assert_eq!(me["user"]["name"], "Flow");
+    assert!(me["user"].get("password_hash").is_none(), "no secrets in /v1/me");
+    assert_eq!(me["profile"]["display_name"], serde_json::Value::Null);
+    assert_eq!(me["prefs"]["theme"], "system");
+
+    let profile = server.call(
+        "PATCH",
+        "/v1/me/profile",
+        token,
+        Some(&json!({"display_name": "F.", "bio": "hello"})),
+    );
+    assert_eq!(profile.status, 200, "{}", profile.text());
+    assert_eq!(profile.json()["display_name"], "F.");
+    // Absent fields stay; null clears.
+    let profile = server.call("PATCH", "/v1/me/profile", token, Some(&json!({"bio": null})));
+    assert_eq!(profile.json()["display_name"], "F.");
+    assert_eq!(profile.json()["bio"], serde_json::Value::Null);
+
+    let prefs = json!({"locale": "de-DE", "timezone": "Europe/Berlin", "theme": "dark", "email_opt_in": true});
+    let put = server.call("PUT", "/v1/me/prefs", token, Some(&prefs));
+    assert_eq!(put.status, 200, "{}", put.text());
+    let me = server.call("GET", "/v1/me", token, None).json();
+    assert_eq!(me["prefs"]["locale"], "de-DE");
+    assert_eq!(me["prefs"]["email_opt_in"], true);
+    assert_eq!(me["profile"]["display_name"], "F.");
+
+    for n in 0..25 {
+        let posted = server.call(
+            "POST",
+            "/v1/events",
+            token,
+            Some(&json!({"kind": "page.view", "payload": {"n": n, "path": "/x"}})),
+        );
+        assert_eq!(posted.status, 201, "{}", posted.text());
+        assert_eq!(posted.json()["payload"]["n"], n);
+    }
+    // Page through newest first: 10, 10, 5, and the last page says there is no next.
+    let mut seen = Vec::new();
+    let mut path = "/v1/me/events?limit=10".to_string();
+    let mut pages = 0;
+    loop {
+        let page = server.call("GET", &path, token, None);
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        pages += 1;
+        for event in page["events"].as_array().unwrap() {
+            seen.push(event["payload"]["n"].as_i64().unwrap());
+        }
+        match page["next"].as_str() {
+            Some(cursor) => path = format!("/v1/me/events?limit=10&before={cursor}"),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, (0..25).rev().collect::<Vec<_>>(), "newest first, each once");
+
+    // Logout, then the token is refused on every shard. Connections spread over both
+    // shards by SO_REUSEPORT; the metrics show both refused it.
+    let logout = server.call("POST", "/v1/auth/logout", token, None);
+    assert_eq!(logout.status, 204, "{}", logout.text());
+    assert!(logout.header("content-length").is_none(), "204 has no Content-Length");
+    for _ in 0..40 {
+        let refused = server.call("GET", "/v1/me", token, None);
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.error_code(), "invalid_token");
+        assert!(refused.header("www-authenticate").unwrap().starts_with("Bearer"));
+    }
+    let again = server.call("POST", "/v1/auth/logout", token, None);
+    assert_eq!(again.status, 401);
+
+    let metrics = server.get("/metrics").text();
+    for shard in 0..2 {
+        let refused = series(&metrics, "percore_http_requests_total", shard, "me", ",status=\"401\"");
+        assert!(refused > 0, "shard {shard} never saw the revoked token:\n{metrics}");
+    }
+    // The query budget, as /metrics reports it: at most 2 statements and 1 read per request.
+    let mut routes_seen = HashSet::new();
+    for line in metrics.lines() {
+        for (family, budget) in [
+            ("percore_db_request_statements_max{", 2),
+            ("percore_db_request_reads_max{", 1),
+        ] {
+            if let Some(rest) = line.strip_prefix(family) {
+                let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+                assert!(value <= budget, "over budget: {line}");
+                routes_seen.insert(
+                    rest.split("route=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    for route in [
+        "register",
+        "login",
+        "logout",
+        "me",
+        "patch_profile",
+        "put_prefs",
+        "post_event",
+        "my_events",
+    ] {
+        assert!(routes_seen.contains(route), "{route} ran no statement:\n{metrics}");
+    }
+    // Exactly: one statement for each of these, two (a read and a write) for login.
+    let total = |route: &str, kind: &str| -> u64 {
+        (0..2)
+            .map(|shard| {
+                series(
+                    &metrics,
+                    "percore_db_statements_total",
+                    shard,
+                    route,
+                    &format!(",kind=\"{kind}\""),
+                )
+            })
+            .sum()
+    };
+    assert_eq!(total("me", "read"), 2 + 40, "one read per GET /v1/me");
+    assert_eq!(total("post_event", "write"), 25);
+    assert_eq!(total("my_events", "read"), 3);
+    assert_eq!((total("login", "read"), total("login", "write")), (1, 1));
+}
+
+#[test]
+fn the_events_page_is_an_index_range_scan_without_sort() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let (_, token) = server.sign_up("Explain");
+    let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    // Enough rows, over enough users, that the planner's choice reflects a real table.
+    client
+        .batch_execute(
+            "INSERT INTO users (email, password_hash, name)
+                 SELECT 'seed' || g || '@example.com', 'x', 'seed' FROM generate_series(1, 2000) g;
+             INSERT INTO events (user_id, kind, payload, created_at)
+                 SELECT u.id, 'k', '{}', now() - make_interval(secs => g)
+                 FROM users u, generate_series(1, 50) g;
+             INSERT INTO sessions (token_hash, user_id, expires_at)
+                 SELECT sha256(('s' || u.id)::bytea), u.id, now() + interval '1 day' FROM users u;
+             ANALYZE users; ANALYZE events; ANALYZE sessions;",
+        )
+        .unwrap();
+    let token_hash = {
+        let rows = client
+            .query("SELECT token_hash FROM sessions ORDER BY created_at DESC LIMIT 1", &[])
+            .unwrap();
+        rows[0].get::<_, Vec<u8>>(0)
+    };
+    let sql = percore::sql::Stmt::EventsPage.sql();
+    let before = std::time::SystemTime::now();
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {sql}"), &[&token_hash, &before, &i64::MAX, &21i64])
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("events_user_created"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    // The served page agrees: this user got 50 seeded events, one a second back from now.
+    let page = server.call("GET", "/v1/me/events", Some(&token), None).json();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 20, "the default page");
+    assert!(page["next"].is_string());
+    let times: Vec<&str> = events.iter().map(|e| e["created_at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] > w[1]), "newest first: {times:?}");
+}
+
+#[test]
+fn a_user_cannot_read_or_change_another_users_private_data() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let (a_id, a) = server.sign_up("Alice");
+    let (b_id, b) = server.sign_up("Bob");
+    let (a, b) = (Some(a.as_str()), Some(b.as_str()));
+    server.call(
+        "POST",
+        "/v1/events",
+        a,
+        Some(&json!({"kind": "secret", "payload": "alice's"})),
+    );
+    let patched = server.call("PATCH", "/v1/me/profile", b, Some(&json!({"display_name": "B"})));
+    assert_eq!(patched.status, 200);
+    server.call(
+        "PUT",
+        "/v1/me/prefs",
+        b,
+        Some(&json!({"locale": "fr", "timezone": "UTC", "theme": "light", "email_opt_in": false})),
+    );
+
+    let b_me = server.call("GET", "/v1/me", b, None).json();
+    assert_eq!(b_me["user"]["id"], b_id, "a token reads only its own user");
+    let a_me = server.call("GET", "/v1/me", a, None).json();
+    assert_eq!(a_me["user"]["id"], a_id);
+    assert_eq!(
+        a_me["profile"]["display_name"],
+        serde_json::Value::Null,
+        "B's patch left A alone"
+    );
+    assert_eq!(a_me["prefs"]["locale"], "en", "B's prefs left A alone");
+    let b_events = server.call("GET", "/v1/me/events", b, None).json();
+    assert_eq!(
+        b_events["events"].as_array().unwrap().len(),
+        0,
+        "B sees none of A's events"
+    );
+
+    // The public view of A shows exactly the public columns: no email, no bio, no prefs.
+    let public = server.call("GET", &format!("/v1/users/{a_id}"), b, None).json();
+    let keys: HashSet<&str> = public.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, HashSet::from(["id", "name", "display_name", "avatar_url"]));
+    let batch = server
+        .call("GET", &format!("/v1/users?ids={b_id},999999,{a_id},{b_id}"), a, None)
+        .json();
+    let ids: Vec<i64> = batch["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![b_id, a_id], "in the order asked, missing left out, once each");
+    assert!(batch["users"][0].get("email").is_none());
+    assert_eq!(
+        server.call("GET", "/v1/users/999999", a, None).error_code(),
+        "user_not_found"
+    );
+}
+
+#[test]
+fn unknown_email_and_wrong_password_answer_the_same_and_both_verify_a_hash() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let email = common::unique_email("victim");
+    let created = server.call(
+        "POST",
+        "/v1/auth/register",
+        None,
+        Some(&json!({"email": email, "password": "right password", "name": "V"})),
+    );
+    assert_eq!(created.status, 201);
+    let completed = |server: &Server| {
+        metric_sum(
+            &server.get("/metrics").text(),
+            "percore_worker_tasks_completed_total",
+            "",
+        )
+    };
+    let login = |email: &str| {
+        server.call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(&json!({"email": email, "password": "wrong password"})),
+        )
+    };
+    let before = completed(&server);
+    let wrong_password = login(&email);
+    let after_wrong = completed(&server);
+    let unknown = login(&common::unique_email("nobody"));
+    let after_unknown = completed(&server);
+    assert_eq!(wrong_password.status, 401);
+    assert_eq!(
+        (unknown.status, unknown.body.clone()),
+        (wrong_password.status, wrong_password.body.clone())
+    );
+    assert_eq!(unknown.error_code(), "invalid_credentials");
+    assert_eq!(after_wrong - before, 1, "a wrong password verifies one hash");
+    assert_eq!(after_unknown - after_wrong, 1, "an unknown email verifies one hash too");
+    // Case does not make a different account.
+    let upper = server.call(
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&json!({"email": email.to_uppercase(), "password": "right password"})),
+    );
+    assert_eq!(upper.status, 200, "{}", upper.text());
+}
+
+#[test]
+fn login_attempts_past_the_burst_get_429_with_retry_after() {
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::Tuning {
+        server: "shards = 1",
+        extra: "[identity]\nlogin_burst = 3\nlogin_rate_per_minute = 1",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let attempt = || {
+        server.call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(&json!({"email": "x@example.com", "password": "whatever1"})),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt().status, 401);
+    }
+    let throttled = attempt();
+    assert_eq!(throttled.status, 429, "{}", throttled.text());
+    assert_eq!(throttled.error_code(), "too_many_requests");
+    let wait: u64 = throttled.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+}
