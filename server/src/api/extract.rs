@@ -24,6 +24,10 @@ pub fn json<'a, T: Deserialize<'a>>(request: &Request<'a>) -> Result<T, ApiError
     }
     let mut deserializer = serde_json::Deserializer::from_slice(request.body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        // Malformed JSON is a 400 even where a field went wrong before the syntax did.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(request.body) {
+            return json_error(".", syntax);
+        }
         let path = e.path().to_string();
         json_error(&path, e.into_inner())
     })?;
