@@ -66,14 +66,36 @@ pub fn migrate(client: &mut postgres::Client) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-fn apply_pending(client: &mut postgres::Client) -> Result<Outcome, String> {
+/// Fails unless the database has every migration this binary knows, unedited: for start-up
+/// without `auto_migrate`, where the prepared statements need the whole schema.
+pub fn verify(client: &mut postgres::Client) -> Result<(), String> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .map_err(|e| format!("reading schema_migrations: {e}"))?
+        .get(0);
+    let applied = if exists { check_recorded(client)? } else { Vec::new() };
+    let pending: Vec<String> = MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{:04}_{}", m.version, m.name))
+        .collect();
+    if !pending.is_empty() {
+        return Err(format!(
+            "the database lacks migrations {pending:?}: run `percore migrate` (or set [database] auto_migrate = true)"
+        ));
+    }
+    Ok(())
+}
+
+/// The recorded versions, each checked against the embedded migration.
+fn check_recorded(client: &mut postgres::Client) -> Result<Vec<i32>, String> {
     let recorded = client
         .query(
             "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
             &[],
         )
         .map_err(|e| format!("reading schema_migrations: {e}"))?;
-    let mut outcome = Outcome::default();
+    let mut versions = Vec::with_capacity(recorded.len());
     for row in &recorded {
         let (version, name, checksum): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
         let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
@@ -89,12 +111,18 @@ fn apply_pending(client: &mut postgres::Client) -> Result<Outcome, String> {
                 known.checksum()
             ));
         }
-        outcome.already += 1;
+        versions.push(version);
     }
-    for migration in MIGRATIONS
-        .iter()
-        .filter(|m| !recorded.iter().any(|r| r.get::<_, i32>(0) == m.version))
-    {
+    Ok(versions)
+}
+
+fn apply_pending(client: &mut postgres::Client) -> Result<Outcome, String> {
+    let recorded = check_recorded(client)?;
+    let mut outcome = Outcome {
+        already: recorded.len(),
+        ..Outcome::default()
+    };
+    for migration in MIGRATIONS.iter().filter(|m| !recorded.contains(&m.version)) {
         let label = format!("{:04}_{}", migration.version, migration.name);
         let mut tx = client.transaction().map_err(|e| format!("{label}: {e}"))?;
         tx.batch_execute(migration.sql).map_err(|e| format!("{label}: {e}"))?;

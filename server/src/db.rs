@@ -221,7 +221,10 @@ async fn prepare_all(client: &Client) -> Result<Vec<Statement>, String> {
     let mut statements = Vec::with_capacity(Stmt::ALL.len());
     for (index, stmt) in Stmt::ALL.iter().enumerate() {
         debug_assert_eq!(*stmt as usize, index, "Stmt::ALL is in declaration order");
-        statements.push(client.prepare(stmt.sql()).await.map_err(|e| format!("{stmt:?}: {e}"))?);
+        statements.push(client.prepare(stmt.sql()).await.map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{stmt:?}: {}", db.message()),
+            None => format!("{stmt:?}: {e}"),
+        })?);
     }
     Ok(statements)
 }

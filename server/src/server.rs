@@ -89,30 +89,53 @@ pub fn resolve_services(config: &mut Config, service_cpus: &[usize]) -> Result<b
     Ok(dev_database)
 }
 
-/// Applies pending schema migrations. Blocking: start-up and `percore migrate` only.
-pub fn migrate(settings: &crate::config::Database) -> Result<percore_schema::Outcome, String> {
+/// A blocking client for migrations. Start-up and `percore migrate` only.
+fn schema_client(settings: &crate::config::Database) -> Result<postgres::Client, String> {
     let mut config: postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
     config.connect_timeout(crate::config::ms(settings.connect_timeout_ms));
     config.application_name("percore-migrate");
     // blocking-ok: start-up, before any shard exists.
-    let mut client = config
+    config
         .connect(postgres::NoTls)
-        .map_err(|e| format!("migrations: cannot connect to the database: {e}"))?;
+        .map_err(|e| format!("cannot connect to the database: {e}"))
+}
+
+/// `percore migrate`: applies pending schema migrations.
+pub fn migrate(settings: &crate::config::Database) -> Result<percore_schema::Outcome, String> {
+    let mut client = schema_client(settings).map_err(|e| format!("migrations: {e}"))?;
     percore_schema::migrate(&mut client).map_err(|e| format!("migrations: {e}"))
+}
+
+/// At start-up: migrates (`apply`) or checks that nothing is pending. Every statement is
+/// prepared when a connection opens, so a shard cannot serve a database without the whole
+/// schema. An unreachable database is not fatal: shards keep reconnecting and /readyz
+/// answers 503 until they can, as after any outage.
+fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), String> {
+    let mut client = match schema_client(settings) {
+        Ok(client) => client,
+        Err(e) => {
+            log::warn!("schema not checked: {e}; starting anyway, /readyz is 503 until shards connect");
+            return Ok(());
+        }
+    };
+    if apply {
+        let outcome = percore_schema::migrate(&mut client).map_err(|e| format!("migrations: {e}"))?;
+        log::info!(
+            "schema: {} migrations applied now, {} already",
+            outcome.applied.len(),
+            outcome.already
+        );
+        Ok(())
+    } else {
+        percore_schema::verify(&mut client).map_err(|e| format!("schema: {e}"))
+    }
 }
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
 pub fn run(mut config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
     let dev_database = resolve_services(&mut config, &placement.worker_cpus)?;
-    if config.database.auto_migrate.unwrap_or(dev_database) {
-        let outcome = migrate(&config.database)?;
-        log::info!(
-            "schema: {} migrations applied now, {} already",
-            outcome.applied.len(),
-            outcome.already
-        );
-    }
+    ensure_schema(&config.database, config.database.auto_migrate.unwrap_or(dev_database))?;
     let db_target = db::Target::resolve(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 

@@ -25,6 +25,10 @@ fn raw(
     )
 }
 
+/// Method, path, token, content type, body; then the status, the error code and the field
+/// the error must name.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, String, u16, &'a str, Option<&'a str>);
+
 #[test]
 fn each_bad_input_gets_its_status_and_code() {
     let services = Services::start();
@@ -37,8 +41,7 @@ fn each_bad_input_gets_its_status_and_code() {
     let too_many_ids = (1..=101).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     let too_many_path = format!("/v1/users?ids={too_many_ids}");
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Option<&str>, &str, String, u16, &str, Option<&str>)> = vec![
-        // method, path, token, content type, body, status, code, field named
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/auth/register", None, json, "{\"email\":".into(), 400, "invalid_json", None),
         ("POST", "/v1/auth/register", None, json, "".into(), 400, "invalid_json", None),
         ("POST", "/v1/auth/register", None, json, "{} trailing".into(), 400, "invalid_json", None),

@@ -278,7 +278,7 @@ fn readyz_follows_postgres_down_and_back_without_a_restart() {
 
     services.postgres.restart();
     let back = wait_for_status(&server, "/readyz", 200, Duration::from_secs(15));
-    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(back.status, 200, "{}\n{}", back.text(), server.stderr());
 }
 
 #[test]
