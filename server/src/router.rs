@@ -139,6 +139,11 @@ const ROUTES: &[Route] = &[
     route(Get, "/bench/panic", DebugPanic, DebugBuild),
 ];
 
+/// Every route as (method, path pattern, access), for documentation checks.
+pub fn routes() -> impl Iterator<Item = (Method, &'static str, Access)> {
+    ROUTES.iter().map(|r| (r.method, r.path, r.access))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolved<'a> {
     Found {

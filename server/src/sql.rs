@@ -255,6 +255,12 @@ fn database_error(shard: &Shard, stmt: Stmt, error: tokio_postgres::Error) -> Ap
             1,
         );
     }
+    // Class 22, data exception: a value Postgres cannot store (a NUL in text, say) that
+    // validation should have caught. The client's input, not our failure.
+    if let Some(db) = error.as_db_error().filter(|db| db.code().code().starts_with("22")) {
+        log::warn!("shard {}: {stmt:?}: unvalidated bad value: {}", shard.id, db.message());
+        return ApiError::new(422, "invalid_value", "a value cannot be stored");
+    }
     let io = std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
     if error.is_closed() || io {
         log::warn!("shard {}: {stmt:?}: {error}", shard.id);

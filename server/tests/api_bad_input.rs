@@ -27,7 +27,16 @@ fn raw(
 
 /// Method, path, token, content type, body; then the status, the error code and the field
 /// the error must name.
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, String, u16, &'a str, Option<&'a str>);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    String,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
 
 #[test]
 fn each_bad_input_gets_its_status_and_code() {
@@ -63,6 +72,8 @@ fn each_bad_input_gets_its_status_and_code() {
         ("PATCH", "/v1/me/profile", t, json, r#"{"avatar_url":"javascript:alert(1)"}"#.into(), 422, "invalid_fields", Some("avatar_url")),
         ("PATCH", "/v1/me/profile", t, json, format!(r#"{{"bio":"{}"}}"#, "b".repeat(2001)), 422, "invalid_fields", Some("bio")),
         ("PATCH", "/v1/me/profile", t, "text/plain", "{}".into(), 415, "unsupported_media_type", None),
+        ("PATCH", "/v1/me/profile", t, json, r#"{"bio":"a\u0000b"}"#.into(), 422, "invalid_fields", Some("bio")),
+        ("POST", "/v1/events", t, json, r#"{"kind":"k","payload":{"a":"\u0000"}}"#.into(), 422, "invalid_fields", Some("payload")),
         ("PUT", "/v1/me/prefs", t, json, r#"{"locale":"en","timezone":"UTC","theme":"neon","email_opt_in":true}"#.into(), 422, "invalid_fields", Some("theme")),
         ("PUT", "/v1/me/prefs", t, json, r#"{"locale":"en","timezone":"UTC","theme":"dark"}"#.into(), 422, "invalid_fields", Some("email_opt_in")),
         ("PUT", "/v1/me/prefs", t, json, r#"{"locale":"en","timezone":"UTC","theme":"dark","email_opt_in":"yes"}"#.into(), 422, "invalid_fields", Some("email_opt_in")),

@@ -22,6 +22,15 @@ pub fn json<'a, T: Deserialize<'a>>(request: &Request<'a>) -> Result<T, ApiError
             "send the body as Content-Type: application/json",
         ));
     }
+    // serde would also read a struct from an array of its fields; bodies are objects.
+    if request.body.trim_ascii_start().first() != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(request.body).map_err(|e| json_error(".", e))?;
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "",
+            "invalid_type",
+            "the body must be a JSON object",
+        )]));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(request.body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         // Malformed JSON is a 400 even where a field went wrong before the syntax did.
@@ -97,7 +106,7 @@ pub fn query_number(request: &Request<'_>, key: &'static str) -> Result<Option<i
         ApiError::new(
             400,
             "invalid_query",
-            format!("query parameter {key}={:?} is not a number", truncate(text)),
+            format!("query parameter {key}={:?} is not a number", truncate(&text)),
         )
     })
 }

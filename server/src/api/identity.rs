@@ -16,7 +16,9 @@ use percore_workers::password::{self, Argon2Params};
 use serde::{Deserialize, Serialize};
 use std::time::{Instant, SystemTime};
 
-pub const PASSWORD_BYTES_MIN: usize = 8;
+/// A password has at least this many characters (not bytes: "ééé" is not a long password)…
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// …and at most this many bytes of UTF-8, which bounds the hashing work one request buys.
 pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const NAME_CHARS_MAX: usize = 200;
 /// RFC 5321's limits on a forward path and on its local part.
@@ -54,11 +56,11 @@ pub async fn register(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body:
     if let Err(problem) = check_email(&input.email) {
         problems.push(problem);
     }
-    if !(PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&input.password.len()) {
+    if input.password.len() > PASSWORD_BYTES_MAX || input.password.chars().count() < PASSWORD_CHARS_MIN {
         problems.push(FieldError::new(
             "password",
             "length",
-            format!("must be {PASSWORD_BYTES_MIN} to {PASSWORD_BYTES_MAX} bytes"),
+            format!("must be at least {PASSWORD_CHARS_MIN} characters and at most {PASSWORD_BYTES_MAX} bytes"),
         ));
     }
     let name_chars = input.name.chars().count();
@@ -151,7 +153,7 @@ pub async fn login(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body: &m
         .borrow_mut()
         .attempt(&[Key::Ip(request.peer), email_key], Instant::now())
         .map_err(|wait_s| ApiError::too_many("too many login attempts; retry later", wait_s))?;
-    if input.email.len() > EMAIL_BYTES_MAX || input.password.len() > PASSWORD_BYTES_MAX {
+    if input.email.len() > EMAIL_BYTES_MAX || input.email.contains('\0') || input.password.len() > PASSWORD_BYTES_MAX {
         // Cannot match any account; still costs the same verification below.
         return Err(spend_verification(shard, input.password).await);
     }

@@ -95,12 +95,29 @@ struct ProfilePatch {
 pub async fn patch_profile(sql: &Sql<'_>, principal: &Principal, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
     let patch: ProfilePatch = extract::json(request)?;
     let mut problems = Vec::new();
-    let too_long = |field: &'static str, value: &Option<Option<String>>, max: usize| {
-        let chars = value.as_ref().and_then(Option::as_ref).map_or(0, |v| v.chars().count());
-        (chars > max).then(|| FieldError::new(field, "length", format!("must be at most {max} characters")))
+    // A bio may hold line breaks; no text may hold NUL, which Postgres cannot store.
+    let check = |field: &'static str, value: &Option<Option<String>>, max: usize, controls_ok: bool| {
+        let value = value.as_ref().and_then(Option::as_ref)?;
+        if value.chars().count() > max {
+            return Some(FieldError::new(
+                field,
+                "length",
+                format!("must be at most {max} characters"),
+            ));
+        }
+        let bad = |c: char| c == '\0' || (!controls_ok && c.is_control());
+        value
+            .chars()
+            .any(bad)
+            .then(|| FieldError::new(field, "invalid", "must not contain control characters"))
     };
-    problems.extend(too_long("display_name", &patch.display_name, DISPLAY_NAME_CHARS_MAX));
-    problems.extend(too_long("bio", &patch.bio, BIO_CHARS_MAX));
+    problems.extend(check(
+        "display_name",
+        &patch.display_name,
+        DISPLAY_NAME_CHARS_MAX,
+        false,
+    ));
+    problems.extend(check("bio", &patch.bio, BIO_CHARS_MAX, true));
     if let Some(Some(url)) = &patch.avatar_url {
         let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
         if !scheme_ok || url.len() > AVATAR_URL_BYTES_MAX || url.chars().any(|c| c.is_whitespace() || c.is_control()) {

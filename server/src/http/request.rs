@@ -114,12 +114,10 @@ impl<'a> Request<'a> {
         })
     }
 
-    /// The value of `key` in the query string, undecoded.
-    pub fn query_param(&self, key: &str) -> Option<&'a str> {
-        self.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == key).then_some(v)
-        })
+    /// The first value of `key` in the query string, percent-decoded (`+` is a space);
+    /// borrowed unless decoding changed it. Invalid UTF-8 becomes U+FFFD.
+    pub fn query_param(&self, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+        form_urlencoded::parse(self.query?.as_bytes()).find_map(|(k, v)| (k == key).then_some(v))
     }
 }
 
