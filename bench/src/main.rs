@@ -4,78 +4,134 @@
 //! generator measured, with the exact command, the machine and the commit, as JSON. It
 //! never judges a result: comparisons are ratios made from files it wrote in the same run.
 //!
-//!   percore-bench run plaintext|json [--url BASE] [--connections N] [--duration 10s]
-//!                 [--depth 16] [--out results/NAME.json]
+//!   percore-bench run plaintext|json|seed-mix [--url BASE] [--connections N]
+//!                 [--duration 10s] [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE]
+//!   percore-bench seed --database-url URL [--users 100000] [--events 1000000]
+//!                 [--sessions 10000] [--tokens FILE]
 //!
 //! wrk runs pinned to `--wrk-cpu` (default 0) so that it stays off the shard cores.
 
-use serde_json::{Value, json};
+mod scrape;
+mod seed;
+mod wrk;
+
+use serde_json::json;
 use std::process::{Command, ExitCode};
 
-struct Options {
+const USAGE: &str = "usage: percore-bench run plaintext|json|seed-mix [--url BASE] [--connections N] [--duration 10s] \
+                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE]\n       \
+                     percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]";
+const WORKLOADS: [&str; 3] = ["plaintext", "json", "seed-mix"];
+const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
+
+struct RunOptions {
     workload: String,
     base: String,
     connections: u32,
     duration: String,
     depth: u32,
+    tokens: String,
     wrk_cpu: String,
     out: Option<String>,
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1).collect()) {
-        Ok(options) => match run(&options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("percore-bench: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("run") => parse_run(&args[1..]).map(|o| run(&o)),
+        Some("seed") => parse_seed(&args[1..]).map(|(url, scale, tokens)| seed::seed(&url, &scale, &tokens)),
+        _ => Err("the commands are `run` and `seed`".into()),
+    };
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("percore-bench: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            eprintln!(
-                "percore-bench: {e}\nusage: percore-bench run plaintext|json [--url BASE] [--connections N] [--duration 10s] [--depth 16] [--wrk-cpu 0] [--out FILE]"
-            );
+            eprintln!("percore-bench: {e}\n{USAGE}");
             ExitCode::from(2)
         }
     }
 }
 
-fn parse(args: Vec<String>) -> Result<Options, String> {
-    let mut args = args.into_iter();
-    if args.next().as_deref() != Some("run") {
-        return Err("the only command is `run`".into());
+/// Flag/value pairs after the positional arguments.
+fn flags(args: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    if !args.len().is_multiple_of(2) {
+        return Err(format!("{} needs a value", args[args.len() - 1]));
     }
-    let workload = args.next().ok_or("which workload?")?;
-    if !["plaintext", "json"].contains(&workload.as_str()) {
+    Ok(args
+        .chunks(2)
+        .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+        .collect())
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("{flag}: not a number: {value}"))
+}
+
+fn parse_run(args: &[String]) -> Result<RunOptions, String> {
+    let workload = args.first().ok_or("which workload?")?;
+    if !WORKLOADS.contains(&workload.as_str()) {
         return Err(format!("unknown workload {workload}"));
     }
-    let mut options = Options {
-        workload,
+    let mut options = RunOptions {
+        workload: workload.clone(),
         base: "http://127.0.0.1:8080".into(),
         connections: 256,
         duration: "10s".into(),
         depth: 16,
+        tokens: TOKENS_DEFAULT.into(),
         wrk_cpu: "0".into(),
         out: None,
     };
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
+    for (flag, value) in flags(&args[1..])? {
+        match flag {
             "--url" => options.base = value.trim_end_matches('/').to_string(),
-            "--connections" => options.connections = value.parse().map_err(|_| "--connections: a number")?,
-            "--duration" => options.duration = value,
-            "--depth" => options.depth = value.parse().map_err(|_| "--depth: a number")?,
-            "--wrk-cpu" => options.wrk_cpu = value,
-            "--out" => options.out = Some(value),
+            "--connections" => options.connections = number(flag, value)?,
+            "--duration" => options.duration = value.into(),
+            "--depth" => options.depth = number(flag, value)?,
+            "--tokens" => options.tokens = value.into(),
+            "--wrk-cpu" => options.wrk_cpu = value.into(),
+            "--out" => options.out = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     Ok(options)
 }
 
-fn run(options: &Options) -> Result<(), String> {
+fn parse_seed(args: &[String]) -> Result<(String, seed::Scale, String), String> {
+    let mut url = std::env::var("PERCORE_DATABASE_URL").ok();
+    let mut scale = seed::Scale {
+        users: 100_000,
+        events: 1_000_000,
+        sessions: 10_000,
+    };
+    let mut tokens = TOKENS_DEFAULT.to_string();
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--database-url" => url = Some(value.into()),
+            "--users" => scale.users = number(flag, value)?,
+            "--events" => scale.events = number(flag, value)?,
+            "--sessions" => scale.sessions = number(flag, value)?,
+            "--tokens" => tokens = value.into(),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if scale.users == 0 || scale.sessions == 0 {
+        return Err("--users and --sessions must be at least 1".into());
+    }
+    let url = url.ok_or("--database-url (or PERCORE_DATABASE_URL) is required")?;
+    Ok((url, scale, tokens))
+}
+
+fn run(options: &RunOptions) -> Result<(), String> {
     let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk");
-    let url = format!("{}/{}", options.base, options.workload);
+    let path = match options.workload.as_str() {
+        "seed-mix" => "",
+        workload => workload,
+    };
+    let url = format!("{}/{path}", options.base);
     let mut argv: Vec<String> = vec![
         "-c".into(),
         options.wrk_cpu.clone(),
@@ -88,13 +144,17 @@ fn run(options: &Options) -> Result<(), String> {
         format!("{scripts}/{}.lua", options.workload),
         url,
     ];
-    if options.workload == "plaintext" {
-        argv.extend(["--".into(), options.depth.to_string()]);
+    match options.workload.as_str() {
+        "plaintext" => argv.extend(["--".into(), options.depth.to_string()]),
+        "seed-mix" => argv.extend(["--".into(), options.tokens.clone()]),
+        _ => {}
     }
+    let before = scrape::snapshot(&options.base)?;
     let output = Command::new("taskset")
         .args(&argv)
         .output()
         .map_err(|e| format!("running wrk via taskset: {e}"))?;
+    let after = scrape::snapshot(&options.base)?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         return Err(format!(
@@ -106,9 +166,10 @@ fn run(options: &Options) -> Result<(), String> {
     let result = json!({
         "workload": options.workload,
         "command": format!("taskset {}", argv.join(" ")),
-        "machine": machine(),
-        "commit": git(&["rev-parse", "HEAD"]),
-        "wrk": parse_wrk(&text),
+        "machine": wrk::machine(),
+        "commit": wrk::git(&["rev-parse", "HEAD"]),
+        "wrk": wrk::parse_wrk(&text),
+        "server": scrape::delta(&before, &after),
         "wrk_output": text,
     });
     let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
@@ -119,70 +180,20 @@ fn run(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Requests per second, latency percentiles and error lines from wrk's `--latency` report.
-fn parse_wrk(text: &str) -> Value {
-    let mut result = serde_json::Map::new();
-    for line in text.lines().map(str::trim) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            ["Requests/sec:", rps] => {
-                result.insert("requests_per_s".into(), json!(rps.parse::<f64>().unwrap_or(0.0)));
-            }
-            [pct, latency] if pct.ends_with('%') => {
-                result.insert(format!("latency_p{}", pct.trim_end_matches('%')), json!(latency));
-            }
-            _ if line.starts_with("Non-2xx") || line.starts_with("Socket errors") => {
-                result
-                    .entry("errors")
-                    .or_insert_with(|| json!([]))
-                    .as_array_mut()
-                    .expect("array")
-                    .push(json!(line));
-            }
-            _ => {}
-        }
-    }
-    Value::Object(result)
-}
-
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-        t.lines()
-            .find(|l| l.starts_with("model name"))
-            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-    });
-    json!({
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
-    })
-}
-
-fn git(args: &[&str]) -> Option<String> {
-    let output = Command::new("git").args(args).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_wrk_latency_report() {
-        let text = "  Latency Distribution\n     50%  1.10ms\n     99%  5.00ms\n  100 requests in 1.00s\n\
-                    Non-2xx or 3xx responses: 3\nRequests/sec:  12345.67\n";
-        let parsed = parse_wrk(text);
-        assert_eq!(parsed["requests_per_s"], json!(12345.67));
-        assert_eq!(parsed["latency_p99"], json!("5.00ms"));
-        assert_eq!(parsed["errors"][0], json!("Non-2xx or 3xx responses: 3"));
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
     }
 
     #[test]
-    fn refuses_unknown_workloads() {
-        assert!(parse(vec!["run".into(), "fortunes".into()]).is_err());
-        assert!(parse(vec!["run".into(), "json".into(), "--connections".into(), "x".into()]).is_err());
+    fn refuses_unknown_workloads_and_bad_flags() {
+        assert!(parse_run(&args("fortunes")).is_err());
+        assert!(parse_run(&args("json --connections x")).is_err());
+        assert!(parse_run(&args("json --connections")).is_err());
+        assert_eq!(parse_run(&args("seed-mix --tokens t.txt")).unwrap().tokens, "t.txt");
+        assert!(parse_seed(&args("--users 0 --database-url x")).is_err());
     }
 }

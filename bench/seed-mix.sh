@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The seed-mix benchmark (issue 3) for 1 and 2 shards, one after the other in one run:
+# seeds 100k users / 1M events / 10k sessions once (COPY; kept between runs), then for each
+# shard count starts a release percore on CPUs from 1 up, drives it with wrk on CPU 0 and
+# writes bench/results/seed-mix-<N>shard.json (req/s, latency percentiles, statements per
+# request from /metrics deltas).
+#   DURATION=20s CONNECTIONS=64 SHARDS="1 2" bench/seed-mix.sh
+# Uses PERCORE_DATABASE_URL / PERCORE_REDIS_URL, else the dev services under ./var/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${DURATION:-20s} connections=${CONNECTIONS:-64} shard_counts=${SHARDS:-"1 2"}
+cargo build -q --release --locked --bin percore --bin percore-bench
+mkdir -p bench/results
+if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
+  # The dev services: `percore migrate` provisions them under ./var/ when missing.
+  ./target/release/percore --config /dev/null migrate >/dev/null
+  PERCORE_DATABASE_URL="postgres://postgres@127.0.0.1:$(awk '{print $1}' var/ports)/postgres"
+fi
+./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
+for shards in $shard_counts; do
+  config=$(mktemp --suffix=.toml)
+  cpus=$(seq -s, 1 "$shards")
+  cat > "$config" <<TOML
+[server]
+listen = "127.0.0.1:8080"
+shards = $shards
+cpus = [$cpus]
+[database]
+url = "$PERCORE_DATABASE_URL"
+[identity]
+# The mix logs in on purpose (0.1%) from one client IP: no throttling in the benchmark.
+login_rate_per_minute = 1000000
+login_burst = 1000000
+[log]
+level = "warn"
+TOML
+  ./target/release/percore --config "$config" & pid=$!
+  for _ in $(seq 50); do curl -fs http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done
+  # Warm-up, then the measured run.
+  ./target/release/percore-bench run seed-mix --duration 5s --connections "$connections" >/dev/null
+  ./target/release/percore-bench run seed-mix --duration "$duration" --connections "$connections" \
+    --out "bench/results/seed-mix-${shards}shard.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -f "$config"
+  python3 - "bench/results/seed-mix-${shards}shard.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+w, s = r["wrk"], r["server"]
+print(f'{sys.argv[1]}: {w.get("requests_per_s")} req/s, p50 {w.get("latency_p50")} p90 {w.get("latency_p90")} '
+      f'p99 {w.get("latency_p99")}, {s["statements_per_request"]:.3f} statements/request, errors {w.get("errors", [])}')
+PY
+done
