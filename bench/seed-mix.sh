@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The seed-mix benchmark (issue 3) for 1 and 2 shards, one after the other in one run:
 # seeds 100k users / 1M events / 10k sessions once (COPY; kept between runs), then for each
-# shard count starts a release percore on CPUs from 1 up, drives it with wrk on CPU 0 and
+# shard count starts a release percore on CPUs from 1 up (from 0 when there are no more
+# cores than shards), drives it with wrk on CPU 0 and
 # writes bench/results/seed-mix-<N>shard.json (req/s, latency percentiles, statements per
 # request from /metrics deltas).
 #   DURATION=20s CONNECTIONS=64 SHARDS="1 2" bench/seed-mix.sh
@@ -19,7 +20,8 @@ fi
 ./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
 for shards in $shard_counts; do
   config=$(mktemp --suffix=.toml)
-  cpus=$(seq -s, 1 "$shards")
+  # Shards on CPUs 1.. while that leaves CPU 0 to wrk; otherwise on the first CPUs.
+  if [ "$shards" -lt "$(nproc)" ]; then cpus=$(seq -s, 1 "$shards"); else cpus=""; fi
   cat > "$config" <<TOML
 [server]
 listen = "127.0.0.1:8080"
