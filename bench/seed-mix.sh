@@ -48,7 +48,8 @@ TOML
 import json, sys
 r = json.load(open(sys.argv[1]))
 w, s = r["wrk"], r["server"]
-print(f'{sys.argv[1]}: {w.get("requests_per_s")} req/s, p50 {w.get("latency_p50")} p90 {w.get("latency_p90")} '
-      f'p99 {w.get("latency_p99")}, {s["statements_per_request"]:.3f} statements/request, errors {w.get("errors", [])}')
+ms = lambda p: w.get(f"latency_us_p{p}", 0) / 1000
+print(f'{sys.argv[1]}: {w.get("requests_per_s")} req/s, p50 {ms(50):.2f} ms, p95 {ms(95):.2f} ms, '
+      f'p99 {ms(99):.2f} ms, {s["statements_per_request"]:.3f} statements/request, errors {w.get("errors", [])}')
 PY
 done

@@ -12,6 +12,10 @@ pub fn parse_wrk(text: &str) -> Value {
             ["Requests/sec:", rps] => {
                 result.insert("requests_per_s".into(), json!(rps.parse::<f64>().unwrap_or(0.0)));
             }
+            ["percentile", pct, micros] => {
+                let micros: f64 = micros.parse().unwrap_or(0.0);
+                result.insert(format!("latency_us_p{pct}"), json!(micros));
+            }
             [pct, latency] if pct.ends_with('%') => {
                 result.insert(format!("latency_p{}", pct.trim_end_matches('%')), json!(latency));
             }
@@ -57,10 +61,11 @@ mod tests {
     #[test]
     fn reads_wrk_latency_report() {
         let text = "  Latency Distribution\n     50%  1.10ms\n     99%  5.00ms\n  100 requests in 1.00s\n\
-                    Non-2xx or 3xx responses: 3\nRequests/sec:  12345.67\n";
+                    Non-2xx or 3xx responses: 3\nRequests/sec:  12345.67\npercentile 95 4321\n";
         let parsed = parse_wrk(text);
         assert_eq!(parsed["requests_per_s"], json!(12345.67));
         assert_eq!(parsed["latency_p99"], json!("5.00ms"));
         assert_eq!(parsed["errors"][0], json!("Non-2xx or 3xx responses: 3"));
+        assert_eq!(parsed["latency_us_p95"], json!(4321.0));
     }
 }
