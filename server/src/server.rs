@@ -131,6 +131,26 @@ fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), 
     }
 }
 
+/// Shards bind with SO_REUSEPORT, which would let a second percore (or anything else with
+/// SO_REUSEPORT, same user) share the port and silently take half the connections. A plain
+/// bind first fails if anyone holds the port at all; it is released at once.
+fn refuse_a_taken_port(listen: std::net::SocketAddr) -> Result<(), String> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    // blocking-ok: start-up, before any shard exists; bind does not wait.
+    match std::net::TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "{listen} is already in use (another percore running?): refusing to share it"
+        )),
+        Err(e) => Err(format!("cannot listen on {listen}: {e}")),
+    }
+}
+
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
 pub fn run(mut config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
@@ -165,6 +185,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         // blocking-ok: start-up, before any shard; one hash, tens of milliseconds.
         percore_workers::password::hash(params, &secret)
     };
+    refuse_a_taken_port(config.server.listen)?;
     let shard_count = placement.shard_cpus.len();
     let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
     let shared: &'static Shared = Box::leak(Box::new(Shared {

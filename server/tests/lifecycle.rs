@@ -212,3 +212,15 @@ fn sigterm_answers_every_request_already_read_and_exits_0() {
         "still accepting after exit"
     );
 }
+
+#[test]
+fn a_second_percore_on_the_same_port_refuses_to_start() {
+    let services = Services::start();
+    let first = Server::start(&services, "");
+    let text = common::Tuning::new(first.port, &services).render();
+    let output = run_with_config(&text, &["--config"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert_eq!(first.get("/healthz").status, 200, "the first keeps serving");
+}
