@@ -132,23 +132,58 @@ fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), 
 }
 
 /// Shards bind with SO_REUSEPORT, which would let a second percore (or anything else with
-/// SO_REUSEPORT, same user) share the port and silently take half the connections. A plain
-/// bind first fails if anyone holds the port at all; it is released at once.
+/// SO_REUSEPORT, same user) share the port and silently take half the connections. So
+/// start-up refuses an address some socket already listens on, as the kernel lists them
+/// in /proc/net/tcp{,6}. (A probe bind would not do: the server side of closed
+/// connections lingers in TIME_WAIT and fails it for a minute after a restart.)
 fn refuse_a_taken_port(listen: std::net::SocketAddr) -> Result<(), String> {
     if listen.port() == 0 {
         return Ok(());
     }
-    // blocking-ok: start-up, before any shard exists; bind does not wait.
-    match std::net::TcpListener::bind(listen) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // blocking-ok: start-up, before any shard exists.
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        if let Some(holder) = listeners(&text).find(|held| conflicts(*held, listen)) {
+            return Err(format!(
+                "{listen} is already in use ({holder} is listening; another percore?): refusing to share it"
+            ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
-            "{listen} is already in use (another percore running?): refusing to share it"
-        )),
-        Err(e) => Err(format!("cannot listen on {listen}: {e}")),
     }
+    Ok(())
+}
+
+/// LISTEN sockets (state 0A) of one /proc/net/tcp{,6} table.
+fn listeners(table: &str) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(3) != Some(&"0A") {
+            return None;
+        }
+        let (address, port) = fields.get(1)?.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        // The kernel prints each 32-bit word of the address in host (little-endian) order.
+        let mut bytes = Vec::with_capacity(16);
+        for word in address.as_bytes().chunks(8) {
+            let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        let ip: std::net::IpAddr = match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+            16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+            _ => return None,
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    })
+}
+
+fn conflicts(held: std::net::SocketAddr, wanted: std::net::SocketAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+    held.port() == wanted.port()
+        && (held.ip().is_unspecified()
+            || wanted.ip().is_unspecified()
+            || canonical(held.ip()) == canonical(wanted.ip()))
 }
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
@@ -266,6 +301,26 @@ mod tests {
                 worker_cpus: vec![0, 2]
             }
         );
+    }
+
+    #[test]
+    fn proc_net_tcp_listeners_are_read_and_matched() {
+        let table = "  sl  local_address rem_address   st\n\
+                     0: 0100007F:1F90 00000000:0000 0A 0\n\
+                     1: 0100007F:1F90 0100007F:C350 01 0\n\
+                     2: 00000000:0050 00000000:0000 0A 0\n";
+        let found: Vec<_> = listeners(table).collect();
+        assert_eq!(
+            found,
+            vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:80".parse().unwrap()]
+        );
+        let v6 = "h\n 0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A\n";
+        assert_eq!(listeners(v6).collect::<Vec<_>>(), vec!["[::1]:8080".parse().unwrap()]);
+        assert!(conflicts(found[0], "127.0.0.1:8080".parse().unwrap()));
+        assert!(conflicts(found[0], "0.0.0.0:8080".parse().unwrap()));
+        assert!(!conflicts(found[0], "127.0.0.2:8080".parse().unwrap()));
+        assert!(!conflicts(found[0], "127.0.0.1:8081".parse().unwrap()));
+        assert!(conflicts(found[1], "10.0.0.1:80".parse().unwrap()));
     }
 
     #[test]
