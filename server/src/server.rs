@@ -9,6 +9,7 @@ use crate::redis::RedisTarget;
 use crate::runtime;
 use crate::shard::{self, Shared};
 use percore_workers::{Pool, PoolConfig};
+use postgres::Client as BlockingClient; // blocking-ok: migrations at start-up and `percore migrate` only
 use std::sync::atomic::AtomicBool;
 
 /// Where shards and workers run.
@@ -90,7 +91,7 @@ pub fn resolve_services(config: &mut Config, service_cpus: &[usize]) -> Result<b
 }
 
 /// A blocking client for migrations. Start-up and `percore migrate` only.
-fn schema_client(settings: &crate::config::Database) -> Result<postgres::Client, String> {
+fn schema_client(settings: &crate::config::Database) -> Result<BlockingClient, String> {
     let mut config: postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
     config.connect_timeout(crate::config::ms(settings.connect_timeout_ms));
     config.application_name("percore-migrate");
@@ -141,8 +142,8 @@ fn refuse_a_taken_port(listen: std::net::SocketAddr) -> Result<(), String> {
         return Ok(());
     }
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        // blocking-ok: start-up, before any shard exists.
-        let Ok(text) = std::fs::read_to_string(table) else {
+        let read = std::fs::read_to_string(table); // blocking-ok: start-up, before any shard
+        let Ok(text) = read else {
             continue;
         };
         if let Some(holder) = listeners(&text).find(|held| conflicts(*held, listen)) {

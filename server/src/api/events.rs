@@ -7,11 +7,10 @@
 
 use super::auth::{self, Principal};
 use super::identity::timestamp;
-use super::{Answer, extract, write_json};
+use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
-use crate::http::{ApiError, Reply, Request};
-use crate::shard::Shard;
-use crate::sql::{Sql, Stmt};
+use crate::http::{ApiError, Reply};
+use crate::sql::Stmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,15 +36,9 @@ struct Event<'a> {
     created_at: String,
 }
 
-pub async fn post_event(
-    shard: &Shard,
-    sql: &Sql<'_>,
-    principal: &Principal,
-    request: &Request<'_>,
-    body: &mut Vec<u8>,
-) -> Answer {
-    let input: NewEvent = extract::json(request)?;
-    let payload_max = shard.config().api.event_payload_bytes_max;
+pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let input: NewEvent = extract::json(ctx.request)?;
+    let payload_max = ctx.shard.config().api.event_payload_bytes_max;
     if input.payload.get().len() > payload_max {
         return Err(ApiError::new(
             413,
@@ -72,7 +65,8 @@ pub async fn post_event(
             "strings and keys must not contain \\u0000, which Postgres's jsonb cannot store",
         )]));
     }
-    let rows = sql
+    let rows = ctx
+        .sql
         .query(
             Stmt::EventInsert,
             &[&principal.token_hash(), &input.kind, &input.payload.get()],
@@ -89,15 +83,9 @@ pub async fn post_event(
     Ok(Reply::json(201))
 }
 
-pub async fn my_events(
-    shard: &Shard,
-    sql: &Sql<'_>,
-    principal: &Principal,
-    request: &Request<'_>,
-    body: &mut Vec<u8>,
-) -> Answer {
-    let page_max = i64::from(shard.config().api.events_page_max);
-    let limit = extract::query_number(request, "limit")?.unwrap_or(PAGE_DEFAULT);
+pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let page_max = i64::from(ctx.shard.config().api.events_page_max);
+    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(PAGE_DEFAULT);
     if !(1..=page_max).contains(&limit) {
         return Err(ApiError::invalid_fields(vec![FieldError::new(
             "limit",
@@ -106,14 +94,15 @@ pub async fn my_events(
         )]));
     }
     // An empty `before` is the first page, as if absent.
-    let (before_micros, before_id) = match request.query_param("before").filter(|c| !c.is_empty()) {
+    let (before_micros, before_id) = match ctx.request.query_param("before").filter(|c| !c.is_empty()) {
         Some(cursor) => decode_cursor(&cursor)?,
         None => (NEWEST_MICROS, i64::MAX),
     };
     let before_time = UNIX_EPOCH + Duration::from_micros(before_micros as u64);
     // One row more than asked tells whether another page exists.
     let fetch = limit + 1;
-    let rows = sql
+    let rows = ctx
+        .sql
         .query(
             Stmt::EventsPage,
             &[&principal.token_hash(), &before_time, &before_id, &fetch],

@@ -6,11 +6,11 @@
 //! passwords.
 
 use super::auth::{self, Principal};
-use super::{Answer, extract, workers_busy, write_json};
+use super::{Answer, Ctx, extract, workers_busy, write_json};
 use crate::http::error::FieldError;
-use crate::http::{ApiError, Reply, Request};
+use crate::http::{ApiError, Reply};
 use crate::shard::Shard;
-use crate::sql::{Sql, Stmt};
+use crate::sql::Stmt;
 use crate::throttle::Key;
 use percore_workers::password::{self, Argon2Params};
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,8 @@ pub fn timestamp(time: SystemTime) -> String {
     }
 }
 
-pub async fn register(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
-    let input: Registration = extract::json(request)?;
+pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
+    let input: Registration = extract::json(ctx.request)?;
     let mut problems = Vec::new();
     if let Err(problem) = check_email(&input.email) {
         problems.push(problem);
@@ -80,15 +80,19 @@ pub async fn register(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body:
     if !problems.is_empty() {
         return Err(ApiError::invalid_fields(problems));
     }
-    let params = argon2_params(shard);
+    let params = argon2_params(ctx.shard);
     let secret = input.password.into_bytes();
-    let hashing = shard
+    let hashing = ctx
+        .shard
         .shared
         .workers
         .submit(move || password::hash(params, &secret))
-        .map_err(|_| workers_busy(shard))?;
+        .map_err(|_| workers_busy(ctx.shard))?;
     let phc = hashing.await.map_err(|_| ApiError::internal())?;
-    let rows = sql.query(Stmt::Register, &[&input.email, &phc, &input.name]).await?;
+    let rows = ctx
+        .sql
+        .query(Stmt::Register, &[&input.email, &phc, &input.name])
+        .await?;
     let Some(row) = rows.first() else {
         return Err(ApiError::new(409, "email_taken", "an account with this email exists"));
     };
@@ -145,35 +149,37 @@ struct Session {
     expires_at: String,
 }
 
-pub async fn login(shard: &Shard, sql: &Sql<'_>, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
-    let input: Credentials = extract::json(request)?;
+pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
+    let input: Credentials = extract::json(ctx.request)?;
     let email_key = Key::Email(input.email.to_lowercase());
-    shard
+    ctx.shard
         .login_throttle
         .borrow_mut()
-        .attempt(&[Key::Ip(request.peer), email_key], Instant::now())
+        .attempt(&[Key::Ip(ctx.request.peer), email_key], Instant::now())
         .map_err(|wait_s| ApiError::too_many("too many login attempts; retry later", wait_s))?;
     if input.email.len() > EMAIL_BYTES_MAX || input.email.contains('\0') || input.password.len() > PASSWORD_BYTES_MAX {
         // Cannot match any account; still costs the same verification below.
-        return Err(spend_verification(shard, input.password).await);
+        return Err(spend_verification(ctx.shard, input.password).await);
     }
-    let rows = sql.query(Stmt::LoginLookup, &[&input.email]).await?;
+    let rows = ctx.sql.query(Stmt::LoginLookup, &[&input.email]).await?;
     let Some(row) = rows.first() else {
-        return Err(spend_verification(shard, input.password).await);
+        return Err(spend_verification(ctx.shard, input.password).await);
     };
     let (user_id, phc): (i64, String) = (row.get(0), row.get(1));
     let secret = input.password.into_bytes();
-    let verifying = shard
+    let verifying = ctx
+        .shard
         .shared
         .workers
         .submit(move || password::verify(&phc, &secret))
-        .map_err(|_| workers_busy(shard))?;
+        .map_err(|_| workers_busy(ctx.shard))?;
     if !verifying.await.map_err(|_| ApiError::internal())? {
         return Err(invalid_credentials());
     }
     let (token, token_hash) = auth::new_token()?;
-    let ttl_s = shard.config().identity.token_ttl_s as f64;
-    let rows = sql
+    let ttl_s = ctx.shard.config().identity.token_ttl_s as f64;
+    let rows = ctx
+        .sql
         .query(Stmt::SessionInsert, &[&token_hash.as_slice(), &user_id, &ttl_s])
         .await?;
     let expires_at: SystemTime = rows.first().ok_or_else(ApiError::internal)?.get(0);
@@ -208,8 +214,8 @@ fn invalid_credentials() -> ApiError {
     ApiError::new(401, "invalid_credentials", "the email or the password is wrong")
 }
 
-pub async fn logout(sql: &Sql<'_>, principal: &Principal) -> Answer {
-    let revoked = sql.execute(Stmt::Logout, &[&principal.token_hash()]).await?;
+pub async fn logout(ctx: &Ctx<'_>, principal: &Principal) -> Answer {
+    let revoked = ctx.sql.execute(Stmt::Logout, &[&principal.token_hash()]).await?;
     if revoked == 0 {
         return Err(auth::invalid_token());
     }

@@ -20,6 +20,14 @@ use crate::sql::Sql;
 
 pub type Answer = Result<Reply, ApiError>;
 
+/// What a domain handler works with: its shard, its request, and the statement-counting
+/// database handle. Handlers of `Access::User` routes also get the caller's `Principal`.
+pub struct Ctx<'a> {
+    pub shard: &'a Shard,
+    pub request: &'a Request<'a>,
+    pub sql: Sql<'a>,
+}
+
 /// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
@@ -56,25 +64,29 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         },
         Access::Public | Access::Bench | Access::DebugBuild => None,
     };
-    let sql = Sql::new(shard);
+    let ctx = Ctx {
+        shard,
+        request,
+        sql: Sql::new(shard),
+    };
     let answer = match (endpoint, &principal) {
         (Endpoint::Healthz, _) => ops::healthz(body),
-        (Endpoint::Readyz, _) => ops::readyz(shard, &sql, body).await,
+        (Endpoint::Readyz, _) => ops::readyz(shard, &ctx.sql, body).await,
         (Endpoint::Metrics, _) => ops::metrics(shard, body),
         (Endpoint::OpenApi, _) => {
             body.extend_from_slice(OPENAPI_JSON.as_bytes());
             Ok(Reply::json(200))
         }
-        (Endpoint::Register, _) => identity::register(shard, &sql, request, body).await,
-        (Endpoint::Login, _) => identity::login(shard, &sql, request, body).await,
-        (Endpoint::Logout, Some(who)) => identity::logout(&sql, who).await,
-        (Endpoint::Me, Some(who)) => users::me(&sql, who, body).await,
-        (Endpoint::PatchProfile, Some(who)) => users::patch_profile(&sql, who, request, body).await,
-        (Endpoint::PutPrefs, Some(who)) => users::put_prefs(&sql, who, request, body).await,
-        (Endpoint::UserById, Some(who)) => users::user_by_id(&sql, who, param.unwrap_or_default(), body).await,
-        (Endpoint::UsersByIds, Some(who)) => users::users_by_ids(shard, &sql, who, request, body).await,
-        (Endpoint::PostEvent, Some(who)) => events::post_event(shard, &sql, who, request, body).await,
-        (Endpoint::MyEvents, Some(who)) => events::my_events(shard, &sql, who, request, body).await,
+        (Endpoint::Register, _) => identity::register(&ctx, body).await,
+        (Endpoint::Login, _) => identity::login(&ctx, body).await,
+        (Endpoint::Logout, Some(who)) => identity::logout(&ctx, who).await,
+        (Endpoint::Me, Some(who)) => users::me(&ctx, who, body).await,
+        (Endpoint::PatchProfile, Some(who)) => users::patch_profile(&ctx, who, body).await,
+        (Endpoint::PutPrefs, Some(who)) => users::put_prefs(&ctx, who, body).await,
+        (Endpoint::UserById, Some(who)) => users::user_by_id(&ctx, who, param.unwrap_or_default(), body).await,
+        (Endpoint::UsersByIds, Some(who)) => users::users_by_ids(&ctx, who, body).await,
+        (Endpoint::PostEvent, Some(who)) => events::post_event(&ctx, who, body).await,
+        (Endpoint::MyEvents, Some(who)) => events::my_events(&ctx, who, body).await,
         (Endpoint::Plaintext, _) => bench::plaintext(body),
         (Endpoint::Json, _) => bench::json(body),
         (Endpoint::BenchHash, _) => bench::hash(shard, request, body).await,
@@ -94,7 +106,9 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             unreachable!("pseudo-endpoints are never routed to")
         }
     };
-    shard.metrics.record_statements(endpoint, sql.reads(), sql.writes());
+    shard
+        .metrics
+        .record_statements(endpoint, ctx.sql.reads(), ctx.sql.writes());
     (endpoint, answer)
 }
 

@@ -3,11 +3,10 @@
 
 use super::auth::{self, Principal};
 use super::identity::timestamp;
-use super::{Answer, extract, write_json};
+use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
-use crate::http::{ApiError, Reply, Request};
-use crate::shard::Shard;
-use crate::sql::{Sql, Stmt};
+use crate::http::{ApiError, Reply};
+use crate::sql::Stmt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
@@ -56,8 +55,8 @@ impl Prefs {
     }
 }
 
-pub async fn me(sql: &Sql<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
-    let rows = sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
+pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let rows = ctx.sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     #[derive(Serialize)]
     struct Me {
@@ -92,8 +91,8 @@ struct ProfilePatch {
     avatar_url: Option<Option<String>>,
 }
 
-pub async fn patch_profile(sql: &Sql<'_>, principal: &Principal, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
-    let patch: ProfilePatch = extract::json(request)?;
+pub async fn patch_profile(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let patch: ProfilePatch = extract::json(ctx.request)?;
     let mut problems = Vec::new();
     // A bio may hold line breaks; no text may hold NUL, which Postgres cannot store.
     let check = |field: &'static str, value: &Option<Option<String>>, max: usize, controls_ok: bool| {
@@ -134,7 +133,8 @@ pub async fn patch_profile(sql: &Sql<'_>, principal: &Principal, request: &Reque
     let flag = |v: &Option<Option<String>>| v.is_some();
     let value = |v: &Option<Option<String>>| v.clone().flatten();
     let (display_name, bio, avatar_url) = (value(&patch.display_name), value(&patch.bio), value(&patch.avatar_url));
-    let rows = sql
+    let rows = ctx
+        .sql
         .query(
             Stmt::ProfileUpdate,
             &[
@@ -163,8 +163,8 @@ struct PrefsInput {
     email_opt_in: bool,
 }
 
-pub async fn put_prefs(sql: &Sql<'_>, principal: &Principal, request: &Request<'_>, body: &mut Vec<u8>) -> Answer {
-    let input: PrefsInput = extract::json(request)?;
+pub async fn put_prefs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let input: PrefsInput = extract::json(ctx.request)?;
     let mut problems = Vec::new();
     if !is_locale(&input.locale) {
         problems.push(FieldError::new(
@@ -186,7 +186,8 @@ pub async fn put_prefs(sql: &Sql<'_>, principal: &Principal, request: &Request<'
     if !problems.is_empty() {
         return Err(ApiError::invalid_fields(problems));
     }
-    let rows = sql
+    let rows = ctx
+        .sql
         .query(
             Stmt::PrefsUpdate,
             &[
@@ -246,24 +247,18 @@ impl PublicUser {
     }
 }
 
-pub async fn user_by_id(sql: &Sql<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
+pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
     let id = extract::user_id(id)?;
-    let rows = sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
+    let rows = ctx.sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     let user = PublicUser::from_row(row).ok_or_else(|| ApiError::new(404, "user_not_found", "no such user"))?;
     write_json(body, &user);
     Ok(Reply::json(200))
 }
 
-pub async fn users_by_ids(
-    shard: &Shard,
-    sql: &Sql<'_>,
-    principal: &Principal,
-    request: &Request<'_>,
-    body: &mut Vec<u8>,
-) -> Answer {
-    let max = shard.config().api.user_ids_max;
-    let Some(list) = request.query_param("ids").filter(|l| !l.is_empty()) else {
+pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let max = ctx.shard.config().api.user_ids_max;
+    let Some(list) = ctx.request.query_param("ids").filter(|l| !l.is_empty()) else {
         return Err(ApiError::invalid_fields(vec![FieldError::new(
             "ids",
             "required",
@@ -285,7 +280,10 @@ pub async fn users_by_ids(
             ids.push(id);
         }
     }
-    let rows = sql.query(Stmt::UsersPublic, &[&principal.token_hash(), &ids]).await?;
+    let rows = ctx
+        .sql
+        .query(Stmt::UsersPublic, &[&principal.token_hash(), &ids])
+        .await?;
     if rows.is_empty() {
         return Err(auth::invalid_token());
     }
