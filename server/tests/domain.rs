@@ -340,3 +340,74 @@ fn login_attempts_past_the_burst_get_429_with_retry_after() {
     let wait: u64 = throttled.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
 }
+
+#[test]
+fn an_expired_session_is_refused_and_login_sets_the_configured_lifetime() {
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::Tuning {
+        extra: "[identity]\ntoken_ttl_s = 3600",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let email = common::unique_email("ttl");
+    let register = json!({"email": email, "password": "12345678", "name": "T"});
+    assert_eq!(
+        server.call("POST", "/v1/auth/register", None, Some(&register)).status,
+        201
+    );
+    let login = server
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(&json!({"email": email, "password": "12345678"})),
+        )
+        .json();
+    let token = login["token"].as_str().unwrap().to_string();
+    let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    let lifetime_s: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM s.expires_at - s.created_at)::float8 FROM sessions s
+             JOIN users u ON u.id = s.user_id WHERE u.email = $1::text::citext",
+            &[&email],
+        )
+        .unwrap()
+        .get(0);
+    assert!((lifetime_s - 3600.0).abs() < 1.0, "session lifetime {lifetime_s}");
+    assert_eq!(server.call("GET", "/v1/me", Some(&token), None).status, 200);
+    client
+        .execute(
+            "UPDATE sessions s SET expires_at = now() - interval '1 second'
+             FROM users u WHERE u.id = s.user_id AND u.email = $1::text::citext",
+            &[&email],
+        )
+        .unwrap();
+    let expired = server.call("GET", "/v1/me", Some(&token), None);
+    assert_eq!((expired.status, expired.error_code().as_str()), (401, "invalid_token"));
+}
+
+#[test]
+fn a_statement_past_statement_timeout_answers_503_and_the_shard_goes_on() {
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::Tuning::new(port, &services)
+        .render()
+        .replace("[database]\n", "[database]\nstatement_timeout_ms = 300\n");
+    let server = Server::start_with_config(port, &text, &[]);
+    let (id, token) = server.sign_up("Locked");
+    // Another client holds the user's prefs row: the update waits, and is cancelled.
+    let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    let mut tx = client.transaction().unwrap();
+    tx.execute("SELECT 1 FROM prefs WHERE user_id = $1 FOR UPDATE", &[&id])
+        .unwrap();
+    let prefs = json!({"locale": "en", "timezone": "UTC", "theme": "dark", "email_opt_in": false});
+    let waited = server.call("PUT", "/v1/me/prefs", Some(&token), Some(&prefs));
+    assert_eq!(waited.status, 503, "{}", waited.text());
+    assert_eq!(waited.error_code(), "database_timeout");
+    assert!(waited.header("retry-after").is_some());
+    tx.rollback().unwrap();
+    let after = server.call("PUT", "/v1/me/prefs", Some(&token), Some(&prefs));
+    assert_eq!(after.status, 200, "{}", after.text());
+}
