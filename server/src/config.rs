@@ -19,6 +19,7 @@ pub struct Config {
     pub redis: Redis,
     pub identity: Identity,
     pub api: Api,
+    pub cache: Cache,
     pub bench: Bench,
     pub log: Log,
 }
@@ -228,6 +229,40 @@ impl Default for Api {
             event_payload_bytes_max: 16 * 1024,
             user_ids_max: 100,
             events_page_max: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Off: every read goes to Postgres (for measuring what the cache buys).
+    pub enabled: bool,
+    /// Entries in each shard's in-memory (L1) cache.
+    pub l1_entries: usize,
+    /// An L1 entry is dropped this long after it was loaded, even if no invalidation came:
+    /// the bound on staleness should an invalidation ever be lost.
+    pub l1_ttl_ms: u64,
+    /// Each Redis call the cache makes waits at most this long, then falls back to Postgres.
+    pub redis_timeout_ms: u64,
+    /// After a Redis error or timeout the shard stops calling Redis for the cache this long.
+    pub breaker_backoff_ms: u64,
+    /// A write waits this long for every subscribed shard to confirm its eviction.
+    pub invalidation_ack_timeout_ms: u64,
+    /// Prefix of every Redis key and channel; change it with the cached shapes.
+    pub key_prefix: String,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: true,
+            l1_entries: 100_000,
+            l1_ttl_ms: 10_000,
+            redis_timeout_ms: 100,
+            breaker_backoff_ms: 1_000,
+            invalidation_ack_timeout_ms: 250,
+            key_prefix: "percore:v1".into(),
         }
     }
 }
@@ -443,6 +478,20 @@ impl Config {
         }
         at_least("api.user_ids_max", a.user_ids_max as u64, 1)?;
         at_least("api.events_page_max", a.events_page_max as u64, 1)?;
+        let c = &self.cache;
+        at_least("cache.l1_entries", c.l1_entries as u64, 16)?;
+        at_least("cache.l1_ttl_ms", c.l1_ttl_ms, 1)?;
+        at_least("cache.redis_timeout_ms", c.redis_timeout_ms, 1)?;
+        at_least("cache.breaker_backoff_ms", c.breaker_backoff_ms, 1)?;
+        at_least("cache.invalidation_ack_timeout_ms", c.invalidation_ack_timeout_ms, 1)?;
+        let prefix_ok = !c.key_prefix.is_empty()
+            && c.key_prefix.len() <= 64
+            && c.key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":._-".contains(&b));
+        if !prefix_ok {
+            return Err(("cache.key_prefix".into(), "must be 1-64 of a-z A-Z 0-9 : . _ -".into()));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
             return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
         }

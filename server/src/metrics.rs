@@ -59,6 +59,13 @@ pub struct ShardMetrics {
     pub redis_up: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_commands: AtomicU64,
+    pub cache_l1_hits: AtomicU64,
+    pub cache_l1_misses: AtomicU64,
+    pub cache_flight_joins: AtomicU64,
+    pub cache_subscribed: AtomicU64,
+    pub cache_invalidations_sent: AtomicU64,
+    pub cache_invalidations_received: AtomicU64,
+    pub cache_invalidations_unconfirmed: AtomicU64,
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
 }
@@ -215,7 +222,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         );
     }
     #[rustfmt::skip]
-    let per_shard: [Family; 12] = [
+    let per_shard: [Family; 19] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -228,6 +235,13 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
         ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
         ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
+        ("percore_cache_l1_hits_total", "counter", "Reads answered from the shard's memory.", |m| &m.cache_l1_hits),
+        ("percore_cache_l1_misses_total", "counter", "Reads the shard's memory could not answer.", |m| &m.cache_l1_misses),
+        ("percore_cache_flight_joins_total", "counter", "Misses that waited for a load already running for the key.", |m| &m.cache_flight_joins),
+        ("percore_cache_subscribed", "gauge", "1 while the shard hears invalidations (L1 is used only then).", |m| &m.cache_subscribed),
+        ("percore_cache_invalidations_sent_total", "counter", "Invalidations this shard published after a write.", |m| &m.cache_invalidations_sent),
+        ("percore_cache_invalidations_received_total", "counter", "Invalidations this shard applied, from any shard of any process.", |m| &m.cache_invalidations_received),
+        ("percore_cache_invalidations_unconfirmed_total", "counter", "Invalidations not confirmed by every shard in time.", |m| &m.cache_invalidations_unconfirmed),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);

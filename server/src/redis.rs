@@ -191,7 +191,7 @@ async fn supervise(client: Rc<RedisClient>, target: RedisTarget) {
     }
 }
 
-async fn connect(target: &RedisTarget) -> Result<TcpStream, String> {
+pub(crate) async fn connect(target: &RedisTarget) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(target.addr).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // The handshake runs before the connection is shared, so it reads replies directly.

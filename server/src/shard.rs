@@ -52,6 +52,7 @@ pub struct Shard {
     /// Read deadlines of this shard's connections.
     pub deadlines: Sweeper,
     pub login_throttle: RefCell<Throttle>,
+    pub cache: crate::cache::Cache,
 }
 
 impl Shard {
@@ -91,6 +92,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
+        cache: crate::cache::Cache::new(&config.cache, id, metrics),
         login_throttle: RefCell::new(Throttle::new(
             config.identity.login_rate_per_minute,
             config.identity.login_burst,
@@ -104,6 +106,9 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     shared.stop_senders.lock().expect("stop list lock").push(stop);
     runtime::spawn(tick(shard.clone()));
     runtime::spawn(sweep(shard.clone()));
+    if config.cache.enabled {
+        runtime::spawn(crate::cache::bus::subscribe(shard.clone(), shared.redis_target.clone()));
+    }
     // A signal that came before the sender was registered is seen through the flag.
     if !shared.shutdown.load(Ordering::SeqCst) {
         accept_until(&shard, listener, stop_signal).await;

@@ -45,17 +45,26 @@ pub enum Stmt {
     SessionInsert,
     /// $1 token hash. Revokes the session; no row affected when it was not live.
     Logout,
-    /// $1 token hash → user, profile and prefs in one row.
+    /// $1 token hash → user, profile and prefs in one row, then the session's expiry.
     Me,
+    /// $1 user id → the same row as `Me`, for a caller whose session the cache knows.
+    MeById,
     /// $1 token hash; per field a "present" flag and a value: $2/$3 display_name, $4/$5 bio,
-    /// $6/$7 avatar_url → the profile.
+    /// $6/$7 avatar_url → the profile, then the user id.
     ProfileUpdate,
-    /// $1 token hash, $2 locale, $3 timezone, $4 theme, $5 email_opt_in → the prefs.
+    /// $1 token hash, $2 locale, $3 timezone, $4 theme, $5 email_opt_in → the prefs, then
+    /// the user id.
     PrefsUpdate,
-    /// $1 token hash, $2 user id → one row (NULL id: no such user); no row: bad session.
+    /// $1 token hash, $2 user id → one row (NULL id: no such user), then the session's user
+    /// and expiry; no row: bad session.
     UserPublic,
-    /// $1 token hash, $2 user ids → public rows, any order; one all-NULL row when none exist.
+    /// $1 user id → the public row, if any.
+    UserPublicById,
+    /// $1 token hash, $2 user ids → public rows, any order, each with the session's user and
+    /// expiry; one row with a NULL id when none exist.
     UsersPublic,
+    /// $1 user ids → the public rows that exist, any order.
+    UsersPublicByIds,
     /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at.
     EventInsert,
     /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → the page, in index order
@@ -66,26 +75,35 @@ pub enum Stmt {
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 12] = [
+    pub const ALL: [Stmt; 15] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
         Stmt::SessionInsert,
         Stmt::Logout,
         Stmt::Me,
+        Stmt::MeById,
         Stmt::ProfileUpdate,
         Stmt::PrefsUpdate,
         Stmt::UserPublic,
+        Stmt::UserPublicById,
         Stmt::UsersPublic,
+        Stmt::UsersPublicByIds,
         Stmt::EventInsert,
         Stmt::EventsPage,
     ];
 
     pub fn kind(self) -> Kind {
         match self {
-            Stmt::Ping | Stmt::LoginLookup | Stmt::Me | Stmt::UserPublic | Stmt::UsersPublic | Stmt::EventsPage => {
-                Kind::Read
-            }
+            Stmt::Ping
+            | Stmt::LoginLookup
+            | Stmt::Me
+            | Stmt::MeById
+            | Stmt::UserPublic
+            | Stmt::UserPublicById
+            | Stmt::UsersPublic
+            | Stmt::UsersPublicByIds
+            | Stmt::EventsPage => Kind::Read,
             Stmt::Register
             | Stmt::SessionInsert
             | Stmt::Logout
@@ -117,7 +135,7 @@ impl Stmt {
             Stmt::Me => concat!(
                 "SELECT u.id, u.email::text, u.name, u.created_at, u.updated_at,
                         p.display_name, p.bio, p.avatar_url, p.updated_at,
-                        q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at
+                        q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at, s.expires_at
                  FROM sessions s
                  JOIN users u ON u.id = s.user_id
                  JOIN profiles p ON p.user_id = s.user_id
@@ -125,6 +143,15 @@ impl Stmt {
                  WHERE ",
                 live_session!()
             ),
+            Stmt::MeById => {
+                "SELECT u.id, u.email::text, u.name, u.created_at, u.updated_at,
+                        p.display_name, p.bio, p.avatar_url, p.updated_at,
+                        q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at
+                 FROM users u
+                 JOIN profiles p ON p.user_id = u.id
+                 JOIN prefs q ON q.user_id = u.id
+                 WHERE u.id = $1"
+            }
             Stmt::ProfileUpdate => concat!(
                 "UPDATE profiles p SET
                     display_name = CASE WHEN $2::bool THEN $3::text ELSE p.display_name END,
@@ -134,25 +161,35 @@ impl Stmt {
                  FROM sessions s
                  WHERE p.user_id = s.user_id AND ",
                 live_session!(),
-                " RETURNING p.display_name, p.bio, p.avatar_url, p.updated_at"
+                " RETURNING p.display_name, p.bio, p.avatar_url, p.updated_at, p.user_id"
             ),
             Stmt::PrefsUpdate => concat!(
                 "UPDATE prefs q SET locale = $2, timezone = $3, theme = $4, email_opt_in = $5, updated_at = now()
                  FROM sessions s
                  WHERE q.user_id = s.user_id AND ",
                 live_session!(),
-                " RETURNING q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at"
+                " RETURNING q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at, q.user_id"
             ),
             Stmt::UserPublic => concat!(
-                "SELECT u.id, u.name, p.display_name, p.avatar_url
+                "SELECT u.id, u.name, p.display_name, p.avatar_url, s.user_id, s.expires_at
                  FROM sessions s
                  LEFT JOIN users u ON u.id = $2::int8
                  LEFT JOIN profiles p ON p.user_id = u.id
                  WHERE ",
                 live_session!()
             ),
-            Stmt::UsersPublic => concat!(
+            Stmt::UserPublicById => {
                 "SELECT u.id, u.name, p.display_name, p.avatar_url
+                 FROM users u LEFT JOIN profiles p ON p.user_id = u.id
+                 WHERE u.id = $1"
+            }
+            Stmt::UsersPublicByIds => {
+                "SELECT u.id, u.name, p.display_name, p.avatar_url
+                 FROM users u LEFT JOIN profiles p ON p.user_id = u.id
+                 WHERE u.id = ANY($1::int8[])"
+            }
+            Stmt::UsersPublic => concat!(
+                "SELECT u.id, u.name, p.display_name, p.avatar_url, s.user_id, s.expires_at
                  FROM sessions s
                  LEFT JOIN (users u LEFT JOIN profiles p ON p.user_id = u.id) ON u.id = ANY($2::int8[])
                  WHERE ",

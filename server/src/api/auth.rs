@@ -5,10 +5,13 @@
 //! shape and hashes it; whether the session is live is decided by the one statement each
 //! authenticated handler runs (see `sql.rs`), so checking costs no extra round trip.
 
+use super::Ctx;
+use crate::cache::{Cached, Key};
 use crate::http::{ApiError, Request};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
+use std::time::SystemTime;
 
 pub const TOKEN_BYTES: usize = 32;
 /// Unpadded base64url of 32 bytes.
@@ -43,6 +46,15 @@ pub fn authenticate(request: &Request<'_>) -> Result<Principal, ApiError> {
     Ok(Principal {
         token_hash: hash_token(token).ok_or_else(invalid_token)?,
     })
+}
+
+/// The caller's user id, if this shard's cache knows the session is live: then the
+/// handler may skip the session check in SQL.
+pub fn cached_user(ctx: &Ctx<'_>, who: &Principal) -> Option<i64> {
+    match ctx.shard.cache.get(&Key::Session(who.token_hash))? {
+        Cached::Session { user_id, expires_at } if expires_at > SystemTime::now() => Some(user_id),
+        _ => None,
+    }
 }
 
 /// 401 for a token that is malformed, unknown, expired or revoked: one answer for all, so

@@ -219,6 +219,8 @@ pub async fn logout(ctx: &Ctx<'_>, principal: &Principal) -> Answer {
     if revoked == 0 {
         return Err(auth::invalid_token());
     }
+    // Before the 204: no shard of any process may accept the token after it.
+    crate::cache::bus::invalidate(ctx.shard, &[crate::cache::Key::Session(principal.token_hash)]).await;
     Ok(Reply::new(204, crate::http::response::JSON))
 }
 

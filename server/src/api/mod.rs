@@ -11,6 +11,7 @@ mod events;
 pub mod extract;
 pub mod identity;
 mod ops;
+mod public_users;
 mod users;
 
 use crate::http::{ApiError, Reply, Request};
@@ -83,8 +84,8 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         (Endpoint::Me, Some(who)) => users::me(&ctx, who, body).await,
         (Endpoint::PatchProfile, Some(who)) => users::patch_profile(&ctx, who, body).await,
         (Endpoint::PutPrefs, Some(who)) => users::put_prefs(&ctx, who, body).await,
-        (Endpoint::UserById, Some(who)) => users::user_by_id(&ctx, who, param.unwrap_or_default(), body).await,
-        (Endpoint::UsersByIds, Some(who)) => users::users_by_ids(&ctx, who, body).await,
+        (Endpoint::UserById, Some(who)) => public_users::user_by_id(&ctx, who, param.unwrap_or_default(), body).await,
+        (Endpoint::UsersByIds, Some(who)) => public_users::users_by_ids(&ctx, who, body).await,
         (Endpoint::PostEvent, Some(who)) => events::post_event(&ctx, who, body).await,
         (Endpoint::MyEvents, Some(who)) => events::my_events(&ctx, who, body).await,
         (Endpoint::Plaintext, _) => bench::plaintext(body),

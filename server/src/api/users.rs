@@ -1,9 +1,10 @@
-//! Users: one's own account (`/v1/me`, profile, prefs) and other users' public view.
-//! Each handler runs one statement, which also checks the session (see `sql.rs`).
+//! One's own account: `/v1/me`, profile, prefs. Reads come from the shard's cache where it
+//! can; every write evicts what it changed on every shard before it answers.
 
 use super::auth::{self, Principal};
 use super::identity::timestamp;
 use super::{Answer, Ctx, extract, write_json};
+use crate::cache::{Cached, Key, bus};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
@@ -55,9 +56,41 @@ impl Prefs {
     }
 }
 
+/// From the shard's memory when it knows the session and the user's view; else one
+/// statement (by user id when only the session is known, with the session check otherwise).
 pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let cache = &ctx.shard.cache;
+    if let Some(user_id) = auth::cached_user(ctx, principal) {
+        let loaded = cache
+            .get_or_load(Key::Me(user_id), || async move {
+                let rows = ctx.sql.query(Stmt::MeById, &[&user_id]).await?;
+                Ok(rows.first().map(|row| Cached::Json(me_json(row).into())))
+            })
+            .await?;
+        return match loaded {
+            Some(Cached::Json(json)) => {
+                body.extend_from_slice(&json);
+                Ok(Reply::json(200))
+            }
+            // The user is gone though the session was cached a moment ago.
+            _ => Err(auth::invalid_token()),
+        };
+    }
+    let epoch = cache.epoch();
     let rows = ctx.sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let (user_id, expires_at) = (row.get(0), row.get(14));
+    cache.insert_unless_invalidated(
+        epoch,
+        Key::Session(principal.token_hash),
+        Cached::Session { user_id, expires_at },
+    );
+    body.extend_from_slice(&me_json(row));
+    Ok(Reply::json(200))
+}
+
+/// `{user, profile, prefs}` from a `Me` or `MeById` row.
+fn me_json(row: &Row) -> Vec<u8> {
     #[derive(Serialize)]
     struct Me {
         user: super::identity::User,
@@ -75,8 +108,9 @@ pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Ans
         profile: Profile::from_row(row, 5),
         prefs: Prefs::from_row(row, 9),
     };
-    write_json(body, &me);
-    Ok(Reply::json(200))
+    let mut json = Vec::with_capacity(512);
+    write_json(&mut json, &me);
+    json
 }
 
 /// PATCH: an absent field is left alone, `null` clears it.
@@ -149,6 +183,8 @@ pub async fn patch_profile(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let user_id: i64 = row.get(4);
+    bus::invalidate(ctx.shard, &[Key::Me(user_id), Key::User(user_id)]).await;
     write_json(body, &Profile::from_row(row, 0));
     Ok(Reply::json(200))
 }
@@ -200,6 +236,8 @@ pub async fn put_prefs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let user_id: i64 = row.get(5);
+    bus::invalidate(ctx.shard, &[Key::Me(user_id)]).await;
     write_json(body, &Prefs::from_row(row, 0));
     Ok(Reply::json(200))
 }
@@ -225,77 +263,6 @@ fn is_timezone(name: &str) -> bool {
                 && part.as_bytes()[0].is_ascii_alphabetic()
                 && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
         })
-}
-
-#[derive(Serialize)]
-struct PublicUser {
-    id: i64,
-    name: String,
-    display_name: Option<String>,
-    avatar_url: Option<String>,
-}
-
-impl PublicUser {
-    /// `None` for the all-NULL row a LEFT JOIN yields when nothing matched.
-    fn from_row(row: &Row) -> Option<PublicUser> {
-        Some(PublicUser {
-            id: row.get::<_, Option<i64>>(0)?,
-            name: row.get(1),
-            display_name: row.get(2),
-            avatar_url: row.get(3),
-        })
-    }
-}
-
-pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
-    let id = extract::user_id(id)?;
-    let rows = ctx.sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let user = PublicUser::from_row(row).ok_or_else(|| ApiError::new(404, "user_not_found", "no such user"))?;
-    write_json(body, &user);
-    Ok(Reply::json(200))
-}
-
-pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
-    let max = ctx.shard.config().api.user_ids_max;
-    let Some(list) = ctx.request.query_param("ids").filter(|l| !l.is_empty()) else {
-        return Err(ApiError::invalid_fields(vec![FieldError::new(
-            "ids",
-            "required",
-            "pass ?ids=1,2,3",
-        )]));
-    };
-    // Counted before parsing, so a huge list costs no more than this check.
-    if list.split(',').nth(max).is_some() {
-        return Err(ApiError::invalid_fields(vec![FieldError::new(
-            "ids",
-            "too_many",
-            format!("at most {max} ids"),
-        )]));
-    }
-    let mut ids: Vec<i64> = Vec::with_capacity(max);
-    for text in list.split(',') {
-        let id = extract::user_id(text)?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    let rows = ctx
-        .sql
-        .query(Stmt::UsersPublic, &[&principal.token_hash(), &ids])
-        .await?;
-    if rows.is_empty() {
-        return Err(auth::invalid_token());
-    }
-    let mut found: Vec<PublicUser> = rows.iter().filter_map(PublicUser::from_row).collect();
-    // In the order asked; `ids` has no duplicates, so each position is unique.
-    found.sort_by_key(|user| ids.iter().position(|id| *id == user.id));
-    #[derive(Serialize)]
-    struct Users {
-        users: Vec<PublicUser>,
-    }
-    write_json(body, &Users { users: found });
-    Ok(Reply::json(200))
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+//! Other users' public view: `GET /v1/users/{id}` and `GET /v1/users?ids=`. Each user's
+//! view is cached as its JSON, so a batch is the cached pieces joined, plus one statement
+//! for the ids the shard's memory does not hold.
+
+use super::auth::{self, Principal};
+use super::{Answer, Ctx, extract, write_json};
+use crate::cache::{Cached, Key};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply};
+use crate::sql::Stmt;
+use serde::Serialize;
+use std::rc::Rc;
+use tokio_postgres::Row;
+
+#[derive(Serialize)]
+struct PublicUser {
+    id: i64,
+    name: String,
+    display_name: Option<String>,
+    avatar_url: Option<String>,
+}
+
+/// The user's id and view as JSON; `None` for the row with a NULL id a LEFT JOIN yields
+/// when nothing matched.
+fn view(row: &Row) -> Option<(i64, Rc<[u8]>)> {
+    let user = PublicUser {
+        id: row.get::<_, Option<i64>>(0)?,
+        name: row.get(1),
+        display_name: row.get(2),
+        avatar_url: row.get(3),
+    };
+    let mut json = Vec::with_capacity(128);
+    write_json(&mut json, &user);
+    Some((user.id, json.into()))
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(404, "user_not_found", "no such user")
+}
+
+pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
+    let id = extract::user_id(id)?;
+    let cache = &ctx.shard.cache;
+    if auth::cached_user(ctx, principal).is_some() {
+        let loaded = cache
+            .get_or_load(Key::User(id), || async move {
+                let rows = ctx.sql.query(Stmt::UserPublicById, &[&id]).await?;
+                Ok(rows.first().and_then(view).map(|(_, json)| Cached::Json(json)))
+            })
+            .await?;
+        let Some(Cached::Json(json)) = loaded else {
+            return Err(not_found());
+        };
+        body.extend_from_slice(&json);
+        return Ok(Reply::json(200));
+    }
+    let epoch = cache.epoch();
+    let rows = ctx.sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    remember_session(ctx, principal, epoch, row);
+    let (id, json) = view(row).ok_or_else(not_found)?;
+    cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
+    body.extend_from_slice(&json);
+    Ok(Reply::json(200))
+}
+
+/// The session columns (user id, expiry) at 4 and 5 of a `UserPublic(s)` row.
+fn remember_session(ctx: &Ctx<'_>, principal: &Principal, epoch: crate::cache::Epoch, row: &Row) {
+    let session = Cached::Session {
+        user_id: row.get(4),
+        expires_at: row.get(5),
+    };
+    ctx.shard
+        .cache
+        .insert_unless_invalidated(epoch, Key::Session(principal.token_hash), session);
+}
+
+pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let ids = parse_ids(ctx)?;
+    let cache = &ctx.shard.cache;
+    let epoch = cache.epoch();
+    let mut found: Vec<(i64, Rc<[u8]>)> = Vec::with_capacity(ids.len());
+    let rows = if auth::cached_user(ctx, principal).is_some() {
+        let mut missing = Vec::new();
+        for id in &ids {
+            match cache.get(&Key::User(*id)) {
+                Some(Cached::Json(json)) => found.push((*id, json)),
+                _ => missing.push(*id),
+            }
+        }
+        if missing.is_empty() {
+            Vec::new()
+        } else {
+            ctx.sql.query(Stmt::UsersPublicByIds, &[&missing]).await?
+        }
+    } else {
+        let rows = ctx
+            .sql
+            .query(Stmt::UsersPublic, &[&principal.token_hash(), &ids])
+            .await?;
+        let first = rows.first().ok_or_else(auth::invalid_token)?;
+        remember_session(ctx, principal, epoch, first);
+        rows
+    };
+    for (id, json) in rows.iter().filter_map(view) {
+        cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
+        found.push((id, json));
+    }
+    // In the order asked; `ids` has no duplicates, so each position is unique.
+    found.sort_by_key(|(id, _)| ids.iter().position(|asked| asked == id));
+    body.extend_from_slice(b"{\"users\":[");
+    for (i, (_, json)) in found.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Reply::json(200))
+}
+
+/// `?ids=1,2,3`: 1 to `api.user_ids_max` positive ids, duplicates dropped.
+fn parse_ids(ctx: &Ctx<'_>) -> Result<Vec<i64>, ApiError> {
+    let max = ctx.shard.config().api.user_ids_max;
+    let Some(list) = ctx.request.query_param("ids").filter(|l| !l.is_empty()) else {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "ids",
+            "required",
+            "pass ?ids=1,2,3",
+        )]));
+    };
+    // Counted before parsing, so a huge list costs no more than this check.
+    if list.split(',').nth(max).is_some() {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "ids",
+            "too_many",
+            format!("at most {max} ids"),
+        )]));
+    }
+    let mut ids: Vec<i64> = Vec::with_capacity(max);
+    for text in list.split(',') {
+        let id = extract::user_id(text)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}

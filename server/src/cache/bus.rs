@@ -1,0 +1,230 @@
+//! Invalidation across shards and processes over Redis pub/sub.
+//!
+//! Every shard keeps one subscribed connection: to the invalidation channel that all
+//! shards of all percore processes share, and to an acknowledgement channel of its own. A
+//! write publishes `<ack channel> <id> <key> <key>…`; PUBLISH answers how many subscribers
+//! got it; each evicts the keys, then publishes `<id>` to the writer's ack channel; the
+//! writer answers its client once all have, or after `invalidation_ack_timeout_ms`.
+//!
+//! Runs on a shard: never blocks.
+
+use super::Key;
+use crate::config::{self, ms};
+use crate::metrics::ShardMetrics;
+use crate::redis::{RedisTarget, connect};
+use crate::runtime;
+use crate::shard::Shard;
+use combine::parser::combinator::AnySendSyncPartialState;
+use combine::stream::{Decoder, PointerOffset};
+use futures::AsyncWriteExt;
+use futures::channel::oneshot;
+use redis::Value;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+pub struct Bus {
+    subscribed: Cell<bool>,
+    invalidations: String,
+    acks: String,
+    next_id: Cell<u64>,
+    pending: RefCell<HashMap<u64, Pending>>,
+    ack_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Pending {
+    received: usize,
+    /// Known once PUBLISH answers.
+    expected: Option<usize>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn complete(&mut self) -> bool {
+        self.expected.is_some_and(|expected| self.received >= expected)
+    }
+}
+
+impl Bus {
+    pub fn new(settings: &config::Cache, shard_id: usize) -> Bus {
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let nonce = u64::from_le_bytes(nonce);
+        Bus {
+            subscribed: Cell::new(false),
+            invalidations: format!("{}:invalidate", settings.key_prefix),
+            acks: format!(
+                "{}:ack:{}:{shard_id}:{nonce:016x}",
+                settings.key_prefix,
+                std::process::id()
+            ),
+            next_id: Cell::new(0),
+            pending: RefCell::new(HashMap::new()),
+            ack_timeout: ms(settings.invalidation_ack_timeout_ms),
+        }
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.get()
+    }
+
+    fn acked(&self, id: u64) {
+        let mut pending = self.pending.borrow_mut();
+        if let Some(wait) = pending.get_mut(&id) {
+            wait.received += 1;
+            if wait.complete()
+                && let Some(done) = wait.done.take()
+            {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Evicts `keys` on this shard at once, then on every subscribed shard of every process,
+/// waiting (at most `invalidation_ack_timeout_ms`) until each has confirmed.
+pub async fn invalidate(shard: &Shard, keys: &[Key]) {
+    let cache = &shard.cache;
+    cache.evict(keys);
+    let bus = &cache.bus;
+    let id = bus.next_id.get();
+    bus.next_id.set(id + 1);
+    let mut message = format!("{} {id}", bus.acks);
+    for key in keys {
+        message.push(' ');
+        message.push_str(&key.wire());
+    }
+    let (done, finished) = oneshot::channel();
+    bus.pending.borrow_mut().insert(
+        id,
+        Pending {
+            done: Some(done),
+            ..Pending::default()
+        },
+    );
+    let published = shard
+        .redis
+        .query(redis::cmd("PUBLISH").arg(&bus.invalidations).arg(&message))
+        .await;
+    let confirmed = match published {
+        Ok(Value::Int(receivers)) => {
+            {
+                let mut pending = bus.pending.borrow_mut();
+                let wait = pending.get_mut(&id).expect("registered above");
+                wait.expected = Some(receivers.max(0) as usize);
+                if wait.complete()
+                    && let Some(done) = wait.done.take()
+                {
+                    let _ = done.send(());
+                }
+            }
+            runtime::timeout(bus.ack_timeout, finished).await.is_some()
+        }
+        _ => false,
+    };
+    bus.pending.borrow_mut().remove(&id);
+    if !confirmed {
+        // Shards that did not confirm either lost their subscription (and so bypass and
+        // clear L1) or are slow; l1_ttl_ms bounds what they may still serve.
+        ShardMetrics::add(&shard.metrics.cache_invalidations_unconfirmed, 1);
+        log::warn!("shard {}: invalidation {id} not confirmed by every shard", shard.id);
+    }
+    ShardMetrics::add(&shard.metrics.cache_invalidations_sent, 1);
+}
+
+/// The shard's subscriber: keeps its subscription up, applies invalidations, counts acks.
+pub async fn subscribe(shard: Rc<Shard>, target: RedisTarget) {
+    let settings = &shard.config().redis;
+    let (min, max) = (
+        ms(settings.reconnect_backoff_ms_min),
+        ms(settings.reconnect_backoff_ms_max),
+    );
+    let mut backoff = min;
+    loop {
+        match runtime::timeout(ms(settings.connect_timeout_ms), connect(&target)).await {
+            Some(Ok(stream)) => {
+                backoff = min;
+                let why = listen(&shard, stream).await;
+                log::warn!(
+                    "shard {}: cache subscription lost: {why}; L1 off until it is back",
+                    shard.id
+                );
+            }
+            Some(Err(e)) => log::debug!("shard {}: cache subscription: {e}", shard.id),
+            None => log::debug!("shard {}: cache subscription: connect timed out", shard.id),
+        }
+        if shard.cache.bus.subscribed.replace(false) {
+            ShardMetrics::sub(&shard.metrics.cache_subscribed, 1);
+        }
+        shard.cache.clear();
+        runtime::sleep(backoff).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+async fn listen(shard: &Rc<Shard>, mut stream: runtime::TcpStream) -> String {
+    let bus = &shard.cache.bus;
+    let mut subscribe = Vec::new();
+    redis::cmd("SUBSCRIBE")
+        .arg(&bus.invalidations)
+        .arg(&bus.acks)
+        .write_packed_command(&mut subscribe);
+    if let Err(e) = stream.write_all(&subscribe).await {
+        return format!("write failed: {e}");
+    }
+    let mut decoder = Decoder::<AnySendSyncPartialState, PointerOffset<[u8]>>::new();
+    let mut reader = (&mut stream).compat();
+    let mut confirmed = 0;
+    loop {
+        let value = match redis::parse_redis_value_async(&mut decoder, &mut reader).await {
+            Ok(value) => value,
+            Err(e) => return format!("read failed: {e}"),
+        };
+        let Value::Array(parts) = value else {
+            return format!("unexpected reply {value:?}");
+        };
+        let text = |i: usize| match parts.get(i) {
+            Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        };
+        match (text(0), text(1), text(2)) {
+            (Some("subscribe"), _, _) => {
+                confirmed += 1;
+                if confirmed == 2 {
+                    // Anything cached before this moment may have missed an invalidation.
+                    shard.cache.clear();
+                    bus.subscribed.set(true);
+                    ShardMetrics::add(&shard.metrics.cache_subscribed, 1);
+                }
+            }
+            (Some("message"), Some(channel), Some(payload)) if channel == bus.invalidations => {
+                apply(shard, payload);
+            }
+            (Some("message"), Some(channel), Some(payload)) if channel == bus.acks => {
+                if let Ok(id) = payload.parse() {
+                    bus.acked(id);
+                }
+            }
+            _ => log::debug!("shard {}: ignored pub/sub frame {parts:?}", shard.id),
+        }
+    }
+}
+
+/// One invalidation from any shard of any process: evict, then confirm to its writer.
+fn apply(shard: &Rc<Shard>, payload: &str) {
+    let mut words = payload.split(' ');
+    let (Some(ack_channel), Some(id)) = (words.next(), words.next()) else {
+        log::warn!("shard {}: malformed invalidation {payload:?}", shard.id);
+        return;
+    };
+    let keys: Vec<Key> = words.filter_map(Key::parse).collect();
+    shard.cache.evict(&keys);
+    ShardMetrics::add(&shard.metrics.cache_invalidations_received, 1);
+    let (shard, ack_channel, id) = (shard.clone(), ack_channel.to_string(), id.to_string());
+    runtime::spawn(async move {
+        let _ = shard.redis.query(redis::cmd("PUBLISH").arg(ack_channel).arg(id)).await;
+    });
+}
