@@ -243,6 +243,8 @@ pub struct Cache {
     /// An L1 entry is dropped this long after it was loaded, even if no invalidation came:
     /// the bound on staleness should an invalidation ever be lost.
     pub l1_ttl_ms: u64,
+    /// Values in Redis (L2) expire this long after they were stored.
+    pub ttl_s: u64,
     /// Each Redis call the cache makes waits at most this long, then falls back to Postgres.
     pub redis_timeout_ms: u64,
     /// After a Redis error or timeout the shard stops calling Redis for the cache this long.
@@ -259,6 +261,7 @@ impl Default for Cache {
             enabled: true,
             l1_entries: 100_000,
             l1_ttl_ms: 10_000,
+            ttl_s: 300,
             redis_timeout_ms: 100,
             breaker_backoff_ms: 1_000,
             invalidation_ack_timeout_ms: 250,
@@ -481,6 +484,7 @@ impl Config {
         let c = &self.cache;
         at_least("cache.l1_entries", c.l1_entries as u64, 16)?;
         at_least("cache.l1_ttl_ms", c.l1_ttl_ms, 1)?;
+        at_least("cache.ttl_s", c.ttl_s, 1)?;
         at_least("cache.redis_timeout_ms", c.redis_timeout_ms, 1)?;
         at_least("cache.breaker_backoff_ms", c.breaker_backoff_ms, 1)?;
         at_least("cache.invalidation_ack_timeout_ms", c.invalidation_ack_timeout_ms, 1)?;

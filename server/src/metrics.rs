@@ -66,6 +66,10 @@ pub struct ShardMetrics {
     pub cache_invalidations_sent: AtomicU64,
     pub cache_invalidations_received: AtomicU64,
     pub cache_invalidations_unconfirmed: AtomicU64,
+    pub cache_l2_hits: AtomicU64,
+    pub cache_l2_misses: AtomicU64,
+    pub cache_redis_errors: AtomicU64,
+    pub cache_breaker_open: AtomicU64,
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
 }
@@ -222,7 +226,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         );
     }
     #[rustfmt::skip]
-    let per_shard: [Family; 19] = [
+    let per_shard: [Family; 23] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -242,6 +246,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_cache_invalidations_sent_total", "counter", "Invalidations this shard published after a write.", |m| &m.cache_invalidations_sent),
         ("percore_cache_invalidations_received_total", "counter", "Invalidations this shard applied, from any shard of any process.", |m| &m.cache_invalidations_received),
         ("percore_cache_invalidations_unconfirmed_total", "counter", "Invalidations not confirmed by every shard in time.", |m| &m.cache_invalidations_unconfirmed),
+        ("percore_cache_l2_hits_total", "counter", "L1 misses answered from Redis.", |m| &m.cache_l2_hits),
+        ("percore_cache_l2_misses_total", "counter", "L1 misses Redis could not answer (loaded from Postgres).", |m| &m.cache_l2_misses),
+        ("percore_cache_redis_errors_total", "counter", "Cache calls to Redis that failed or timed out (redis_timeout_ms).", |m| &m.cache_redis_errors),
+        ("percore_cache_breaker_open", "gauge", "1 while the shard leaves Redis alone after an error (breaker_backoff_ms).", |m| &m.cache_breaker_open),
     ];
     for (name, kind, help, get) in per_shard {
         family(out, name, kind, help);

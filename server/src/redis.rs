@@ -113,6 +113,11 @@ impl RedisClient {
 
     /// Sends one command and waits for its reply, at most `command_timeout_ms`.
     pub async fn query(&self, cmd: &redis::Cmd) -> Reply {
+        self.query_within(cmd, ms(self.settings.command_timeout_ms)).await
+    }
+
+    /// As `query`, waiting at most `timeout` (the cache's own, shorter bound).
+    pub async fn query_within(&self, cmd: &redis::Cmd, timeout: std::time::Duration) -> Reply {
         let answer = {
             let mut live = self.live.borrow_mut();
             let Some(live) = live.as_mut() else {
@@ -129,7 +134,7 @@ impl RedisClient {
             answer
         };
         ShardMetrics::add(&self.metrics.redis_commands, 1);
-        let result = match runtime::timeout(ms(self.settings.command_timeout_ms), answer).await {
+        let result = match runtime::timeout(timeout, answer).await {
             Some(Ok(reply)) => reply,
             Some(Err(_)) => Err(RedisError::Down),
             None => Err(RedisError::Timeout),

@@ -81,18 +81,19 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
             return;
         }
     };
+    let redis = RedisClient::start(shared.redis_target.clone(), &config.redis, metrics);
     let shard = Rc::new(Shard {
         id,
         shared,
         metrics,
         date: DateCache::default(),
         db: db::Pool::start(shared.db_target.clone(), &config.database, id, metrics),
-        redis: RedisClient::start(shared.redis_target.clone(), &config.redis, metrics),
+        redis: redis.clone(),
         draining: Cell::new(false),
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
-        cache: crate::cache::Cache::new(&config.cache, id, metrics),
+        cache: crate::cache::Cache::new(&config.cache, id, redis.clone(), metrics),
         login_throttle: RefCell::new(Throttle::new(
             config.identity.login_rate_per_minute,
             config.identity.login_burst,

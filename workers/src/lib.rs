@@ -124,7 +124,6 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>, n
             stats.panicked.fetch_add(1, Relaxed);
         }
         stats.busy.fetch_sub(1, Relaxed);
-        stats.completed.fetch_add(1, Relaxed);
     }
 }
 
@@ -136,9 +135,13 @@ impl Handle {
         F: FnOnce() -> R + Send + 'static,
     {
         let (reply, answer) = futures::channel::oneshot::channel();
+        let stats = self.stats.clone();
         let task: Task = Box::new(move || {
+            let result = work();
+            // Counted before the answer goes out, so whoever sees the answer sees the count.
+            stats.completed.fetch_add(1, Relaxed);
             // The caller may have gone away (its request timed out); that is fine.
-            let _ = reply.send(work());
+            let _ = reply.send(result);
         });
         match self.sender.try_send(task) {
             Ok(()) => Ok(async move { answer.await.map_err(|_| TaskLost) }),

@@ -4,6 +4,7 @@
 
 use super::auth::{self, Principal};
 use super::{Answer, Ctx, extract, write_json};
+use crate::cache::l2::Lookup;
 use crate::cache::{Cached, Key};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
@@ -80,18 +81,41 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
     let cache = &ctx.shard.cache;
     let epoch = cache.epoch();
     let mut found: Vec<(i64, Rc<[u8]>)> = Vec::with_capacity(ids.len());
+    // Generations read from Redis for the ids it did not have: their loads are stored.
+    let mut generations: Vec<(i64, Vec<u8>)> = Vec::new();
     let rows = if auth::cached_user(ctx, principal).is_some() {
-        let mut missing = Vec::new();
+        let mut missing: Vec<Key> = Vec::new();
         for id in &ids {
             match cache.get(&Key::User(*id)) {
                 Some(Cached::Json(json)) => found.push((*id, json)),
-                _ => missing.push(*id),
+                _ => missing.push(Key::User(*id)),
             }
         }
-        if missing.is_empty() {
+        let mut from_db = Vec::new();
+        if !missing.is_empty() {
+            for (key, lookup) in missing.iter().zip(cache.l2.get_many(&missing).await) {
+                let Key::User(id) = *key else {
+                    unreachable!("only user keys are looked up")
+                };
+                match lookup {
+                    Lookup::Hit(value @ Cached::Json(_)) => {
+                        if let Cached::Json(json) = &value {
+                            found.push((id, json.clone()));
+                        }
+                        cache.insert_unless_invalidated(epoch, key.clone(), value);
+                    }
+                    Lookup::Miss(generation) => {
+                        generations.push((id, generation));
+                        from_db.push(id);
+                    }
+                    Lookup::Hit(_) | Lookup::Unavailable => from_db.push(id),
+                }
+            }
+        }
+        if from_db.is_empty() {
             Vec::new()
         } else {
-            ctx.sql.query(Stmt::UsersPublicByIds, &[&missing]).await?
+            ctx.sql.query(Stmt::UsersPublicByIds, &[&from_db]).await?
         }
     } else {
         let rows = ctx
@@ -102,10 +126,15 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         remember_session(ctx, principal, epoch, first);
         rows
     };
+    let mut stores = Vec::new();
     for (id, json) in rows.iter().filter_map(view) {
         cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
+        if let Some((_, generation)) = generations.iter().find(|(asked, _)| *asked == id) {
+            stores.push((Key::User(id), generation.clone(), Cached::Json(json.clone())));
+        }
         found.push((id, json));
     }
+    cache.l2.put(&stores).await;
     // In the order asked; `ids` has no duplicates, so each position is unique.
     found.sort_by_key(|(id, _)| ids.iter().position(|asked| asked == id));
     body.extend_from_slice(b"{\"users\":[");

@@ -105,16 +105,13 @@ pub async fn invalidate(shard: &Shard, keys: &[Key]) {
             ..Pending::default()
         },
     );
-    let published = shard
-        .redis
-        .query(redis::cmd("PUBLISH").arg(&bus.invalidations).arg(&message))
-        .await;
+    let published = cache.l2.invalidate(keys, &bus.invalidations, &message).await;
     let confirmed = match published {
-        Ok(Value::Int(receivers)) => {
+        Some(receivers) => {
             {
                 let mut pending = bus.pending.borrow_mut();
                 let wait = pending.get_mut(&id).expect("registered above");
-                wait.expected = Some(receivers.max(0) as usize);
+                wait.expected = Some(receivers);
                 if wait.complete()
                     && let Some(done) = wait.done.take()
                 {
@@ -123,7 +120,7 @@ pub async fn invalidate(shard: &Shard, keys: &[Key]) {
             }
             runtime::timeout(bus.ack_timeout, finished).await.is_some()
         }
-        _ => false,
+        None => false,
     };
     bus.pending.borrow_mut().remove(&id);
     if !confirmed {

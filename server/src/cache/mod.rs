@@ -14,6 +14,7 @@
 //! Runs on a shard: never blocks.
 
 pub mod bus;
+pub mod l2;
 
 use crate::config;
 use crate::http::ApiError;
@@ -113,11 +114,17 @@ pub struct Cache {
     /// changes) are rare next to reads, so this costs few hits.
     epochs: [Cell<u64>; 3],
     pub bus: bus::Bus,
+    pub l2: l2::L2,
     metrics: &'static ShardMetrics,
 }
 
 impl Cache {
-    pub fn new(settings: &config::Cache, shard_id: usize, metrics: &'static ShardMetrics) -> Cache {
+    pub fn new(
+        settings: &config::Cache,
+        shard_id: usize,
+        redis: Rc<crate::redis::RedisClient>,
+        metrics: &'static ShardMetrics,
+    ) -> Cache {
         Cache {
             enabled: settings.enabled,
             l1: RefCell::new(quick_cache::unsync::Cache::new(settings.l1_entries)),
@@ -125,6 +132,7 @@ impl Cache {
             flights: RefCell::new(HashMap::new()),
             epochs: Default::default(),
             bus: bus::Bus::new(settings, shard_id),
+            l2: l2::L2::new(settings, redis, metrics),
             metrics,
         }
     }
@@ -159,11 +167,14 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Loaded>,
     {
+        if !self.enabled {
+            return load().await;
+        }
         if let Some(value) = self.get(&key) {
             return Ok(Some(value));
         }
         if !self.usable() {
-            return load().await;
+            return self.through_l2(&key, load).await;
         }
         let existing = self.flights.borrow().get(&key).cloned();
         if let Some(flight) = existing {
@@ -180,7 +191,7 @@ impl Cache {
         self.flights.borrow_mut().insert(key.clone(), flight.clone());
         // The flight is removed however this ends, even if the request is dropped midway.
         let _landing = Landing { cache: self, key: &key };
-        let loaded = load().await;
+        let loaded = self.through_l2(&key, load).await;
         if let Ok(Some(value)) = &loaded
             && !flight.poisoned.get()
         {
@@ -190,6 +201,25 @@ impl Cache {
             let _ = waiter.send(loaded.clone());
         }
         loaded
+    }
+
+    /// From Redis, else from `load` (stored in Redis unless a write came meanwhile).
+    async fn through_l2<F, Fut>(&self, key: &Key, load: F) -> Loaded
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Loaded>,
+    {
+        match self.l2.get(key).await {
+            l2::Lookup::Hit(value) => Ok(Some(value)),
+            l2::Lookup::Miss(generation) => {
+                let loaded = load().await;
+                if let Ok(Some(value)) = &loaded {
+                    self.l2.put(&[(key.clone(), generation, value.clone())]).await;
+                }
+                loaded
+            }
+            l2::Lookup::Unavailable => load().await,
+        }
     }
 
     /// Keeps `value` in L1 if L1 can be trusted now.

@@ -1,0 +1,221 @@
+//! L2: Redis, shared by every shard of every process. Read-through with a TTL.
+//!
+//! Each key has a value (`<prefix>:v:<key>`) and a generation (`<prefix>:g:<key>`). A write
+//! deletes the value and bumps the generation in the same script that publishes the
+//! invalidation; a load reads the generation with the value (one MGET) and stores what it
+//! loaded only if the generation is still the same (one script), so a read from before a
+//! write never re-inserts what the write replaced.
+//!
+//! Every call waits at most `redis_timeout_ms`; an error or timeout opens the breaker and
+//! the shard leaves Redis alone for `breaker_backoff_ms`, reading from Postgres meanwhile.
+//!
+//! Runs on a shard: never blocks.
+
+use super::{Cached, Key};
+use crate::config::{self, ms};
+use crate::metrics::ShardMetrics;
+use crate::redis::RedisClient;
+use redis::Value;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// KEYS: value, generation pairs. ARGV: TTL, then generation, value pairs.
+const PUT_SCRIPT: &str = "for i = 1, #KEYS, 2 do \
+       if (redis.call('GET', KEYS[i + 1]) or '0') == ARGV[i + 1] then \
+         redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[1]) end end return 1";
+/// KEYS: value, generation pairs. ARGV: generation TTL, channel, message.
+const INVALIDATE_SCRIPT: &str = "for i = 1, #KEYS, 2 do \
+       redis.call('DEL', KEYS[i]) redis.call('INCR', KEYS[i + 1]) \
+       redis.call('EXPIRE', KEYS[i + 1], ARGV[1]) end \
+     return redis.call('PUBLISH', ARGV[2], ARGV[3])";
+
+pub struct L2 {
+    redis: Rc<RedisClient>,
+    prefix: String,
+    ttl_s: u64,
+    timeout: Duration,
+    backoff: Duration,
+    open_until: Cell<Option<Instant>>,
+    metrics: &'static ShardMetrics,
+}
+
+/// What L2 knows about one key.
+pub enum Lookup {
+    Hit(Cached),
+    /// Not there; store a loaded value with this generation.
+    Miss(Vec<u8>),
+    /// Redis is down, slow or the breaker is open: go to Postgres, store nothing.
+    Unavailable,
+}
+
+impl L2 {
+    pub fn new(settings: &config::Cache, redis: Rc<RedisClient>, metrics: &'static ShardMetrics) -> L2 {
+        L2 {
+            redis,
+            prefix: settings.key_prefix.clone(),
+            ttl_s: settings.ttl_s,
+            timeout: ms(settings.redis_timeout_ms),
+            backoff: ms(settings.breaker_backoff_ms),
+            open_until: Cell::new(None),
+            metrics,
+        }
+    }
+
+    fn value_key(&self, key: &Key) -> String {
+        format!("{}:v:{}", self.prefix, key.wire())
+    }
+
+    fn generation_key(&self, key: &Key) -> String {
+        format!("{}:g:{}", self.prefix, key.wire())
+    }
+
+    /// One round trip for any number of keys.
+    pub async fn get_many(&self, keys: &[Key]) -> Vec<Lookup> {
+        let mut cmd = redis::cmd("MGET");
+        for key in keys {
+            cmd.arg(self.value_key(key)).arg(self.generation_key(key));
+        }
+        let Ok(Value::Array(values)) = self.call(&cmd).await else {
+            return keys.iter().map(|_| Lookup::Unavailable).collect();
+        };
+        let bytes = |value: &Value| match value {
+            Value::BulkString(bytes) => Some(bytes.clone()),
+            _ => None,
+        };
+        values
+            .chunks(2)
+            .map(
+                |pair| match (pair.first().and_then(bytes).and_then(|b| decode(&b)), pair.get(1)) {
+                    (Some(hit), _) => {
+                        ShardMetrics::add(&self.metrics.cache_l2_hits, 1);
+                        Lookup::Hit(hit)
+                    }
+                    (None, generation) => {
+                        ShardMetrics::add(&self.metrics.cache_l2_misses, 1);
+                        Lookup::Miss(generation.and_then(bytes).unwrap_or_else(|| b"0".to_vec()))
+                    }
+                },
+            )
+            .collect()
+    }
+
+    pub async fn get(&self, key: &Key) -> Lookup {
+        self.get_many(std::slice::from_ref(key))
+            .await
+            .pop()
+            .unwrap_or(Lookup::Unavailable)
+    }
+
+    /// Stores loaded values whose generations are unchanged; one round trip.
+    pub async fn put(&self, entries: &[(Key, Vec<u8>, Cached)]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_SCRIPT).arg(entries.len() * 2);
+        for (key, _, _) in entries {
+            cmd.arg(self.value_key(key)).arg(self.generation_key(key));
+        }
+        cmd.arg(self.ttl_s);
+        for (_, generation, value) in entries {
+            cmd.arg(generation.as_slice()).arg(encode(value));
+        }
+        let _ = self.call(&cmd).await;
+    }
+
+    /// Deletes the keys, bumps their generations and publishes `message`; the number of
+    /// subscribers that got it, or `None` if Redis could not be reached.
+    pub async fn invalidate(&self, keys: &[Key], channel: &str, message: &str) -> Option<usize> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INVALIDATE_SCRIPT).arg(keys.len() * 2);
+        for key in keys {
+            cmd.arg(self.value_key(key)).arg(self.generation_key(key));
+        }
+        // Generations outlive the values they guard; one that expired reads as "0", which
+        // only ever makes a racing load skip its store.
+        cmd.arg(self.ttl_s * 2).arg(channel).arg(message);
+        match self.call(&cmd).await {
+            Ok(Value::Int(receivers)) => Some(receivers.max(0) as usize),
+            _ => None,
+        }
+    }
+
+    /// One call through the breaker, at most `redis_timeout_ms`.
+    async fn call(&self, cmd: &redis::Cmd) -> Result<Value, ()> {
+        if let Some(until) = self.open_until.get() {
+            if Instant::now() < until {
+                return Err(());
+            }
+            self.open_until.set(None);
+            ShardMetrics::sub(&self.metrics.cache_breaker_open, 1);
+        }
+        match self.redis.query_within(cmd, self.timeout).await {
+            Ok(Value::ServerError(_)) | Err(_) => {
+                ShardMetrics::add(&self.metrics.cache_redis_errors, 1);
+                if self.open_until.replace(Some(Instant::now() + self.backoff)).is_none() {
+                    ShardMetrics::add(&self.metrics.cache_breaker_open, 1);
+                }
+                Err(())
+            }
+            Ok(value) => Ok(value),
+        }
+    }
+}
+
+fn encode(value: &Cached) -> Vec<u8> {
+    match value {
+        Cached::Session { user_id, expires_at } => {
+            let micros = expires_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            format!("S{user_id}:{micros}").into_bytes()
+        }
+        Cached::Json(json) => {
+            let mut bytes = Vec::with_capacity(json.len() + 1);
+            bytes.push(b'J');
+            bytes.extend_from_slice(json);
+            bytes
+        }
+    }
+}
+
+/// `None` for anything this binary did not write (the key prefix versions the shapes).
+fn decode(bytes: &[u8]) -> Option<Cached> {
+    match bytes.split_first()? {
+        (b'J', json) => Some(Cached::Json(json.into())),
+        (b'S', rest) => {
+            let (user_id, micros) = std::str::from_utf8(rest).ok()?.split_once(':')?;
+            Some(Cached::Session {
+                user_id: user_id.parse().ok()?,
+                expires_at: UNIX_EPOCH + Duration::from_micros(micros.parse().ok()?),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_bytes_do_not_decode() {
+        let session = Cached::Session {
+            user_id: 7,
+            expires_at: UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+        };
+        match decode(&encode(&session)) {
+            Some(Cached::Session { user_id, expires_at }) => {
+                assert_eq!(user_id, 7);
+                assert_eq!(expires_at, UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(&encode(&Cached::Json(b"{\"a\":1}".as_slice().into()))) {
+            Some(Cached::Json(json)) => assert_eq!(&*json, b"{\"a\":1}"),
+            other => panic!("{other:?}"),
+        }
+        for foreign in [&b""[..], b"X{}", b"Sx:1", b"S1"] {
+            assert!(decode(foreign).is_none());
+        }
+    }
+}
