@@ -175,3 +175,106 @@ fn a_revoked_token_is_refused_on_every_shard_of_every_process_after_logout() {
         }
     }
 }
+
+/// GETs `path` on its own connection until `stop`, recording (status, latency).
+fn load_thread(
+    port: u16,
+    path: String,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u16, std::time::Duration)>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let request = common::api_request("GET", &path, Some(&token), None);
+        let mut stream = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let connection = stream.get_or_insert_with(|| {
+                let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                s
+            });
+            let started = std::time::Instant::now();
+            let response = common::request_on(connection, &request);
+            seen.push((response.status, started.elapsed()));
+        }
+        seen
+    })
+}
+
+#[test]
+fn with_redis_stopped_then_killed_requests_keep_succeeding_and_hits_return_after() {
+    let mut services = Services::start();
+    let server = Server::start(&services, "");
+    wait_subscribed(&server, 2);
+    let (id, token) = server.sign_up("Outage");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let paths = [
+        "/v1/me".to_string(),
+        format!("/v1/users/{id}"),
+        format!("/v1/users?ids={id},1"),
+    ];
+    let threads: Vec<_> = (0..6)
+        .map(|i| load_thread(server.port, paths[i % 3].clone(), token.clone(), stop.clone()))
+        .collect();
+    // A writer keeps evicting the user's entries, so reads keep missing L1 and ask Redis.
+    let writer = {
+        let (stop, token, port) = (stop.clone(), token.clone(), server.port);
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let patch = json!({ "bio": format!("write {n}") });
+                let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let raw = common::api_request("PATCH", "/v1/me/profile", Some(&token), Some(&patch));
+                statuses.push(common::request_on(&stream, &raw).status);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            statuses
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let redis_pid = services.redis.pid().expect("a throwaway redis of our own") as i32;
+    // SAFETY: signalling the test's own child process.
+    unsafe { libc::kill(redis_pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    services.redis.kill();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    services.redis.restart();
+    wait_subscribed(&server, 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for thread in threads {
+        for (status, latency) in thread.join().unwrap() {
+            assert_eq!(status, 200, "a request failed during the Redis outage");
+            latencies.push(latency);
+        }
+    }
+    let writes = writer.join().unwrap();
+    assert!(writes.iter().all(|status| *status == 200), "writes: {writes:?}");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(latencies.len() > 1000, "{} requests", latencies.len());
+    // redis_timeout_ms is 100: a call waits at most that, then Postgres answers.
+    assert!(p99 < std::time::Duration::from_millis(100 + 150), "p99 {p99:?}");
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metric_sum(&metrics, "percore_cache_redis_errors_total", "") > 0,
+        "{metrics}"
+    );
+    // Back: hits return without a restart, and /v1/me costs no SQL again.
+    let stream = server.connect();
+    let request = common::api_request("GET", "/v1/me", Some(&token), None);
+    common::request_on(&stream, &request);
+    common::request_on(&stream, &request);
+    let before = statements(&server, "me");
+    for _ in 0..50 {
+        assert_eq!(common::request_on(&stream, &request).status, 200);
+    }
+    assert_eq!(
+        statements(&server, "me") - before,
+        0,
+        "hits are back after Redis returned"
+    );
+}
