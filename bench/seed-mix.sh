@@ -5,11 +5,13 @@
 # cores than shards), drives it with wrk on CPU 0 and
 # writes bench/results/seed-mix-<N>shard.json (req/s, latency percentiles, statements per
 # request from /metrics deltas).
-#   DURATION=20s CONNECTIONS=64 SHARDS="1 2" bench/seed-mix.sh
+# CACHE="off on" runs each shard count with [cache] enabled = false, then true (default: on),
+# writing bench/results/seed-mix-<N>shard-cache-<state>.json.
+#   DURATION=20s CONNECTIONS=64 SHARDS="1 2" CACHE="off on" bench/seed-mix.sh
 # Uses PERCORE_DATABASE_URL / PERCORE_REDIS_URL, else the dev services under ./var/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${DURATION:-20s} connections=${CONNECTIONS:-64} shard_counts=${SHARDS:-"1 2"}
+duration=${DURATION:-20s} connections=${CONNECTIONS:-64} shard_counts=${SHARDS:-"1 2"} cache_states=${CACHE:-on}
 cargo build -q --release --locked --bin percore --bin percore-bench
 mkdir -p bench/results
 if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
@@ -19,6 +21,9 @@ if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
 fi
 ./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
 for shards in $shard_counts; do
+for cache in $cache_states; do
+  enabled=$([ "$cache" = on ] && echo true || echo false)
+  out="bench/results/seed-mix-${shards}shard-cache-${cache}.json"
   config=$(mktemp --suffix=.toml)
   # Shards on CPUs 1.. while that leaves CPU 0 to wrk; otherwise on the first CPUs.
   if [ "$shards" -lt "$(nproc)" ]; then cpus=$(seq -s, 1 "$shards"); else cpus=""; fi
@@ -29,6 +34,8 @@ shards = $shards
 cpus = [$cpus]
 [database]
 url = "$PERCORE_DATABASE_URL"
+[cache]
+enabled = $enabled
 [identity]
 # The mix logs in on purpose (0.1%) from one client IP: no throttling in the benchmark.
 login_rate_per_minute = 1000000
@@ -41,15 +48,17 @@ TOML
   # Warm-up, then the measured run.
   ./target/release/percore-bench run seed-mix --duration 5s --connections "$connections" >/dev/null
   ./target/release/percore-bench run seed-mix --duration "$duration" --connections "$connections" \
-    --out "bench/results/seed-mix-${shards}shard.json"
+    --out "$out"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -f "$config"
-  python3 - "bench/results/seed-mix-${shards}shard.json" <<'PY'
+  python3 - "$out" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 w, s = r["wrk"], r["server"]
 ms = lambda p: w.get(f"latency_us_p{p}", 0) / 1000
 print(f'{sys.argv[1]}: {w.get("requests_per_s")} req/s, p50 {ms(50):.2f} ms, p95 {ms(95):.2f} ms, '
-      f'p99 {ms(99):.2f} ms, {s["statements_per_request"]:.3f} statements/request, errors {w.get("errors", [])}')
+      f'p99 {ms(99):.2f} ms, {s["statements_per_request"]:.3f} statements/request, '
+      f'L1 hit ratio {s["cache"]["l1_hit_ratio"]:.3f}, L2 hit ratio {s["cache"]["l2_hit_ratio"]:.3f}, errors {w.get("errors", [])}')
 PY
+done
 done

@@ -5,8 +5,17 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-/// Per route: (requests, SQL statements).
+/// Per route: (requests, SQL statements); and under `family:<name>` the sum of each cache
+/// counter family.
 pub type Counts = BTreeMap<String, (f64, f64)>;
+
+/// Cache counters whose deltas a result records.
+const CACHE_FAMILIES: [&str; 4] = [
+    "percore_cache_l1_hits_total",
+    "percore_cache_l1_misses_total",
+    "percore_cache_l2_hits_total",
+    "percore_cache_l2_misses_total",
+];
 
 /// `/metrics` summed over shards.
 pub fn snapshot(base: &str) -> Result<Counts, String> {
@@ -25,6 +34,11 @@ pub fn snapshot(base: &str) -> Result<Counts, String> {
 fn parse(text: &str) -> Counts {
     let mut counts = Counts::new();
     for line in text.lines() {
+        if let Some(family) = CACHE_FAMILIES.iter().find(|f| line.starts_with(&format!("{f}{{"))) {
+            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            counts.entry(format!("family:{family}")).or_default().0 += value;
+            continue;
+        }
         let slot = if line.starts_with("percore_http_requests_total{") {
             0
         } else if line.starts_with("percore_db_statements_total{") {
@@ -50,7 +64,20 @@ fn parse(text: &str) -> Counts {
 pub fn delta(before: &Counts, after: &Counts) -> Value {
     let mut routes = serde_json::Map::new();
     let (mut requests, mut statements) = (0.0, 0.0);
-    for (route, (r1, s1)) in after {
+    let change = |name: &str| {
+        let key = format!("family:{name}");
+        after.get(&key).map_or(0.0, |v| v.0) - before.get(&key).map_or(0.0, |v| v.0)
+    };
+    let ratio = |hits: f64, misses: f64| {
+        if hits + misses > 0.0 {
+            hits / (hits + misses)
+        } else {
+            0.0
+        }
+    };
+    let (l1_hits, l1_misses) = (change(CACHE_FAMILIES[0]), change(CACHE_FAMILIES[1]));
+    let (l2_hits, l2_misses) = (change(CACHE_FAMILIES[2]), change(CACHE_FAMILIES[3]));
+    for (route, (r1, s1)) in after.iter().filter(|(k, _)| !k.starts_with("family:")) {
         let (r0, s0) = before.get(route).copied().unwrap_or_default();
         let (r, s) = (r1 - r0, s1 - s0);
         // The scrape itself is a request to `metrics`; leave ops routes out.
@@ -65,6 +92,10 @@ pub fn delta(before: &Counts, after: &Counts) -> Value {
         "requests": requests,
         "statements_per_request": if requests > 0.0 { statements / requests } else { 0.0 },
         "routes": routes,
+        "cache": {
+            "l1_hits": l1_hits, "l1_misses": l1_misses, "l1_hit_ratio": ratio(l1_hits, l1_misses),
+            "l2_hits": l2_hits, "l2_misses": l2_misses, "l2_hit_ratio": ratio(l2_hits, l2_misses),
+        },
     })
 }
 
