@@ -26,11 +26,18 @@ impl Migration {
 }
 
 /// Every migration, in the order it must be applied.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "identity_users_events",
-    sql: include_str!("../migrations/0001_identity_users_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "identity_users_events",
+        sql: include_str!("../migrations/0001_identity_users_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "techempower",
+        sql: include_str!("../migrations/0002_techempower.sql"),
+    },
+];
 
 /// Serialises concurrent runners (several processes starting at once) on one database.
 const ADVISORY_LOCK_KEY: i64 = 0x7065_7263_6f72_6531; // "percore1"

@@ -23,6 +23,7 @@ pub enum Endpoint {
     MyEvents,
     Plaintext,
     Json,
+    CachedQueries,
     BenchHash,
     /// Panics on purpose; proves a handler panic becomes a 500. Debug builds only.
     DebugPanic,
@@ -33,7 +34,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 21] = [
+    pub const ALL: [Endpoint; 22] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
@@ -50,6 +51,7 @@ impl Endpoint {
         Endpoint::MyEvents,
         Endpoint::Plaintext,
         Endpoint::Json,
+        Endpoint::CachedQueries,
         Endpoint::BenchHash,
         Endpoint::DebugPanic,
         Endpoint::NotFound,
@@ -75,6 +77,7 @@ impl Endpoint {
             Endpoint::MyEvents => "my_events",
             Endpoint::Plaintext => "plaintext",
             Endpoint::Json => "json",
+            Endpoint::CachedQueries => "cached_queries",
             Endpoint::BenchHash => "bench_hash",
             Endpoint::DebugPanic => "debug_panic",
             Endpoint::NotFound => "not_found",
@@ -135,6 +138,7 @@ const ROUTES: &[Route] = &[
     route(Post, "/v1/events", PostEvent, User),
     route(Get, "/plaintext", Plaintext, Bench),
     route(Get, "/json", Json, Bench),
+    route(Get, "/cached-queries", CachedQueries, Bench),
     route(Post, "/bench/hash", BenchHash, Bench),
     route(Get, "/bench/panic", DebugPanic, DebugBuild),
 ];

@@ -53,6 +53,20 @@ pub struct Shard {
     pub deadlines: Sweeper,
     pub login_throttle: RefCell<Throttle>,
     pub cache: crate::cache::Cache,
+    /// xorshift64* state for the benchmark routes' random row ids (not for secrets).
+    pub random: Cell<u64>,
+}
+
+impl Shard {
+    /// A pseudo-random number in `1..=max`.
+    pub fn random_up_to(&self, max: u64) -> u64 {
+        let mut x = self.random.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.random.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % max + 1
+    }
 }
 
 impl Shard {
@@ -94,6 +108,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
         cache: crate::cache::Cache::new(&config.cache, id, redis.clone(), metrics),
+        random: Cell::new(seed_random()),
         login_throttle: RefCell::new(Throttle::new(
             config.identity.login_rate_per_minute,
             config.identity.login_burst,
@@ -117,6 +132,13 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     shard.draining.set(true);
     drain(&shard).await;
     log::info!("shard {id} stopped");
+}
+
+fn seed_random() -> u64 {
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    // xorshift must not start at zero.
+    u64::from_le_bytes(seed) | 1
 }
 
 /// Heartbeat and Date refresh, every `heartbeat_interval_ms`. Because this task only runs

@@ -278,3 +278,46 @@ fn with_redis_stopped_then_killed_requests_keep_succeeding_and_hits_return_after
         "hits are back after Redis returned"
     );
 }
+
+#[test]
+fn cached_queries_follows_the_techempower_rules_and_loads_each_row_once() {
+    let services = Services::start();
+    let server = one_shard(&services);
+    wait_subscribed(&server, 1);
+    let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO world (id, randomnumber)
+             SELECT g, (g * 7919) % 10000 + 1 FROM generate_series(1, 10000) g",
+        )
+        .unwrap();
+    for (query, expected) in [
+        ("", 1),
+        ("?count=abc", 1),
+        ("?count=0", 1),
+        ("?count=-3", 1),
+        ("?count=20", 20),
+        ("?count=1000", 500),
+    ] {
+        let response = server.get(&format!("/cached-queries{query}"));
+        assert_eq!(response.status, 200, "{query}");
+        let rows = response.json();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), expected, "{query}");
+        for row in rows {
+            let id = row["id"].as_i64().unwrap();
+            assert!((1..=10_000).contains(&id));
+            assert_eq!(row["randomNumber"].as_i64().unwrap(), (id * 7919) % 10_000 + 1);
+        }
+    }
+    let before = statements(&server, "cached_queries");
+    for _ in 0..40 {
+        assert_eq!(server.get("/cached-queries?count=500").status, 200);
+    }
+    let loaded = statements(&server, "cached_queries") - before;
+    assert!(
+        loaded <= 10_000,
+        "each of the 10,000 rows is loaded at most once: {loaded}"
+    );
+    assert!(loaded > 0);
+}

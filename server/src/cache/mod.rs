@@ -34,11 +34,15 @@ pub enum Key {
     Me(i64),
     /// A user's public view.
     User(i64),
+    /// A TechEmpower `world` row, as its JSON.
+    World(i32),
 }
 
 /// The invalidation epochs of each kind of key at one moment.
 #[derive(Debug, Clone, Copy)]
-pub struct Epoch([u64; 3]);
+pub struct Epoch([u64; KINDS]);
+
+const KINDS: usize = 4;
 
 impl Key {
     fn kind(&self) -> usize {
@@ -46,6 +50,7 @@ impl Key {
             Key::Session(_) => 0,
             Key::Me(_) => 1,
             Key::User(_) => 2,
+            Key::World(_) => 3,
         }
     }
 
@@ -57,6 +62,7 @@ impl Key {
             }
             Key::Me(id) => format!("m:{id}"),
             Key::User(id) => format!("u:{id}"),
+            Key::World(id) => format!("w:{id}"),
         }
     }
 
@@ -65,6 +71,7 @@ impl Key {
         match kind {
             "m" => rest.parse().ok().map(Key::Me),
             "u" => rest.parse().ok().map(Key::User),
+            "w" => rest.parse().ok().map(Key::World),
             "s" if rest.len() == 64 => {
                 let mut hash = [0u8; 32];
                 for (i, byte) in hash.iter_mut().enumerate() {
@@ -112,7 +119,7 @@ pub struct Cache {
     /// dropped if their kind's epoch moved while the statement ran: a read from before a
     /// write must not re-insert what the write replaced. Such writes (logout, profile
     /// changes) are rare next to reads, so this costs few hits.
-    epochs: [Cell<u64>; 3],
+    epochs: [Cell<u64>; KINDS],
     pub bus: bus::Bus,
     pub l2: l2::L2,
     metrics: &'static ShardMetrics,
@@ -292,7 +299,12 @@ mod tests {
 
     #[test]
     fn keys_round_trip_their_wire_form() {
-        for key in [Key::Session([7; 32]), Key::Me(42), Key::User(9_000_000_000)] {
+        for key in [
+            Key::Session([7; 32]),
+            Key::Me(42),
+            Key::User(9_000_000_000),
+            Key::World(10_000),
+        ] {
             assert_eq!(Key::parse(&key.wire()), Some(key));
         }
         for bad in ["", "x:1", "m:", "m:x", "s:00", "u"] {
