@@ -217,14 +217,14 @@ impl Supervisor {
     }
 }
 
+/// Prepares every statement, all in flight at once on the connection (one round trip's
+/// wait, not one per statement), in `Stmt::ALL` order.
 async fn prepare_all(client: &Client) -> Result<Vec<Statement>, String> {
-    let mut statements = Vec::with_capacity(Stmt::ALL.len());
-    for (index, stmt) in Stmt::ALL.iter().enumerate() {
-        debug_assert_eq!(*stmt as usize, index, "Stmt::ALL is in declaration order");
-        statements.push(client.prepare(stmt.sql()).await.map_err(|e| match e.as_db_error() {
+    let preparing = Stmt::ALL.iter().map(|stmt| async move {
+        client.prepare(stmt.sql()).await.map_err(|e| match e.as_db_error() {
             Some(db) => format!("{stmt:?}: {}", db.message()),
             None => format!("{stmt:?}: {e}"),
-        })?);
-    }
-    Ok(statements)
+        })
+    });
+    futures::future::try_join_all(preparing).await
 }

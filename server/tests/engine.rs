@@ -328,6 +328,8 @@ fn redis_loss_is_reported_not_fatal_and_the_connection_comes_back() {
 fn concurrent_readiness_checks_pipeline_on_each_shards_connections() {
     let services = Services::start();
     let server = Server::start(&services, "");
+    let ready = wait_for_status(&server, "/readyz", 200, Duration::from_secs(10));
+    assert_eq!(ready.status, 200, "{}", ready.text());
     // 200 readiness checks in one write per connection: each runs a prepared statement on
     // Postgres and a PING on Redis; replies must pair with their requests in order.
     let streams: Vec<_> = (0..4).map(|_| server.connect()).collect();
