@@ -251,6 +251,9 @@ pub struct Cache {
     pub breaker_backoff_ms: u64,
     /// A write waits this long for every subscribed shard to confirm its eviction.
     pub invalidation_ack_timeout_ms: u64,
+    /// Each shard PINGs Redis on its subscription this often; an unanswered PING counts the
+    /// subscription as lost (L1 cleared and bypassed until it is back).
+    pub subscription_ping_ms: u64,
     /// Prefix of every Redis key and channel; change it with the cached shapes.
     pub key_prefix: String,
 }
@@ -265,6 +268,7 @@ impl Default for Cache {
             redis_timeout_ms: 100,
             breaker_backoff_ms: 1_000,
             invalidation_ack_timeout_ms: 250,
+            subscription_ping_ms: 200,
             key_prefix: "percore:v1".into(),
         }
     }
@@ -488,6 +492,7 @@ impl Config {
         at_least("cache.redis_timeout_ms", c.redis_timeout_ms, 1)?;
         at_least("cache.breaker_backoff_ms", c.breaker_backoff_ms, 1)?;
         at_least("cache.invalidation_ack_timeout_ms", c.invalidation_ack_timeout_ms, 1)?;
+        at_least("cache.subscription_ping_ms", c.subscription_ping_ms, 10)?;
         let prefix_ok = !c.key_prefix.is_empty()
             && c.key_prefix.len() <= 64
             && c.key_prefix

@@ -238,6 +238,9 @@ fn with_redis_stopped_then_killed_requests_keep_succeeding_and_hits_return_after
     // SAFETY: signalling the test's own child process.
     unsafe { libc::kill(redis_pid, libc::SIGSTOP) };
     std::thread::sleep(std::time::Duration::from_millis(2500));
+    // A frozen Redis keeps its sockets open: the unanswered PING is what turns L1 off.
+    let frozen = server.get("/metrics").text();
+    assert_eq!(metric_sum(&frozen, "percore_cache_subscribed", ""), 0, "{frozen}");
     services.redis.kill();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     services.redis.restart();

@@ -162,18 +162,50 @@ pub async fn subscribe(shard: Rc<Shard>, target: RedisTarget) {
     }
 }
 
-async fn listen(shard: &Rc<Shard>, mut stream: runtime::TcpStream) -> String {
+/// Subscribes, then reads frames until the connection fails or goes quiet: a PING every
+/// `subscription_ping_ms` must be answered before the next, or the subscription counts as
+/// lost (a frozen Redis keeps the socket open but would deliver no invalidation).
+async fn listen(shard: &Rc<Shard>, stream: runtime::TcpStream) -> String {
     let bus = &shard.cache.bus;
+    let (reader, mut writer) = futures::AsyncReadExt::split(stream);
     let mut subscribe = Vec::new();
     redis::cmd("SUBSCRIBE")
         .arg(&bus.invalidations)
         .arg(&bus.acks)
         .write_packed_command(&mut subscribe);
-    if let Err(e) = stream.write_all(&subscribe).await {
+    if let Err(e) = writer.write_all(&subscribe).await {
         return format!("write failed: {e}");
     }
+    let pongs = Cell::new(0u64);
+    let ping_interval = ms(shard.config().cache.subscription_ping_ms);
+    let keepalive = async {
+        let ping = redis::cmd("PING").get_packed_command();
+        let mut sent = 0u64;
+        loop {
+            runtime::sleep(ping_interval).await;
+            if pongs.get() < sent {
+                return format!("no answer to PING within {ping_interval:?}");
+            }
+            if let Err(e) = writer.write_all(&ping).await {
+                return format!("write failed: {e}");
+            }
+            sent += 1;
+        }
+    };
+    let read = read_frames(shard, reader, &pongs);
+    match futures::future::select(std::pin::pin!(keepalive), std::pin::pin!(read)).await {
+        futures::future::Either::Left((why, _)) | futures::future::Either::Right((why, _)) => why,
+    }
+}
+
+async fn read_frames(
+    shard: &Rc<Shard>,
+    reader: futures::io::ReadHalf<runtime::TcpStream>,
+    pongs: &Cell<u64>,
+) -> String {
+    let bus = &shard.cache.bus;
     let mut decoder = Decoder::<AnySendSyncPartialState, PointerOffset<[u8]>>::new();
-    let mut reader = (&mut stream).compat();
+    let mut reader = reader.compat();
     let mut confirmed = 0;
     loop {
         let value = match redis::parse_redis_value_async(&mut decoder, &mut reader).await {
@@ -188,6 +220,7 @@ async fn listen(shard: &Rc<Shard>, mut stream: runtime::TcpStream) -> String {
             _ => None,
         };
         match (text(0), text(1), text(2)) {
+            (Some("pong"), _, _) => pongs.set(pongs.get() + 1),
             (Some("subscribe"), _, _) => {
                 confirmed += 1;
                 if confirmed == 2 {
