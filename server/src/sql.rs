@@ -65,19 +65,23 @@ pub enum Stmt {
     UsersPublic,
     /// $1 user ids → the public rows that exist, any order.
     UsersPublicByIds,
-    /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at.
+    /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at, user id.
     EventInsert,
     /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → the page, in index order
     /// (newest first) as the one-row outer side of the nested loop yields it; the handler
     /// sorts anyway, as SQL promises no order without ORDER BY, and an ORDER BY here would
-    /// add a Sort node over the join. One all-NULL row when the page is empty.
+    /// add a Sort node over the join. Each row ends with the session's user and expiry; the
+    /// event columns are NULL in the one row of an empty page.
     EventsPage,
     /// $1 world id → id, randomnumber (TechEmpower; bench routes only).
     WorldById,
+    /// $1 user id, $2 limit → the user's newest events, for a caller whose session the
+    /// cache knows.
+    EventsNewestById,
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 16] = [
+    pub const ALL: [Stmt; 17] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
@@ -94,6 +98,7 @@ impl Stmt {
         Stmt::EventInsert,
         Stmt::EventsPage,
         Stmt::WorldById,
+        Stmt::EventsNewestById,
     ];
 
     pub fn kind(self) -> Kind {
@@ -107,7 +112,8 @@ impl Stmt {
             | Stmt::UsersPublic
             | Stmt::UsersPublicByIds
             | Stmt::EventsPage
-            | Stmt::WorldById => Kind::Read,
+            | Stmt::WorldById
+            | Stmt::EventsNewestById => Kind::Read,
             Stmt::Register
             | Stmt::SessionInsert
             | Stmt::Logout
@@ -203,11 +209,15 @@ impl Stmt {
                 "INSERT INTO events (user_id, kind, payload)
                  SELECT s.user_id, $2, $3::text::jsonb FROM sessions s WHERE ",
                 live_session!(),
-                " RETURNING id, created_at"
+                " RETURNING id, created_at, user_id"
             ),
             Stmt::WorldById => "SELECT id, randomnumber FROM world WHERE id = $1",
+            Stmt::EventsNewestById => {
+                "SELECT id, kind, payload::text, created_at FROM events
+                 WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+            }
             Stmt::EventsPage => concat!(
-                "SELECT e.id, e.kind, e.payload::text, e.created_at
+                "SELECT e.id, e.kind, e.payload::text, e.created_at, s.user_id, s.expires_at
                  FROM sessions s
                  LEFT JOIN LATERAL (
                      SELECT id, kind, payload, created_at FROM events

@@ -324,3 +324,56 @@ fn cached_queries_follows_the_techempower_rules_and_loads_each_row_once() {
     );
     assert!(loaded > 0);
 }
+
+#[test]
+fn the_cached_events_page_pages_like_the_database_and_sees_new_events_everywhere() {
+    let services = Services::start();
+    let a = Server::start(&services, "");
+    let b = second_process(&services);
+    wait_subscribed(&a, 2);
+    wait_subscribed(&b, 2);
+    let (_, token) = a.sign_up("Pager");
+    let t = Some(token.as_str());
+    for n in 0..30 {
+        let posted = a.call("POST", "/v1/events", t, Some(&json!({"kind": "k", "payload": n})));
+        assert_eq!(posted.status, 201);
+    }
+    for server in [&a, &b] {
+        // Warm: the session, then the first page, on both shards.
+        for _ in 0..20 {
+            assert_eq!(server.call("GET", "/v1/me/events?limit=7", t, None).status, 200);
+        }
+        let mut seen = Vec::new();
+        let mut path = "/v1/me/events?limit=7".to_string();
+        loop {
+            let page = server.call("GET", &path, t, None).json();
+            seen.extend(
+                page["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["payload"].as_i64().unwrap()),
+            );
+            match page["next"].as_str() {
+                Some(cursor) => path = format!("/v1/me/events?limit=7&before={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            (0..30).rev().collect::<Vec<_>>(),
+            "cached first page, then SQL pages"
+        );
+    }
+    let posted = b.call("POST", "/v1/events", t, Some(&json!({"kind": "k", "payload": 30})));
+    assert_eq!(posted.status, 201);
+    for server in [&a, &b] {
+        for _ in 0..20 {
+            let page = server.call("GET", "/v1/me/events?limit=3", t, None).json();
+            assert_eq!(
+                page["events"][0]["payload"], 30,
+                "a shard served the page from before the post"
+            );
+        }
+    }
+}

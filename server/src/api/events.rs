@@ -8,11 +8,13 @@
 use super::auth::{self, Principal};
 use super::identity::timestamp;
 use super::{Answer, Ctx, extract, write_json};
+use crate::cache::{Cached, EventPage, Key, PageEvent, bus};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const KIND_CHARS_MAX: usize = 64;
@@ -73,6 +75,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
+    bus::invalidate(ctx.shard, &[Key::Events(row.get(2))]).await;
     let event = Event {
         id: row.get(0),
         kind: input.kind,
@@ -94,13 +97,38 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
         )]));
     }
     // An empty `before` is the first page, as if absent.
-    let (before_micros, before_id) = match ctx.request.query_param("before").filter(|c| !c.is_empty()) {
-        Some(cursor) => decode_cursor(&cursor)?,
-        None => (NEWEST_MICROS, i64::MAX),
+    let before = match ctx.request.query_param("before").filter(|c| !c.is_empty()) {
+        Some(cursor) => Some(decode_cursor(&cursor)?),
+        None => None,
     };
+    // The first page comes from the cache when the session is known there: the newest
+    // `events_page_max` events are kept, and any `limit` is a slice of them.
+    if before.is_none()
+        && let Some(user_id) = auth::cached_user(ctx, principal)
+    {
+        let loaded = ctx
+            .shard
+            .cache
+            .get_or_load(Key::Events(user_id), || async move {
+                let fetch = page_max + 1;
+                let rows = ctx.sql.query(Stmt::EventsNewestById, &[&user_id, &fetch]).await?;
+                let mut events = page_events(&rows)?;
+                let more = events.len() as i64 > page_max;
+                events.truncate(page_max as usize);
+                Ok(Some(Cached::Events(Rc::new(EventPage { events, more }))))
+            })
+            .await?;
+        let Some(Cached::Events(page)) = loaded else {
+            return Err(ApiError::internal());
+        };
+        render_page(body, &page.events, limit as usize, page.more);
+        return Ok(Reply::json(200));
+    }
+    let (before_micros, before_id) = before.unwrap_or((NEWEST_MICROS, i64::MAX));
     let before_time = UNIX_EPOCH + Duration::from_micros(before_micros as u64);
     // One row more than asked tells whether another page exists.
     let fetch = limit + 1;
+    let epoch = ctx.shard.cache.epoch();
     let rows = ctx
         .sql
         .query(
@@ -108,43 +136,70 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
             &[&principal.token_hash(), &before_time, &before_id, &fetch],
         )
         .await?;
-    if rows.is_empty() {
-        return Err(auth::invalid_token());
-    }
-    let mut rows: Vec<&tokio_postgres::Row> = rows.iter().collect();
-    // Newest first by (created_at, id); already so, unless the plan changes.
-    rows.sort_by_key(|row| std::cmp::Reverse((row.get::<_, Option<SystemTime>>(3), row.get::<_, Option<i64>>(0))));
-    let mut payloads = Vec::with_capacity(rows.len());
-    let mut meta = Vec::with_capacity(rows.len());
-    for row in rows.iter().take(limit as usize) {
-        let Some(id) = row.get::<_, Option<i64>>(0) else {
-            continue; // the all-NULL row of an empty page
-        };
-        let payload: String = row.get(2);
-        let created_at: SystemTime = row.get(3);
-        payloads.push(RawValue::from_string(payload).map_err(|_| ApiError::internal())?);
-        meta.push((id, row.get::<_, String>(1), created_at));
-    }
-    let next = (rows.len() as i64 > limit)
-        .then(|| meta.last().map(|(id, _, at)| encode_cursor(*at, *id)))
-        .flatten();
-    let events: Vec<Event> = meta
-        .into_iter()
-        .zip(&payloads)
-        .map(|((id, kind, at), payload)| Event {
-            id,
-            kind,
-            payload,
-            created_at: timestamp(at),
-        })
-        .collect();
-    #[derive(Serialize)]
-    struct Page<'a> {
-        events: Vec<Event<'a>>,
-        next: Option<String>,
-    }
-    write_json(body, &Page { events, next });
+    let first = rows.first().ok_or_else(auth::invalid_token)?;
+    let session = Cached::Session {
+        user_id: first.get(4),
+        expires_at: first.get(5),
+    };
+    ctx.shard
+        .cache
+        .insert_unless_invalidated(epoch, Key::Session(principal.token_hash), session);
+    render_page(body, &page_events(&rows)?, limit as usize, false);
     Ok(Reply::json(200))
+}
+
+/// Events from (id, kind, payload, created_at) rows, newest first, each serialized once;
+/// the all-NULL row of an empty `EventsPage` is skipped.
+fn page_events(rows: &[tokio_postgres::Row]) -> Result<Vec<PageEvent>, ApiError> {
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row.get::<_, Option<i64>>(0) else {
+            continue;
+        };
+        let created_at: SystemTime = row.get(3);
+        let payload = RawValue::from_string(row.get(2)).map_err(|_| ApiError::internal())?;
+        let mut json = Vec::with_capacity(64 + payload.get().len());
+        write_json(
+            &mut json,
+            &Event {
+                id,
+                kind: row.get(1),
+                payload: &payload,
+                created_at: timestamp(created_at),
+            },
+        );
+        events.push(PageEvent {
+            id,
+            created_at_micros: micros(created_at),
+            json: json.into(),
+        });
+    }
+    // Newest first by (created_at, id); already so, unless the plan changes.
+    events.sort_by_key(|e| std::cmp::Reverse((e.created_at_micros, e.id)));
+    Ok(events)
+}
+
+/// `{"events":[…],"next":…}` with at most `limit` events; `next` when more exist, here or
+/// beyond (`more`).
+fn render_page(body: &mut Vec<u8>, events: &[PageEvent], limit: usize, more: bool) {
+    let shown = &events[..limit.min(events.len())];
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, event) in shown.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&event.json);
+    }
+    body.extend_from_slice(b"],\"next\":");
+    match shown.last().filter(|_| events.len() > shown.len() || more) {
+        Some(last) => write_json(body, &format!("{}.{}", last.created_at_micros, last.id)),
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+}
+
+fn micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Whether any string or key in the JSON holds U+0000.
@@ -160,13 +215,6 @@ fn holds_nul(payload: &RawValue) -> bool {
     // Cheap test first: without a backslash escape there can be no NUL (raw control
     // characters are not valid JSON).
     payload.get().contains("\\u") && serde_json::from_str(payload.get()).is_ok_and(|v| walk(&v))
-}
-
-fn encode_cursor(created_at: SystemTime, id: i64) -> String {
-    let micros = created_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    format!("{micros}.{id}")
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
@@ -208,9 +256,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        let at = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
-        let cursor = encode_cursor(at, 42);
-        assert_eq!(decode_cursor(&cursor).unwrap(), (1_764_000_000_123_456, 42));
+        assert_eq!(
+            decode_cursor("1764000000123456.42").unwrap(),
+            (1_764_000_000_123_456, 42)
+        );
         for bad in [
             "",
             "x",

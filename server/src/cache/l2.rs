@@ -11,7 +11,7 @@
 //!
 //! Runs on a shard: never blocks.
 
-use super::{Cached, Key};
+use super::{Cached, EventPage, Key, PageEvent};
 use crate::config::{self, ms};
 use crate::metrics::ShardMetrics;
 use crate::redis::RedisClient;
@@ -175,13 +175,49 @@ fn encode(value: &Cached) -> Vec<u8> {
             bytes.extend_from_slice(json);
             bytes
         }
+        // `E`, more (0/1), then per event: micros, id (i64 LE), length (u32 LE), JSON.
+        Cached::Events(page) => {
+            let mut bytes = vec![b'E', u8::from(page.more)];
+            for event in &page.events {
+                bytes.extend_from_slice(&event.created_at_micros.to_le_bytes());
+                bytes.extend_from_slice(&event.id.to_le_bytes());
+                bytes.extend_from_slice(&(event.json.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(&event.json);
+            }
+            bytes
+        }
     }
+}
+
+fn decode_events(more: u8, mut rest: &[u8]) -> Option<Cached> {
+    let mut events = Vec::new();
+    while !rest.is_empty() {
+        let (micros, tail) = rest.split_first_chunk::<8>()?;
+        let (id, tail) = tail.split_first_chunk::<8>()?;
+        let (len, tail) = tail.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let json = tail.get(..len)?;
+        events.push(PageEvent {
+            id: i64::from_le_bytes(*id),
+            created_at_micros: i64::from_le_bytes(*micros),
+            json: json.into(),
+        });
+        rest = &tail[len..];
+    }
+    Some(Cached::Events(Rc::new(EventPage {
+        events,
+        more: more == 1,
+    })))
 }
 
 /// `None` for anything this binary did not write (the key prefix versions the shapes).
 fn decode(bytes: &[u8]) -> Option<Cached> {
     match bytes.split_first()? {
         (b'J', json) => Some(Cached::Json(json.into())),
+        (b'E', rest) => {
+            let (more, events) = rest.split_first()?;
+            decode_events(*more, events)
+        }
         (b'S', rest) => {
             let (user_id, micros) = std::str::from_utf8(rest).ok()?.split_once(':')?;
             Some(Cached::Session {
@@ -214,7 +250,19 @@ mod tests {
             Some(Cached::Json(json)) => assert_eq!(&*json, b"{\"a\":1}"),
             other => panic!("{other:?}"),
         }
-        for foreign in [&b""[..], b"X{}", b"Sx:1", b"S1"] {
+        let page = Cached::Events(Rc::new(EventPage {
+            events: vec![PageEvent {
+                id: 3,
+                created_at_micros: 99,
+                json: b"{}".as_slice().into(),
+            }],
+            more: true,
+        }));
+        match (decode(&encode(&page)), &page) {
+            (Some(Cached::Events(back)), Cached::Events(sent)) => assert_eq!(back, *sent),
+            other => panic!("{other:?}"),
+        }
+        for foreign in [&b""[..], b"X{}", b"Sx:1", b"S1", b"E\x01short"] {
             assert!(decode(foreign).is_none());
         }
     }

@@ -36,13 +36,15 @@ pub enum Key {
     User(i64),
     /// A TechEmpower `world` row, as its JSON.
     World(i32),
+    /// A user's newest events: the first page at the largest page size.
+    Events(i64),
 }
 
 /// The invalidation epochs of each kind of key at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct Epoch([u64; KINDS]);
 
-const KINDS: usize = 4;
+const KINDS: usize = 5;
 
 impl Key {
     fn kind(&self) -> usize {
@@ -51,6 +53,7 @@ impl Key {
             Key::Me(_) => 1,
             Key::User(_) => 2,
             Key::World(_) => 3,
+            Key::Events(_) => 4,
         }
     }
 
@@ -63,6 +66,7 @@ impl Key {
             Key::Me(id) => format!("m:{id}"),
             Key::User(id) => format!("u:{id}"),
             Key::World(id) => format!("w:{id}"),
+            Key::Events(id) => format!("e:{id}"),
         }
     }
 
@@ -72,6 +76,7 @@ impl Key {
             "m" => rest.parse().ok().map(Key::Me),
             "u" => rest.parse().ok().map(Key::User),
             "w" => rest.parse().ok().map(Key::World),
+            "e" => rest.parse().ok().map(Key::Events),
             "s" if rest.len() == 64 => {
                 let mut hash = [0u8; 32];
                 for (i, byte) in hash.iter_mut().enumerate() {
@@ -92,6 +97,22 @@ pub enum Cached {
     },
     /// A JSON document, serialized once when loaded.
     Json(Rc<[u8]>),
+    Events(Rc<EventPage>),
+}
+
+/// A user's newest events, each serialized once, with what a cursor needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<PageEvent>,
+    /// Older events exist beyond these.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageEvent {
+    pub id: i64,
+    pub created_at_micros: i64,
+    pub json: Box<[u8]>,
 }
 
 struct Entry {
@@ -304,6 +325,7 @@ mod tests {
             Key::Me(42),
             Key::User(9_000_000_000),
             Key::World(10_000),
+            Key::Events(5),
         ] {
             assert_eq!(Key::parse(&key.wire()), Some(key));
         }
