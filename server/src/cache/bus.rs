@@ -253,6 +253,13 @@ fn apply(shard: &Rc<Shard>, payload: &str) {
     let keys: Vec<Key> = words.filter_map(Key::parse).collect();
     shard.cache.evict(&keys);
     ShardMetrics::add(&shard.metrics.cache_invalidations_received, 1);
+    // The writer's own shard confirms without a round trip through Redis.
+    if ack_channel == shard.cache.bus.acks {
+        if let Ok(id) = id.parse() {
+            shard.cache.bus.acked(id);
+        }
+        return;
+    }
     let (shard, ack_channel, id) = (shard.clone(), ack_channel.to_string(), id.to_string());
     runtime::spawn(async move {
         let _ = shard.redis.query(redis::cmd("PUBLISH").arg(ack_channel).arg(id)).await;
