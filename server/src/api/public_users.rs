@@ -134,7 +134,7 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         }
         found.push((id, json));
     }
-    cache.l2.put(&stores).await;
+    crate::cache::l2::L2::put_later(&cache.l2, stores);
     // In the order asked; `ids` has no duplicates, so each position is unique.
     found.sort_by_key(|(id, _)| ids.iter().position(|asked| asked == id));
     body.extend_from_slice(b"{\"users\":[");

@@ -107,6 +107,16 @@ impl L2 {
             .unwrap_or(Lookup::Unavailable)
     }
 
+    /// As `put`, without making the request that loaded the values wait for Redis: a late
+    /// store is as safe as a prompt one, since the generation check happens in Redis.
+    pub fn put_later(l2: &Rc<L2>, entries: Vec<(Key, Vec<u8>, Cached)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let l2 = l2.clone();
+        crate::runtime::spawn(async move { l2.put(&entries).await });
+    }
+
     /// Stores loaded values whose generations are unchanged; one round trip.
     pub async fn put(&self, entries: &[(Key, Vec<u8>, Cached)]) {
         if entries.is_empty() {

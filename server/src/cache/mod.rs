@@ -142,7 +142,7 @@ pub struct Cache {
     /// changes) are rare next to reads, so this costs few hits.
     epochs: [Cell<u64>; KINDS],
     pub bus: bus::Bus,
-    pub l2: l2::L2,
+    pub l2: Rc<l2::L2>,
     metrics: &'static ShardMetrics,
 }
 
@@ -160,7 +160,7 @@ impl Cache {
             flights: RefCell::new(HashMap::new()),
             epochs: Default::default(),
             bus: bus::Bus::new(settings, shard_id),
-            l2: l2::L2::new(settings, redis, metrics),
+            l2: Rc::new(l2::L2::new(settings, redis, metrics)),
             metrics,
         }
     }
@@ -242,7 +242,7 @@ impl Cache {
             l2::Lookup::Miss(generation) => {
                 let loaded = load().await;
                 if let Ok(Some(value)) = &loaded {
-                    self.l2.put(&[(key.clone(), generation, value.clone())]).await;
+                    l2::L2::put_later(&self.l2, vec![(key.clone(), generation, value.clone())]);
                 }
                 loaded
             }
