@@ -115,6 +115,13 @@ fn a_prefs_write_is_seen_by_every_shard_of_every_process_when_it_returns() {
         "",
     );
     assert_eq!(unconfirmed, 0, "every shard confirmed every invalidation");
+    // After each write the first shard to miss loads from Postgres; the others find the
+    // new value in Redis.
+    let l2_hits: u64 = [&a, &b]
+        .iter()
+        .map(|s| metric_sum(&s.get("/metrics").text(), "percore_cache_l2_hits_total", ""))
+        .sum();
+    assert!(l2_hits > 0, "no L2 hits");
 }
 
 #[test]

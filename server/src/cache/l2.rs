@@ -1,10 +1,16 @@
 //! L2: Redis, shared by every shard of every process. Read-through with a TTL.
 //!
-//! Each key has a value (`<prefix>:v:<key>`) and a generation (`<prefix>:g:<key>`). A write
-//! deletes the value and bumps the generation in the same script that publishes the
+//! Each key has a value (`<prefix>:v<shape>:<key>`) and a generation (`<prefix>:g:<key>`).
+//! A write deletes the value and bumps the generation in the same script that publishes the
 //! invalidation; a load reads the generation with the value (one MGET) and stores what it
 //! loaded only if the generation is still the same (one script), so a read from before a
 //! write never re-inserts what the write replaced.
+//!
+//! Values carry the shape version of the binary that wrote them in their key, so a deploy
+//! that changes a cached shape never reads an old one; the generation and the channel are
+//! shared by all versions, and every value is tagged with the generation it was stored
+//! under and counts only while that is current, so a write by any version invalidates the
+//! values of every version (during a rolling deploy, say).
 //!
 //! Every call waits at most `redis_timeout_ms`; an error or timeout opens the breaker and
 //! the shard leaves Redis alone for `breaker_backoff_ms`, reading from Postgres meanwhile.
@@ -20,10 +26,14 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-/// KEYS: value, generation pairs. ARGV: TTL, then generation, value pairs.
+/// Bump when the shape of a cached value changes: the new binary then uses new value keys.
+pub const SHAPE_VERSION: u32 = 1;
+
+/// KEYS: value, generation pairs. ARGV: TTL, then generation, value pairs. Stores
+/// `<generation>|<value>` if the generation is still the one read.
 const PUT_SCRIPT: &str = "for i = 1, #KEYS, 2 do \
        if (redis.call('GET', KEYS[i + 1]) or '0') == ARGV[i + 1] then \
-         redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[1]) end end return 1";
+         redis.call('SET', KEYS[i], ARGV[i + 1] .. '|' .. ARGV[i + 2], 'EX', ARGV[1]) end end return 1";
 /// KEYS: value, generation pairs. ARGV: generation TTL, channel, message.
 const INVALIDATE_SCRIPT: &str = "for i = 1, #KEYS, 2 do \
        redis.call('DEL', KEYS[i]) redis.call('INCR', KEYS[i + 1]) \
@@ -63,7 +73,7 @@ impl L2 {
     }
 
     fn value_key(&self, key: &Key) -> String {
-        format!("{}:v:{}", self.prefix, key.wire())
+        format!("{}:v{SHAPE_VERSION}:{}", self.prefix, key.wire())
     }
 
     fn generation_key(&self, key: &Key) -> String {
@@ -85,18 +95,20 @@ impl L2 {
         };
         values
             .chunks(2)
-            .map(
-                |pair| match (pair.first().and_then(bytes).and_then(|b| decode(&b)), pair.get(1)) {
-                    (Some(hit), _) => {
+            .map(|pair| {
+                let generation = pair.get(1).and_then(bytes).unwrap_or_else(|| b"0".to_vec());
+                let stored = pair.first().and_then(bytes);
+                match stored.as_deref().and_then(|s| current(s, &generation)).and_then(decode) {
+                    Some(hit) => {
                         ShardMetrics::add(&self.metrics.cache_l2_hits, 1);
                         Lookup::Hit(hit)
                     }
-                    (None, generation) => {
+                    None => {
                         ShardMetrics::add(&self.metrics.cache_l2_misses, 1);
-                        Lookup::Miss(generation.and_then(bytes).unwrap_or_else(|| b"0".to_vec()))
+                        Lookup::Miss(generation)
                     }
-                },
-            )
+                }
+            })
             .collect()
     }
 
@@ -173,6 +185,12 @@ impl L2 {
     }
 }
 
+/// The value part of `<generation>|<value>` if it was stored under `generation`.
+fn current<'a>(stored: &'a [u8], generation: &[u8]) -> Option<&'a [u8]> {
+    let bar = stored.iter().position(|b| *b == b'|')?;
+    (&stored[..bar] == generation).then(|| &stored[bar + 1..])
+}
+
 fn encode(value: &Cached) -> Vec<u8> {
     match value {
         Cached::Session { user_id, expires_at } => {
@@ -242,6 +260,15 @@ fn decode(bytes: &[u8]) -> Option<Cached> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_counts_only_under_the_generation_it_was_stored_with() {
+        assert_eq!(current(b"3|J{}", b"3"), Some(&b"J{}"[..]));
+        assert_eq!(current(b"3|J{}", b"4"), None, "a write since: stale");
+        assert_eq!(current(b"0|J{}", b"0"), Some(&b"J{}"[..]));
+        assert_eq!(current(b"J{}", b"0"), None, "untagged: not ours");
+        assert_eq!(current(b"13|J|x", b"13"), Some(&b"J|x"[..]), "the first bar splits");
+    }
 
     #[test]
     fn values_round_trip_and_foreign_bytes_do_not_decode() {
