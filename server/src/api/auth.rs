@@ -6,7 +6,7 @@
 //! authenticated handler runs (see `sql.rs`), so checking costs no extra round trip.
 
 use super::Ctx;
-use crate::cache::{Cached, Key};
+use crate::cache::{Cached, Epoch, Key};
 use crate::http::{ApiError, Request};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -55,6 +55,16 @@ pub fn cached_user(ctx: &Ctx<'_>, who: &Principal) -> Option<i64> {
         Cached::Session { user_id, expires_at } if expires_at > SystemTime::now() => Some(user_id),
         _ => None,
     }
+}
+
+/// Keeps the session a token-joined statement checked (begun at `epoch`), so the caller's
+/// next request may skip the check in SQL.
+pub fn remember_session(ctx: &Ctx<'_>, who: &Principal, epoch: Epoch, user_id: i64, expires_at: SystemTime) {
+    ctx.shard.cache.insert_unless_invalidated(
+        epoch,
+        Key::Session(who.token_hash),
+        Cached::Session { user_id, expires_at },
+    );
 }
 
 /// 401 for a token that is malformed, unknown, expired or revoked: one answer for all, so

@@ -137,13 +137,7 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
         )
         .await?;
     let first = rows.first().ok_or_else(auth::invalid_token)?;
-    let session = Cached::Session {
-        user_id: first.get(4),
-        expires_at: first.get(5),
-    };
-    ctx.shard
-        .cache
-        .insert_unless_invalidated(epoch, Key::Session(principal.token_hash), session);
+    auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));
     render_page(body, &page_events(&rows)?, limit as usize, false);
     Ok(Reply::json(200))
 }

@@ -58,22 +58,12 @@ pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &m
     let epoch = cache.epoch();
     let rows = ctx.sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    remember_session(ctx, principal, epoch, row);
+    // Columns 4 and 5 of a `UserPublic(s)` row: the session's user and expiry.
+    auth::remember_session(ctx, principal, epoch, row.get(4), row.get(5));
     let (id, json) = view(row).ok_or_else(not_found)?;
     cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
     body.extend_from_slice(&json);
     Ok(Reply::json(200))
-}
-
-/// The session columns (user id, expiry) at 4 and 5 of a `UserPublic(s)` row.
-fn remember_session(ctx: &Ctx<'_>, principal: &Principal, epoch: crate::cache::Epoch, row: &Row) {
-    let session = Cached::Session {
-        user_id: row.get(4),
-        expires_at: row.get(5),
-    };
-    ctx.shard
-        .cache
-        .insert_unless_invalidated(epoch, Key::Session(principal.token_hash), session);
 }
 
 pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
@@ -123,7 +113,7 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
             .query(Stmt::UsersPublic, &[&principal.token_hash(), &ids])
             .await?;
         let first = rows.first().ok_or_else(auth::invalid_token)?;
-        remember_session(ctx, principal, epoch, first);
+        auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));
         rows
     };
     let mut stores = Vec::new();

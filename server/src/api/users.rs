@@ -79,12 +79,7 @@ pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Ans
     let epoch = cache.epoch();
     let rows = ctx.sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let (user_id, expires_at) = (row.get(0), row.get(14));
-    cache.insert_unless_invalidated(
-        epoch,
-        Key::Session(principal.token_hash),
-        Cached::Session { user_id, expires_at },
-    );
+    auth::remember_session(ctx, principal, epoch, row.get(0), row.get(14));
     body.extend_from_slice(&me_json(row));
     Ok(Reply::json(200))
 }
