@@ -8,7 +8,9 @@
 //! Authentication rides in the statement. The auth middleware (`api::auth`) checks the
 //! bearer token's shape and hashes it; each authenticated statement joins `sessions` on
 //! that hash with the condition below, so validating the session and doing the work cost
-//! one statement, and a revoked token fails on every shard the moment logout commits.
+//! one statement. Once a shard's cache knows a session (learned from such a statement, and
+//! evicted everywhere by logout before its 204), reads use the `…ById` variants instead;
+//! writes always check the session in SQL.
 //!
 //! Runs on a shard: never blocks.
 
