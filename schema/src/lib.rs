@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "techempower",
         sql: include_str!("../migrations/0002_techempower.sql"),
     },
+    Migration {
+        version: 3,
+        name: "jobs_webhooks",
+        sql: include_str!("../migrations/0003_jobs_webhooks.sql"),
+    },
 ];
 
 /// Serialises concurrent runners (several processes starting at once) on one database.

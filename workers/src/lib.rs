@@ -1,11 +1,13 @@
-//! The worker pool: OS threads where blocking and CPU-heavy work is allowed (password
-//! hashing now; PDFs, exports, e-mail and webhooks later), fed by one bounded crossbeam
-//! channel.
+//! Everything that may block, on threads of its own: the worker pool for request-path
+//! work (password hashing), fed by one bounded crossbeam channel, and the durable job
+//! queues (`jobs`: e-mail, PDFs, exports, webhooks; `kinds`: what each job does).
 //!
 //! Rule: a shard only ever calls [`Handle::submit`], which uses `try_send` and returns a
 //! future; it never waits on this crate. When the queue is full the caller gets
 //! [`QueueFull`] at once and answers 503 with `Retry-After` instead of stalling.
 
+pub mod jobs;
+pub mod kinds;
 pub mod password;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -105,17 +107,7 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>, n
     {
         log::warn!("worker thread could not be pinned to CPU {cpu}; it runs unpinned");
     }
-    if nice != 0 {
-        // On Linux a thread's niceness is per thread: PRIO_PROCESS with its own tid.
-        // SAFETY: gettid and setpriority have no memory-safety preconditions.
-        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-        if result != 0 {
-            log::warn!(
-                "worker thread could not set nice {nice}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    set_nice(nice);
     // Blocking here is the point of this thread.
     while let Ok(task) = receiver.recv() {
         stats.busy.fetch_add(1, Relaxed);
@@ -124,6 +116,19 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>, n
             stats.panicked.fetch_add(1, Relaxed);
         }
         stats.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (0 leaves it alone).
+pub(crate) fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // On Linux a thread's niceness is per thread: PRIO_PROCESS with its own tid.
+    // SAFETY: gettid and setpriority have no memory-safety preconditions.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        log::warn!("thread could not set nice {nice}: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -1,0 +1,136 @@
+//! Durable background jobs. A job is a row in `jobs`, committed before its 202; this
+//! module runs them on threads of their own, one group per queue (`[jobs.queues.<name>]`),
+//! so a slow kind (PDFs) cannot starve another (e-mail).
+//!
+//! - A shard that commits a job wakes its queue through a bounded crossbeam channel
+//!   ([`Handle::wake`], never blocks); workers also poll every `poll_interval_ms` for jobs
+//!   committed by other processes and retries that came due.
+//! - A claim takes a lease (`locked_until`) that a heartbeat thread extends; the
+//!   maintenance thread returns jobs with expired leases (their worker died) to the queue.
+//! - A failed attempt is retried with exponential backoff and jitter up to `max_attempts`,
+//!   then the job is `dead` (kept; `percore jobs retry ID` revives it).
+//! - Shutdown finishes the jobs in hand within the timeout, or gives their leases back.
+//!
+//! Runs on its own threads: may block. Shards only touch [`Handle`].
+
+pub mod config;
+mod runner;
+pub mod store;
+
+pub use runner::Runtime;
+
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The configuration the workers need.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub jobs: config::Jobs,
+    pub email: config::Email,
+    pub webhooks: config::Webhooks,
+}
+
+/// One queue's counters: gauges sampled from the database, counters kept here.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Jobs waiting (queued, or failed and awaiting a retry), as last sampled.
+    pub depth: AtomicU64,
+    /// How long the oldest runnable job has waited, as last sampled.
+    pub oldest_age_ms: AtomicU64,
+    /// Jobs admitted by this process's shards since the last sample: depth checks count
+    /// them so a burst between samples cannot overshoot `max_depth`.
+    pub admitted_since_sample: AtomicU64,
+    pub running: AtomicU64,
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    /// `POST /v1/jobs` refused because the queue was full.
+    pub rejected: AtomicU64,
+}
+
+/// A queue as shards see it.
+pub struct QueueHandle {
+    pub name: String,
+    pub max_depth: u64,
+    pub max_attempts: u32,
+    pub stats: Arc<QueueStats>,
+    wake: Sender<()>,
+}
+
+impl QueueHandle {
+    /// Counts one more job against `max_depth`; false (and counted as rejected) when the
+    /// queue is full.
+    pub fn admit(&self) -> bool {
+        let waiting = self.stats.depth.load(Relaxed) + self.stats.admitted_since_sample.load(Relaxed);
+        if waiting >= self.max_depth {
+            self.stats.rejected.fetch_add(1, Relaxed);
+            return false;
+        }
+        self.stats.admitted_since_sample.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Tells one idle worker of this queue that a job was committed. Never blocks: when
+    /// every worker already has a wake-up pending, this one is not needed.
+    pub fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// What shards hold: the queues by name. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct Handle {
+    queues: Arc<Vec<QueueHandle>>,
+    settings: Arc<Settings>,
+}
+
+impl Handle {
+    /// The queue `kind` runs on.
+    pub fn queue_of_kind(&self, kind: &str) -> Option<&QueueHandle> {
+        let (name, _) = self.settings.jobs.queue_of(kind)?;
+        self.queue(name)
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&QueueHandle> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    pub fn queues(&self) -> &[QueueHandle] {
+        &self.queues
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Retry n (1-based) waits a random time in [d/2, d], d = min(max, min × 2^(n-1)): the
+/// delays grow, and retries of jobs that failed together spread out.
+pub fn backoff(jobs: &config::Jobs, failed_attempt: u32, random: u64) -> std::time::Duration {
+    let exponent = failed_attempt.saturating_sub(1).min(40);
+    let ceiling = jobs.backoff_ms_min.saturating_mul(1u64 << exponent).min(jobs.backoff_ms_max);
+    let half = ceiling / 2;
+    std::time::Duration::from_millis(half + random % (ceiling - half + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_within_its_bounds() {
+        let jobs = config::Jobs {
+            backoff_ms_min: 100,
+            backoff_ms_max: 1_000,
+            ..config::Jobs::default()
+        };
+        for random in [0, 7, u64::MAX / 3, u64::MAX] {
+            let ms = |n| backoff(&jobs, n, random).as_millis() as u64;
+            assert!((50..=100).contains(&ms(1)), "{}", ms(1));
+            assert!((100..=200).contains(&ms(2)));
+            assert!((200..=400).contains(&ms(3)));
+            assert!((500..=1_000).contains(&ms(30)), "capped at backoff_ms_max");
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The job threads of one process: per queue `threads` workers, one heartbeat thread that
+//! extends the leases of the jobs in hand, and one maintenance thread that returns expired
+//! leases to their queues and samples queue depth and age for `/metrics` and `max_depth`.
+
+use super::store::{self, Claimed};
+use super::{Handle, QueueHandle, QueueStats, Settings, backoff};
+use crate::kinds::{self, Context, DbPool, JobError};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use r2d2_postgres::PostgresConnectionManager;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Jobs this process holds leases on: job id → lease holder.
+type InHand = Arc<Mutex<HashMap<i64, String>>>;
+
+pub struct Runtime {
+    handle: Handle,
+    workers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    /// Dropping a sender wakes every thread waiting on its receiver: the stop signal.
+    stop_workers: Option<Sender<()>>,
+    stop_background: Option<Sender<()>>,
+    in_hand: InHand,
+    db: DbPool,
+}
+
+/// What one worker thread needs.
+struct Worker {
+    queue: String,
+    lease_holder: String,
+    stats: Arc<QueueStats>,
+    /// When this process's earliest scheduled retry of the queue comes due (ms since epoch).
+    next_due_ms: Arc<AtomicU64>,
+    wake: Receiver<()>,
+    stop: Receiver<()>,
+    ctx: Arc<Context>,
+    in_hand: InHand,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Jitter only; a clock-derived value will do if the kernel says no.
+    if getrandom::fill(&mut bytes).is_err() {
+        return now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+impl Runtime {
+    /// Starts the threads (workers only when `jobs.run`). Connections are made on first
+    /// use, so an unreachable database delays jobs, not start-up.
+    pub fn start(settings: Settings, database_url: &str, nice: i32) -> Result<Runtime, String> {
+        let settings = Arc::new(settings);
+        let jobs = &settings.jobs;
+        let config: postgres::Config = database_url.parse().map_err(|e| format!("database url: {e}"))?;
+        let worker_threads: usize = if jobs.run {
+            jobs.queues.values().map(|q| q.threads).sum()
+        } else {
+            0
+        };
+        let db = r2d2::Pool::builder()
+            .max_size((worker_threads + 2) as u32)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(5))
+            .build_unchecked(PostgresConnectionManager::new(config, postgres::NoTls));
+        let ctx = Arc::new(Context::new(db.clone(), settings.clone()));
+        let process = format!(
+            "{}:{}:{:04x}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into()),
+            std::process::id(),
+            random_u64() & 0xffff
+        );
+        let (stop_workers, stop_workers_rx) = bounded::<()>(0);
+        let (stop_background, stop_background_rx) = bounded::<()>(0);
+        let in_hand: InHand = Arc::default();
+        let mut queues = Vec::new();
+        let mut workers = Vec::new();
+        for (name, queue) in &jobs.queues {
+            let stats = Arc::new(QueueStats::default());
+            let (wake, wake_rx) = bounded::<()>(queue.threads);
+            let next_due_ms = Arc::new(AtomicU64::new(u64::MAX));
+            for index in 0..if jobs.run { queue.threads } else { 0 } {
+                let worker = Worker {
+                    queue: name.clone(),
+                    lease_holder: format!("{process}:{name}:{index}"),
+                    stats: stats.clone(),
+                    next_due_ms: next_due_ms.clone(),
+                    wake: wake_rx.clone(),
+                    stop: stop_workers_rx.clone(),
+                    ctx: ctx.clone(),
+                    in_hand: in_hand.clone(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("percore-job-{name}-{index}"))
+                    .spawn(move || {
+                        crate::set_nice(nice);
+                        worker.run()
+                    })
+                    .map_err(|e| format!("starting a job thread: {e}"))?;
+                workers.push(thread);
+            }
+            queues.push(QueueHandle {
+                name: name.clone(),
+                max_depth: queue.max_depth,
+                max_attempts: jobs.max_attempts_of(queue),
+                stats,
+                wake,
+            });
+        }
+        let handle = Handle {
+            queues: Arc::new(queues),
+            settings: settings.clone(),
+        };
+        let mut background = Vec::new();
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map_err(|e| format!("starting {name}: {e}"))
+        };
+        {
+            let (db, stop, in_hand, settings) = (db.clone(), stop_background_rx.clone(), in_hand.clone(), settings.clone());
+            background.push(spawn(
+                "percore-job-heartbeat",
+                Box::new(move || heartbeat(&db, &stop, &in_hand, &settings)),
+            )?);
+        }
+        {
+            let (db, stop, handle) = (db.clone(), stop_background_rx, handle.clone());
+            background.push(spawn(
+                "percore-job-maintenance",
+                Box::new(move || maintenance(&db, &stop, &handle)),
+            )?);
+        }
+        Ok(Runtime {
+            handle,
+            workers,
+            background,
+            stop_workers: Some(stop_workers),
+            stop_background: Some(stop_background),
+            in_hand,
+            db,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops claiming; lets the jobs in hand finish within `timeout` (their leases still
+    /// extended), then gives back the leases of any still running, so another worker can
+    /// take them at once instead of after the lease.
+    pub fn shutdown(mut self, timeout: Duration) {
+        drop(self.stop_workers.take());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.workers.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let held: Vec<(i64, String)> = self
+            .in_hand
+            .lock()
+            .map(|h| h.iter().map(|(id, who)| (*id, who.clone())).collect())
+            .unwrap_or_default();
+        if !held.is_empty() {
+            match self.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
+                store::release(&mut *db, &held).map_err(|e| e.to_string())
+            }) {
+                Ok(released) => log::warn!("shutdown: released {released} unfinished job(s) back to their queues"),
+                Err(e) => log::error!("shutdown: releasing {} job lease(s) failed ({e}); they run again after their lease", held.len()),
+            }
+        }
+        drop(self.stop_background.take());
+        for thread in self.background.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Worker {
+    fn run(self) {
+        let settings = &self.ctx.settings.jobs;
+        let lease = Duration::from_millis(settings.lease_ms);
+        let poll = Duration::from_millis(settings.poll_interval_ms);
+        let mut last_error_log: Option<Instant> = None;
+        loop {
+            let claimed = self
+                .ctx
+                .db
+                .get()
+                .map_err(|e| e.to_string())
+                .and_then(|mut db| store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string()));
+            match claimed {
+                Ok(Some(job)) => {
+                    self.run_one(&job);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                        log::warn!("job queue {}: claiming failed: {error}", self.queue);
+                        last_error_log = Some(Instant::now());
+                    }
+                }
+            }
+            // Idle: until a wake-up, a retry of ours comes due, the poll interval, or stop.
+            let due_in = self.next_due_ms.load(Relaxed).saturating_sub(now_ms());
+            let wait = poll.min(Duration::from_millis(due_in));
+            select! {
+                recv(self.wake) -> _ => {}
+                recv(self.stop) -> _ => return,
+                default(wait) => {
+                    let due = self.next_due_ms.load(Relaxed);
+                    if due <= now_ms() {
+                        let _ = self.next_due_ms.compare_exchange(due, u64::MAX, Relaxed, Relaxed);
+                    }
+                }
+            }
+            if self.stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
+                return;
+            }
+        }
+    }
+
+    fn run_one(&self, job: &Claimed) {
+        if let Ok(mut held) = self.in_hand.lock() {
+            held.insert(job.id, self.lease_holder.clone());
+        }
+        self.stats.running.fetch_add(1, Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| kinds::run(&self.ctx, job)))
+            .unwrap_or_else(|_| Err(JobError::Transient("the job panicked".into())));
+        self.stats.running.fetch_sub(1, Relaxed);
+        let settings = &self.ctx.settings.jobs;
+        let last_attempt = job.attempt >= job.max_attempts;
+        let recorded = self.ctx.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
+            let db = &mut *db;
+            match &outcome {
+                Ok(result) => store::complete(db, job, &self.lease_holder, result).inspect(|&ok| {
+                    if ok {
+                        self.stats.done.fetch_add(1, Relaxed);
+                    }
+                }),
+                Err(error @ JobError::Permanent(_)) => {
+                    self.stats.dead.fetch_add(1, Relaxed);
+                    store::fail(db, job, &self.lease_holder, error.message(), None)
+                }
+                Err(error) if last_attempt => {
+                    self.stats.dead.fetch_add(1, Relaxed);
+                    let message = format!("{} (attempt {} of {})", error.message(), job.attempt, job.max_attempts);
+                    store::fail(db, job, &self.lease_holder, &message, None)
+                }
+                Err(error) => {
+                    self.stats.retried.fetch_add(1, Relaxed);
+                    let delay = backoff(settings, job.attempt.max(1) as u32, random_u64());
+                    self.next_due_ms
+                        .fetch_min(now_ms() + delay.as_millis() as u64, Relaxed);
+                    store::fail(db, job, &self.lease_holder, error.message(), Some(delay))
+                }
+            }
+            .map_err(|e| e.to_string())
+        });
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => log::warn!(
+                "job {} ({}): its lease was lost before the attempt ended; the next holder decides",
+                job.id,
+                job.kind
+            ),
+            Err(e) => log::error!(
+                "job {} ({}): recording the attempt failed ({e}); it runs again after its lease",
+                job.id,
+                job.kind
+            ),
+        }
+        if let Err(error) = &outcome {
+            log::info!("job {} ({}) attempt {} failed: {}", job.id, job.kind, job.attempt, error.message());
+        }
+        if let Ok(mut held) = self.in_hand.lock() {
+            held.remove(&job.id);
+        }
+    }
+}
+
+fn heartbeat(db: &DbPool, stop: &Receiver<()>, in_hand: &InHand, settings: &Settings) {
+    let every = Duration::from_millis(settings.jobs.heartbeat_ms);
+    let lease = Duration::from_millis(settings.jobs.lease_ms);
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let held: Vec<(i64, String)> = match in_hand.lock() {
+            Ok(held) => held.iter().map(|(id, who)| (*id, who.clone())).collect(),
+            Err(_) => return,
+        };
+        if held.is_empty() {
+            continue;
+        }
+        let result = db
+            .get()
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| store::heartbeat(&mut *conn, &held, lease).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            log::warn!("job heartbeat failed ({e}); leases run out unless the next one succeeds");
+        }
+    }
+}
+
+fn maintenance(db: &DbPool, stop: &Receiver<()>, handle: &Handle) {
+    let every = Duration::from_millis(handle.settings.jobs.poll_interval_ms);
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let result = db.get().map_err(|e| e.to_string()).and_then(|mut conn| {
+            let conn = &mut *conn;
+            for queue in store::reap_expired(conn).map_err(|e| e.to_string())? {
+                if let Some(q) = handle.queue(&queue) {
+                    q.wake();
+                }
+            }
+            for q in handle.queues() {
+                q.stats.admitted_since_sample.store(0, Relaxed);
+            }
+            let sampled = store::sample(conn).map_err(|e| e.to_string())?;
+            for q in handle.queues() {
+                let (depth, age_ms) = sampled
+                    .iter()
+                    .find(|(name, _, _)| *name == q.name)
+                    .map_or((0, 0), |(_, depth, age)| (*depth, *age));
+                q.stats.depth.store(depth, Relaxed);
+                q.stats.oldest_age_ms.store(age_ms, Relaxed);
+            }
+            Ok(())
+        });
+        if let Err(e) = result
+            && last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(30))
+        {
+            log::warn!("job maintenance failed: {e}");
+            last_error_log = Some(Instant::now());
+        }
+        if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop.recv_timeout(every) {
+            return;
+        }
+    }
+}
