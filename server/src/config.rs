@@ -20,6 +20,10 @@ pub struct Config {
     pub identity: Identity,
     pub api: Api,
     pub cache: Cache,
+    /// `[jobs]`, `[email]`, `[webhooks]`: defined with the workers that use them.
+    pub jobs: percore_workers::jobs::config::Jobs,
+    pub email: percore_workers::jobs::config::Email,
+    pub webhooks: percore_workers::jobs::config::Webhooks,
     pub bench: Bench,
     pub log: Log,
 }
@@ -501,6 +505,15 @@ impl Config {
         if !prefix_ok {
             return Err(("cache.key_prefix".into(), "must be 1-64 of a-z A-Z 0-9 : . _ -".into()));
         }
+        self.jobs.validate()?;
+        if self.jobs.params_bytes_max > self.http.body_bytes_max {
+            return Err((
+                "jobs.params_bytes_max".into(),
+                format!("must not exceed http.body_bytes_max ({})", self.http.body_bytes_max),
+            ));
+        }
+        self.email.validate()?;
+        self.webhooks.validate()?;
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
             return Err(("log.level".into(), format!("unknown level {:?}", self.log.level)));
         }

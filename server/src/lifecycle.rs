@@ -18,7 +18,9 @@ pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
                     shared.config.server.shutdown_timeout_ms
                 );
                 notify(&[NotifyState::Stopping]);
+                shared.shutdown_started_ms.store(now_ms(), Ordering::SeqCst);
                 shared.shutdown.store(true, Ordering::SeqCst);
+                shared.jobs.stop_claiming();
                 for stop in shared.stop_senders.lock().expect("stop list lock").drain(..) {
                     let _ = stop.send(());
                 }

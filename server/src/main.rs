@@ -1,12 +1,13 @@
 //! The `percore` command: `percore [--config PATH]` serves; `percore check-config [PATH]`
 //! validates a tuning file and prints the effective configuration; `percore migrate` applies
-//! pending schema migrations and exits.
+//! pending schema migrations and exits; `percore jobs retry ID` puts a dead job back in its
+//! queue.
 
 use percore::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore [--config PATH] migrate\n       percore check-config [PATH]";
+const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore [--config PATH] migrate\n       percore [--config PATH] jobs retry ID\n       percore check-config [PATH]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            "serve" | "check-config" | "migrate" if command.is_none() => command = Some(arg),
+            "serve" | "check-config" | "migrate" | "jobs" if command.is_none() => command = Some(arg),
             _ if arg.starts_with('-') => return usage_error(&format!("unknown option {arg}")),
             _ => positional.push(PathBuf::from(arg)),
         }
@@ -31,6 +32,17 @@ fn main() -> ExitCode {
     let command = command.unwrap_or_else(|| "serve".into());
     if command == "check-config" && config_path.is_none() {
         config_path = positional.pop();
+    }
+    let mut job_to_retry = None;
+    if command == "jobs" {
+        match positional.as_slice() {
+            [verb, id] if verb.as_os_str() == "retry" => match id.to_string_lossy().parse::<i64>() {
+                Ok(id) if id > 0 => job_to_retry = Some(id),
+                _ => return usage_error("jobs retry needs a job id (a positive integer)"),
+            },
+            _ => return usage_error("jobs: the only subcommand is `retry ID`"),
+        }
+        positional.clear();
     }
     if !positional.is_empty() {
         return usage_error("unexpected arguments");
@@ -66,6 +78,22 @@ fn main() -> ExitCode {
                         outcome.applied,
                         outcome.already
                     );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("percore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "jobs" => {
+            let mut config = config;
+            let id = job_to_retry.expect("parsed above");
+            match percore::server::resolve_services(&mut config, &[])
+                .and_then(|_| percore::server::retry_job(&config.database, id))
+            {
+                Ok(done) => {
+                    println!("{done}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -272,6 +272,31 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
     }
 }
 
+/// The job queues: per queue, depth and oldest age (sampled from the database every
+/// `jobs.poll_interval_ms`) and this process's workers' outcomes.
+pub fn render_jobs(jobs: &percore_workers::jobs::Handle, out: &mut String) {
+    #[rustfmt::skip]
+    let families: [(&str, &str, &str, QueueValue); 8] = [
+        ("percore_jobs_queue_depth", "gauge", "Jobs waiting in the queue (queued, or failed awaiting a retry), all processes.", |q| q.stats.depth.load(Relaxed)),
+        ("percore_jobs_queue_oldest_age_seconds", "gauge", "How long the oldest runnable job of the queue has waited.", |q| q.stats.oldest_age_ms.load(Relaxed) / 1000),
+        ("percore_jobs_queue_max_depth", "gauge", "The queue's max_depth: past it POST /v1/jobs answers 503.", |q| q.max_depth),
+        ("percore_jobs_running", "gauge", "Jobs this process's workers are running.", |q| q.stats.running.load(Relaxed)),
+        ("percore_jobs_done_total", "counter", "Jobs this process's workers finished.", |q| q.stats.done.load(Relaxed)),
+        ("percore_jobs_retried_total", "counter", "Failed attempts this process scheduled a retry for.", |q| q.stats.retried.load(Relaxed)),
+        ("percore_jobs_dead_total", "counter", "Jobs this process's workers gave up on (out of attempts, or a permanent error).", |q| q.stats.dead.load(Relaxed)),
+        ("percore_jobs_rejected_total", "counter", "POST /v1/jobs answered 503 because the queue was at max_depth.", |q| q.stats.rejected.load(Relaxed)),
+    ];
+    for (name, kind, help, get) in families {
+        family(out, name, kind, help);
+        for queue in jobs.queues() {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", queue.name, get(queue));
+        }
+    }
+}
+
+/// One queue's value, picked out of its handle.
+type QueueValue = fn(&percore_workers::jobs::QueueHandle) -> u64;
+
 /// One route's counter, picked out of its metrics.
 type RouteCounter = fn(&RouteMetrics) -> &AtomicU64;
 

@@ -21,6 +21,14 @@ pub enum Endpoint {
     UsersByIds,
     PostEvent,
     MyEvents,
+    PostJob,
+    GetJob,
+    JobResult,
+    ListJobs,
+    PostWebhook,
+    ListWebhooks,
+    DeleteWebhook,
+    WebhookDeliveries,
     Plaintext,
     Json,
     CachedQueries,
@@ -34,7 +42,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 22] = [
+    pub const ALL: [Endpoint; 30] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
@@ -49,6 +57,14 @@ impl Endpoint {
         Endpoint::UsersByIds,
         Endpoint::PostEvent,
         Endpoint::MyEvents,
+        Endpoint::PostJob,
+        Endpoint::GetJob,
+        Endpoint::JobResult,
+        Endpoint::ListJobs,
+        Endpoint::PostWebhook,
+        Endpoint::ListWebhooks,
+        Endpoint::DeleteWebhook,
+        Endpoint::WebhookDeliveries,
         Endpoint::Plaintext,
         Endpoint::Json,
         Endpoint::CachedQueries,
@@ -75,6 +91,14 @@ impl Endpoint {
             Endpoint::UsersByIds => "users_by_ids",
             Endpoint::PostEvent => "post_event",
             Endpoint::MyEvents => "my_events",
+            Endpoint::PostJob => "post_job",
+            Endpoint::GetJob => "get_job",
+            Endpoint::JobResult => "job_result",
+            Endpoint::ListJobs => "list_jobs",
+            Endpoint::PostWebhook => "post_webhook",
+            Endpoint::ListWebhooks => "list_webhooks",
+            Endpoint::DeleteWebhook => "delete_webhook",
+            Endpoint::WebhookDeliveries => "webhook_deliveries",
             Endpoint::Plaintext => "plaintext",
             Endpoint::Json => "json",
             Endpoint::CachedQueries => "cached_queries",
@@ -136,6 +160,14 @@ const ROUTES: &[Route] = &[
     route(Get, "/v1/users/{id}", UserById, User),
     route(Get, "/v1/users", UsersByIds, User),
     route(Post, "/v1/events", PostEvent, User),
+    route(Post, "/v1/jobs", PostJob, User),
+    route(Get, "/v1/jobs", ListJobs, User),
+    route(Get, "/v1/jobs/{id}", GetJob, User),
+    route(Get, "/v1/jobs/{id}/result", JobResult, User),
+    route(Post, "/v1/webhooks", PostWebhook, User),
+    route(Get, "/v1/webhooks", ListWebhooks, User),
+    route(Delete, "/v1/webhooks/{id}", DeleteWebhook, User),
+    route(Get, "/v1/webhooks/{id}/deliveries", WebhookDeliveries, User),
     route(Get, "/plaintext", Plaintext, Bench),
     route(Get, "/json", Json, Bench),
     route(Get, "/cached-queries", CachedQueries, Bench),
@@ -161,14 +193,16 @@ pub enum Resolved<'a> {
     NotFound,
 }
 
-/// Matches `path` against a route pattern; `Some(param)` on a match.
+/// Matches `path` against a route pattern; `Some(param)` on a match. A parameter is one
+/// whole, non-empty segment.
 fn matches<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     let Some(open) = pattern.find('{') else {
         return (pattern == path).then_some(None);
     };
-    let prefix = &pattern[..open];
-    let rest = path.strip_prefix(prefix)?;
-    (!rest.is_empty() && !rest.contains('/')).then_some(Some(rest))
+    let close = open + pattern[open..].find('}')?;
+    let (prefix, suffix) = (&pattern[..open], &pattern[close + 1..]);
+    let param = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (!param.is_empty() && !param.contains('/')).then_some(Some(param))
 }
 
 pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved<'_> {
@@ -261,6 +295,16 @@ mod tests {
         ));
         assert_eq!(resolve(Get, "/v1/users/", false), Resolved::NotFound);
         assert_eq!(resolve(Get, "/v1/users/1/x", false), Resolved::NotFound);
+        assert_eq!(
+            resolve(Get, "/v1/jobs/7/result", false),
+            Resolved::Found {
+                endpoint: JobResult,
+                access: User,
+                param: Some("7")
+            }
+        );
+        assert_eq!(resolve(Get, "/v1/jobs//result", false), Resolved::NotFound);
+        assert_eq!(resolve(Get, "/v1/jobs/1/2/result", false), Resolved::NotFound);
         assert_eq!(
             resolve(Delete, "/v1/users/1", false),
             Resolved::MethodNotAllowed("GET, HEAD".into())

@@ -107,6 +107,19 @@ pub fn migrate(settings: &crate::config::Database) -> Result<percore_schema::Out
     percore_schema::migrate(&mut client).map_err(|e| format!("migrations: {e}"))
 }
 
+/// `percore jobs retry ID`: puts a dead or failed job back in its queue with fresh
+/// attempts. Returns what was done, for the operator.
+pub fn retry_job(settings: &crate::config::Database, id: i64) -> Result<String, String> {
+    let mut client = schema_client(settings)?;
+    match percore_workers::jobs::store::retry(&mut client, id).map_err(|e| format!("retrying job {id}: {e}"))? {
+        None => Err(format!("no job {id}")),
+        Some((status, queue)) if status == "dead" || status == "failed" => Ok(format!(
+            "job {id} was {status}; queued again on {queue} with fresh attempts"
+        )),
+        Some((status, _)) => Err(format!("job {id} is {status}; only dead or failed jobs are retried")),
+    }
+}
+
 /// At start-up: migrates (`apply`) or checks that nothing is pending. Every statement is
 /// prepared when a connection opens, so a shard cannot serve a database without the whole
 /// schema. An unreachable database is not fatal: shards keep reconnecting and /readyz
@@ -222,15 +235,24 @@ pub fn run(mut config: Config) -> Result<(), String> {
         percore_workers::password::hash(params, &secret)
     };
     refuse_a_taken_port(config.server.listen)?;
+    let job_settings = percore_workers::jobs::Settings {
+        jobs: config.jobs.clone(),
+        email: config.email.clone(),
+        webhooks: config.webhooks.clone(),
+    };
+    let jobs = percore_workers::jobs::Runtime::start(job_settings, &config.database.url, config.workers.nice)
+        .map_err(|e| format!("starting the job workers: {e}"))?;
     let shard_count = placement.shard_cpus.len();
     let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
         workers: pool.handle(),
+        jobs: jobs.handle(),
         db_target,
         redis_target,
         dummy_password_hash,
         shutdown: AtomicBool::new(false),
+        shutdown_started_ms: Default::default(),
         stop_senders: Default::default(),
         config,
     }));
@@ -265,6 +287,12 @@ pub fn run(mut config: Config) -> Result<(), String> {
     for handle in handles {
         handle.join().map_err(|e| format!("a shard failed: {e}"))?;
     }
+    // The jobs in hand get what is left of the shutdown timeout, counted from the signal.
+    let started_ms = shared.shutdown_started_ms.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline_ms = started_ms.max(1) + shared.config.server.shutdown_timeout_ms;
+    jobs.shutdown(std::time::Duration::from_millis(
+        deadline_ms.saturating_sub(crate::shard::now_ms()),
+    ));
     log::info!("all shards stopped; exiting");
     Ok(())
 }

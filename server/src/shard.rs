@@ -23,6 +23,8 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Vec<ShardMetrics>,
     pub workers: percore_workers::Handle,
+    /// The durable job queues: shards admit jobs against their depth and wake them.
+    pub jobs: percore_workers::jobs::Handle,
     pub db_target: db::Target,
     pub redis_target: RedisTarget,
     /// An Argon2 hash of nothing anyone knows, made at start-up with the configured cost: a
@@ -30,6 +32,8 @@ pub struct Shared {
     pub dummy_password_hash: String,
     /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
+    /// When the signal came (ms since the epoch): the shutdown timeout counts from here.
+    pub shutdown_started_ms: std::sync::atomic::AtomicU64,
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is
     /// taken only then, never on a request path.
     pub stop_senders: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,

@@ -38,8 +38,9 @@ pub enum Kind {
 pub enum Stmt {
     /// Readiness probe.
     Ping,
-    /// $1 email, $2 password hash, $3 name. Creates the user with empty profile and prefs;
-    /// no row when the email is taken.
+    /// $1 email, $2 password hash, $3 name, then the welcome e-mail job: $4 queue, $5 params
+    /// JSON text, $6 max attempts. Creates the user with empty profile and prefs and the job,
+    /// in one transaction; no row when the email is taken.
     Register,
     /// $1 email → id, password hash.
     LoginLookup,
@@ -67,7 +68,9 @@ pub enum Stmt {
     UsersPublic,
     /// $1 user ids → the public rows that exist, any order.
     UsersPublicByIds,
-    /// $1 token hash, $2 kind, $3 payload JSON text → id, created_at, user id.
+    /// $1 token hash, $2 kind, $3 payload JSON text, then for the webhook deliveries it fans
+    /// out to the caller's matching subscriptions (same transaction): $4 queue, $5 max
+    /// attempts → id, created_at, user id, deliveries enqueued.
     EventInsert,
     /// $1 token hash, $2/$3 cursor (created_at, id), $4 limit → the page, in index order
     /// (newest first) as the one-row outer side of the nested loop yields it; the handler
@@ -80,10 +83,35 @@ pub enum Stmt {
     /// $1 user id, $2 limit → the user's newest events, for a caller whose session the
     /// cache knows.
     EventsNewestById,
+    /// $1 token hash, $2 kind, $3 queue, $4 params JSON text, $5 max attempts, $6 idempotency
+    /// key or NULL, $7 request hash or NULL → the session's user, then the new job's id and
+    /// status, or (on a key already used) the existing job's id, status and request hash.
+    /// No row: bad session.
+    JobInsert,
+    /// $1 user id, $2 idempotency key → id, status, request hash: the job a concurrent
+    /// request with the same key committed (invisible to `JobInsert`'s snapshot).
+    JobByKey,
+    /// $1 token hash, $2 job id → the session's user, then the job's columns (NULL when it
+    /// is not the caller's or does not exist).
+    JobGet,
+    /// $1 token hash, $2 status or NULL, $3 limit → the session's user, then per row the
+    /// job's columns (NULL in the one row of an empty list), newest first by index.
+    JobsList,
+    /// $1 token hash, $2 url, $3 event kinds, $4 secret, $5 most subscriptions per user →
+    /// the session's user, then the new id and created_at (NULL: over the limit).
+    WebhookInsert,
+    /// $1 token hash → the session's user, then each subscription's id, url, events,
+    /// created_at (NULL id when there are none).
+    WebhooksList,
+    /// $1 token hash, $2 webhook id → the session's user, then the deleted id (NULL: none).
+    WebhookDelete,
+    /// $1 token hash, $2 webhook id, $3 limit → the session's user, the webhook id (NULL:
+    /// not the caller's), then each attempt newest first (NULL columns when none).
+    WebhookDeliveries,
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 17] = [
+    pub const ALL: [Stmt; 25] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
@@ -101,6 +129,14 @@ impl Stmt {
         Stmt::EventsPage,
         Stmt::WorldById,
         Stmt::EventsNewestById,
+        Stmt::JobInsert,
+        Stmt::JobByKey,
+        Stmt::JobGet,
+        Stmt::JobsList,
+        Stmt::WebhookInsert,
+        Stmt::WebhooksList,
+        Stmt::WebhookDelete,
+        Stmt::WebhookDeliveries,
     ];
 
     pub fn kind(self) -> Kind {
@@ -115,13 +151,21 @@ impl Stmt {
             | Stmt::UsersPublicByIds
             | Stmt::EventsPage
             | Stmt::WorldById
-            | Stmt::EventsNewestById => Kind::Read,
+            | Stmt::EventsNewestById
+            | Stmt::JobByKey
+            | Stmt::JobGet
+            | Stmt::JobsList
+            | Stmt::WebhooksList
+            | Stmt::WebhookDeliveries => Kind::Read,
             Stmt::Register
             | Stmt::SessionInsert
             | Stmt::Logout
             | Stmt::ProfileUpdate
             | Stmt::PrefsUpdate
-            | Stmt::EventInsert => Kind::Write,
+            | Stmt::EventInsert
+            | Stmt::JobInsert
+            | Stmt::WebhookInsert
+            | Stmt::WebhookDelete => Kind::Write,
         }
     }
 
@@ -134,7 +178,9 @@ impl Stmt {
                     ON CONFLICT (email) DO NOTHING
                     RETURNING id, email, name, created_at, updated_at),
                  p AS (INSERT INTO profiles (user_id) SELECT id FROM u),
-                 q AS (INSERT INTO prefs (user_id) SELECT id FROM u)
+                 q AS (INSERT INTO prefs (user_id) SELECT id FROM u),
+                 j AS (INSERT INTO jobs (user_id, kind, queue, params, max_attempts)
+                       SELECT id, 'email', $4, $5::text::jsonb, $6 FROM u)
                  SELECT id, email::text, name, created_at, updated_at FROM u"
             }
             Stmt::LoginLookup => "SELECT id, password_hash FROM users WHERE email = $1::citext",
@@ -208,10 +254,85 @@ impl Stmt {
                 live_session!()
             ),
             Stmt::EventInsert => concat!(
-                "INSERT INTO events (user_id, kind, payload)
-                 SELECT s.user_id, $2, $3::text::jsonb FROM sessions s WHERE ",
+                "WITH e AS (
+                    INSERT INTO events (user_id, kind, payload)
+                    SELECT s.user_id, $2, $3::text::jsonb FROM sessions s WHERE ",
                 live_session!(),
-                " RETURNING id, created_at, user_id"
+                " RETURNING id, created_at, user_id, kind, payload),
+                 d AS (
+                    INSERT INTO jobs (user_id, kind, queue, params, max_attempts)
+                    SELECT e.user_id, 'webhook', $4, jsonb_build_object('webhook_id', w.id, 'event',
+                           jsonb_build_object('id', e.id, 'kind', e.kind, 'payload', e.payload,
+                                              'created_at', e.created_at)), $5
+                    FROM e JOIN webhooks w ON w.user_id = e.user_id
+                     AND (e.kind = ANY (w.events) OR '*' = ANY (w.events))
+                    RETURNING 1)
+                 SELECT e.id, e.created_at, e.user_id, (SELECT count(*) FROM d) FROM e"
+            ),
+            Stmt::JobInsert => concat!(
+                "WITH who AS (SELECT s.user_id FROM sessions s WHERE ",
+                live_session!(),
+                "), ins AS (
+                    INSERT INTO jobs (user_id, kind, queue, params, max_attempts, idempotency_key, request_hash)
+                    SELECT user_id, $2, $3, $4::text::jsonb, $5, $6, $7 FROM who
+                    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+                    RETURNING id, status)
+                 SELECT who.user_id, ins.id, ins.status, old.id, old.status, old.request_hash
+                 FROM who LEFT JOIN ins ON true
+                 LEFT JOIN jobs old ON ins.id IS NULL AND old.user_id = who.user_id AND old.idempotency_key = $6"
+            ),
+            Stmt::JobByKey => "SELECT id, status, request_hash FROM jobs WHERE user_id = $1 AND idempotency_key = $2",
+            Stmt::JobGet => concat!(
+                "SELECT s.user_id, j.id, j.kind, j.queue, j.status, j.attempts, j.max_attempts, j.error,
+                        j.result::text, j.run_after, j.created_at, j.updated_at
+                 FROM sessions s LEFT JOIN jobs j ON j.id = $2 AND j.user_id = s.user_id
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::JobsList => concat!(
+                "SELECT s.user_id, j.id, j.kind, j.queue, j.status, j.attempts, j.max_attempts, j.error,
+                        j.result::text, j.run_after, j.created_at, j.updated_at
+                 FROM sessions s
+                 LEFT JOIN LATERAL (
+                     SELECT * FROM jobs WHERE user_id = s.user_id AND ($2::text IS NULL OR status = $2::text)
+                     ORDER BY created_at DESC, id DESC LIMIT $3::int8) j ON true
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::WebhookInsert => concat!(
+                "WITH who AS (SELECT s.user_id FROM sessions s WHERE ",
+                live_session!(),
+                "), ins AS (
+                    INSERT INTO webhooks (user_id, url, events, secret)
+                    SELECT user_id, $2, $3, $4 FROM who
+                    WHERE (SELECT count(*) FROM webhooks w WHERE w.user_id = who.user_id) < $5::int8
+                    RETURNING id, created_at)
+                 SELECT who.user_id, ins.id, ins.created_at FROM who LEFT JOIN ins ON true"
+            ),
+            Stmt::WebhooksList => concat!(
+                "SELECT s.user_id, w.id, w.url, w.events, w.created_at
+                 FROM sessions s LEFT JOIN webhooks w ON w.user_id = s.user_id
+                 WHERE ",
+                live_session!()
+            ),
+            Stmt::WebhookDelete => concat!(
+                "WITH who AS (SELECT s.user_id FROM sessions s WHERE ",
+                live_session!(),
+                "), del AS (
+                    DELETE FROM webhooks w USING who WHERE w.id = $2 AND w.user_id = who.user_id
+                    RETURNING w.id)
+                 SELECT who.user_id, del.id FROM who LEFT JOIN del ON true"
+            ),
+            Stmt::WebhookDeliveries => concat!(
+                "SELECT s.user_id, w.id, d.id, d.job_id, d.attempt, d.status_code, d.error, d.duration_ms,
+                        d.attempted_at
+                 FROM sessions s
+                 LEFT JOIN webhooks w ON w.id = $2 AND w.user_id = s.user_id
+                 LEFT JOIN LATERAL (
+                     SELECT * FROM webhook_deliveries WHERE webhook_id = w.id
+                     ORDER BY id DESC LIMIT $3::int8) d ON true
+                 WHERE ",
+                live_session!()
             ),
             Stmt::WorldById => "SELECT id, randomnumber FROM world WHERE id = $1",
             Stmt::EventsNewestById => {

@@ -67,14 +67,30 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
             "strings and keys must not contain \\u0000, which Postgres's jsonb cannot store",
         )]));
     }
+    let webhooks = ctx
+        .shard
+        .shared
+        .jobs
+        .queue_of_kind("webhook")
+        .expect("tuning validation maps every kind to a queue");
+    let max_attempts = webhooks.max_attempts as i32;
     let rows = ctx
         .sql
         .query(
             Stmt::EventInsert,
-            &[&principal.token_hash(), &input.kind, &input.payload.get()],
+            &[
+                &principal.token_hash(),
+                &input.kind,
+                &input.payload.get(),
+                &webhooks.name,
+                &max_attempts,
+            ],
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
+    for _ in 0..row.get::<_, i64>(3) {
+        webhooks.wake();
+    }
     bus::invalidate(ctx.shard, &[Key::Events(row.get(2))]).await;
     let event = Event {
         id: row.get(0),

@@ -87,12 +87,17 @@ fn strip_position(message: &str) -> String {
 
 /// A user id: a positive 64-bit integer in decimal. 400 otherwise.
 pub fn user_id(text: &str) -> Result<i64, ApiError> {
+    id(text, "user")
+}
+
+/// The id of a `what` (job, webhook…) in a path: a positive 64-bit decimal integer.
+pub fn id(text: &str, what: &str) -> Result<i64, ApiError> {
     match text.parse::<i64>() {
         Ok(id) if id > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
         _ => Err(ApiError::new(
             400,
             "invalid_id",
-            format!("{:?} is not a user id (a positive integer)", truncate(text)),
+            format!("{:?} is not a {what} id (a positive integer)", truncate(text)),
         )),
     }
 }

@@ -89,13 +89,30 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         .submit(move || password::hash(params, &secret))
         .map_err(|_| workers_busy(ctx.shard))?;
     let phc = hashing.await.map_err(|_| ApiError::internal())?;
+    // The welcome e-mail is a job committed with the user (the write-up's send_email.delay).
+    let queue = ctx
+        .shard
+        .shared
+        .jobs
+        .queue_of_kind("email")
+        .expect("tuning validation maps every kind to a queue");
+    let welcome = serde_json::json!({
+        "subject": "Welcome to percore",
+        "text": format!("Hello {},\n\nyour percore account is ready.\n", input.name),
+    })
+    .to_string();
+    let max_attempts = queue.max_attempts as i32;
     let rows = ctx
         .sql
-        .query(Stmt::Register, &[&input.email, &phc, &input.name])
+        .query(
+            Stmt::Register,
+            &[&input.email, &phc, &input.name, &queue.name, &welcome, &max_attempts],
+        )
         .await?;
     let Some(row) = rows.first() else {
         return Err(ApiError::new(409, "email_taken", "an account with this email exists"));
     };
+    queue.wake();
     let user = User {
         id: row.get(0),
         email: row.get(1),

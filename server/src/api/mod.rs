@@ -10,9 +10,11 @@ mod bench;
 mod events;
 pub mod extract;
 pub mod identity;
+mod jobs;
 mod ops;
 mod public_users;
 mod users;
+mod webhooks;
 
 use crate::http::{ApiError, Reply, Request};
 use crate::router::{self, Access, Endpoint, Resolved};
@@ -91,6 +93,16 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         (Endpoint::UsersByIds, Some(who)) => public_users::users_by_ids(&ctx, who, body).await,
         (Endpoint::PostEvent, Some(who)) => events::post_event(&ctx, who, body).await,
         (Endpoint::MyEvents, Some(who)) => events::my_events(&ctx, who, body).await,
+        (Endpoint::PostJob, Some(who)) => jobs::post_job(&ctx, who, body).await,
+        (Endpoint::ListJobs, Some(who)) => jobs::list_jobs(&ctx, who, body).await,
+        (Endpoint::GetJob, Some(who)) => jobs::get_job(&ctx, who, param.unwrap_or_default(), body).await,
+        (Endpoint::JobResult, Some(who)) => jobs::job_result(&ctx, who, param.unwrap_or_default(), body).await,
+        (Endpoint::PostWebhook, Some(who)) => webhooks::post_webhook(&ctx, who, body).await,
+        (Endpoint::ListWebhooks, Some(who)) => webhooks::list_webhooks(&ctx, who, body).await,
+        (Endpoint::DeleteWebhook, Some(who)) => webhooks::delete_webhook(&ctx, who, param.unwrap_or_default()).await,
+        (Endpoint::WebhookDeliveries, Some(who)) => {
+            webhooks::deliveries(&ctx, who, param.unwrap_or_default(), body).await
+        }
         (Endpoint::Plaintext, _) => bench::plaintext(body),
         (Endpoint::Json, _) => bench::json(body),
         (Endpoint::CachedQueries, _) => bench::cached_queries(&ctx, body).await,
@@ -104,7 +116,15 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             | Endpoint::UserById
             | Endpoint::UsersByIds
             | Endpoint::PostEvent
-            | Endpoint::MyEvents,
+            | Endpoint::MyEvents
+            | Endpoint::PostJob
+            | Endpoint::ListJobs
+            | Endpoint::GetJob
+            | Endpoint::JobResult
+            | Endpoint::PostWebhook
+            | Endpoint::ListWebhooks
+            | Endpoint::DeleteWebhook
+            | Endpoint::WebhookDeliveries,
             None,
         ) => unreachable!("the route table marks {endpoint:?} Access::User"),
         (Endpoint::NotFound | Endpoint::MethodNotAllowed | Endpoint::Malformed, _) => {

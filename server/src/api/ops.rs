@@ -71,6 +71,7 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
     let shards: Vec<_> = shard.shared.metrics.iter().collect();
     let mut text = String::with_capacity(16 * 1024);
     metrics::render(&shards, &globals, &mut text);
+    metrics::render_jobs(&shard.shared.jobs, &mut text);
     body.extend_from_slice(text.as_bytes());
     Ok(Reply::new(200, response::PROMETHEUS_TEXT))
 }

@@ -120,7 +120,10 @@ impl Jobs {
                 && name.len() <= 64
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
             if !name_ok {
-                return Err((format!("jobs.queues.{name}"), "a queue name is 1-64 of a-z A-Z 0-9 _ -".into()));
+                return Err((
+                    format!("jobs.queues.{name}"),
+                    "a queue name is 1-64 of a-z A-Z 0-9 _ -".into(),
+                ));
             }
             if !(1..=256).contains(&queue.threads) {
                 return Err((key("threads"), format!("must be 1 to 256 (got {})", queue.threads)));
@@ -136,7 +139,11 @@ impl Jobs {
             }
         }
         for kind in KINDS {
-            let homes = self.queues.values().filter(|q| q.kinds.iter().any(|k| k == kind)).count();
+            let homes = self
+                .queues
+                .values()
+                .filter(|q| q.kinds.iter().any(|k| k == kind))
+                .count();
             if homes != 1 {
                 return Err((
                     "jobs.queues".into(),

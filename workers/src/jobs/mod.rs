@@ -83,9 +83,18 @@ impl QueueHandle {
 pub struct Handle {
     queues: Arc<Vec<QueueHandle>>,
     settings: Arc<Settings>,
+    /// Dropped to tell the workers to stop claiming (shutdown).
+    stop_workers: Arc<std::sync::Mutex<Option<Sender<()>>>>,
 }
 
 impl Handle {
+    /// Workers take no new jobs from now on; those in hand run on (see `Runtime::shutdown`).
+    pub fn stop_claiming(&self) {
+        if let Ok(mut stop) = self.stop_workers.lock() {
+            stop.take();
+        }
+    }
+
     /// The queue `kind` runs on.
     pub fn queue_of_kind(&self, kind: &str) -> Option<&QueueHandle> {
         let (name, _) = self.settings.jobs.queue_of(kind)?;
@@ -109,7 +118,10 @@ impl Handle {
 /// delays grow, and retries of jobs that failed together spread out.
 pub fn backoff(jobs: &config::Jobs, failed_attempt: u32, random: u64) -> std::time::Duration {
     let exponent = failed_attempt.saturating_sub(1).min(40);
-    let ceiling = jobs.backoff_ms_min.saturating_mul(1u64 << exponent).min(jobs.backoff_ms_max);
+    let ceiling = jobs
+        .backoff_ms_min
+        .saturating_mul(1u64 << exponent)
+        .min(jobs.backoff_ms_max);
     let half = ceiling / 2;
     std::time::Duration::from_millis(half + random % (ceiling - half + 1))
 }

@@ -21,8 +21,8 @@ pub struct Runtime {
     handle: Handle,
     workers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    /// Dropping a sender wakes every thread waiting on its receiver: the stop signal.
-    stop_workers: Option<Sender<()>>,
+    /// Dropping a sender wakes every thread waiting on its receiver: the stop signal. The
+    /// workers' sender lives in the handle (`Handle::stop_claiming`).
     stop_background: Option<Sender<()>>,
     in_hand: InHand,
     db: DbPool,
@@ -42,7 +42,9 @@ struct Worker {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn random_u64() -> u64 {
@@ -70,6 +72,9 @@ impl Runtime {
             .max_size((worker_threads + 2) as u32)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(5))
+            // Failures surface (rate-limited) where a connection was wanted; r2d2's own
+            // handler would log every background attempt at ERROR.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(PostgresConnectionManager::new(config, postgres::NoTls));
         let ctx = Arc::new(Context::new(db.clone(), settings.clone()));
         let process = format!(
@@ -120,6 +125,7 @@ impl Runtime {
         let handle = Handle {
             queues: Arc::new(queues),
             settings: settings.clone(),
+            stop_workers: Arc::new(std::sync::Mutex::new(Some(stop_workers))),
         };
         let mut background = Vec::new();
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
@@ -129,7 +135,12 @@ impl Runtime {
                 .map_err(|e| format!("starting {name}: {e}"))
         };
         {
-            let (db, stop, in_hand, settings) = (db.clone(), stop_background_rx.clone(), in_hand.clone(), settings.clone());
+            let (db, stop, in_hand, settings) = (
+                db.clone(),
+                stop_background_rx.clone(),
+                in_hand.clone(),
+                settings.clone(),
+            );
             background.push(spawn(
                 "percore-job-heartbeat",
                 Box::new(move || heartbeat(&db, &stop, &in_hand, &settings)),
@@ -146,7 +157,6 @@ impl Runtime {
             handle,
             workers,
             background,
-            stop_workers: Some(stop_workers),
             stop_background: Some(stop_background),
             in_hand,
             db,
@@ -161,7 +171,7 @@ impl Runtime {
     /// extended), then gives back the leases of any still running, so another worker can
     /// take them at once instead of after the lease.
     pub fn shutdown(mut self, timeout: Duration) {
-        drop(self.stop_workers.take());
+        self.handle.stop_claiming();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !self.workers.iter().all(|t| t.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
@@ -172,11 +182,17 @@ impl Runtime {
             .map(|h| h.iter().map(|(id, who)| (*id, who.clone())).collect())
             .unwrap_or_default();
         if !held.is_empty() {
-            match self.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
-                store::release(&mut *db, &held).map_err(|e| e.to_string())
-            }) {
+            match self
+                .db
+                .get()
+                .map_err(|e| e.to_string())
+                .and_then(|mut db| store::release(&mut *db, &held).map_err(|e| e.to_string()))
+            {
                 Ok(released) => log::warn!("shutdown: released {released} unfinished job(s) back to their queues"),
-                Err(e) => log::error!("shutdown: releasing {} job lease(s) failed ({e}); they run again after their lease", held.len()),
+                Err(e) => log::error!(
+                    "shutdown: releasing {} job lease(s) failed ({e}); they run again after their lease",
+                    held.len()
+                ),
             }
         }
         drop(self.stop_background.take());
@@ -193,12 +209,9 @@ impl Worker {
         let poll = Duration::from_millis(settings.poll_interval_ms);
         let mut last_error_log: Option<Instant> = None;
         loop {
-            let claimed = self
-                .ctx
-                .db
-                .get()
-                .map_err(|e| e.to_string())
-                .and_then(|mut db| store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string()));
+            let claimed = self.ctx.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
+                store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string())
+            });
             match claimed {
                 Ok(Some(job)) => {
                     self.run_one(&job);
@@ -261,8 +274,7 @@ impl Worker {
                 Err(error) => {
                     self.stats.retried.fetch_add(1, Relaxed);
                     let delay = backoff(settings, job.attempt.max(1) as u32, random_u64());
-                    self.next_due_ms
-                        .fetch_min(now_ms() + delay.as_millis() as u64, Relaxed);
+                    self.next_due_ms.fetch_min(now_ms() + delay.as_millis() as u64, Relaxed);
                     store::fail(db, job, &self.lease_holder, error.message(), Some(delay))
                 }
             }
@@ -282,7 +294,13 @@ impl Worker {
             ),
         }
         if let Err(error) = &outcome {
-            log::info!("job {} ({}) attempt {} failed: {}", job.id, job.kind, job.attempt, error.message());
+            log::info!(
+                "job {} ({}) attempt {} failed: {}",
+                job.id,
+                job.kind,
+                job.attempt,
+                error.message()
+            );
         }
         if let Ok(mut held) = self.in_hand.lock() {
             held.remove(&job.id);

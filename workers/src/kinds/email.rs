@@ -11,11 +11,28 @@ use lettre::{SmtpTransport, Transport};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-#[derive(Deserialize)]
+pub const SUBJECT_CHARS_MAX: usize = 200;
+pub const TEXT_BYTES_MAX: usize = 10_000;
+
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailParams {
     pub subject: String,
     pub text: String,
+}
+
+/// A subject is one line of 1-200 characters; the text at most 10,000 bytes.
+pub fn check(params: &EmailParams) -> Result<(), String> {
+    let subject_chars = params.subject.chars().count();
+    if !(1..=SUBJECT_CHARS_MAX).contains(&subject_chars) || params.subject.chars().any(char::is_control) {
+        return Err(format!(
+            "subject must be 1 to {SUBJECT_CHARS_MAX} characters on one line"
+        ));
+    }
+    if params.text.len() > TEXT_BYTES_MAX || params.text.contains('\0') {
+        return Err(format!("text must be at most {TEXT_BYTES_MAX} bytes, without NUL"));
+    }
+    Ok(())
 }
 
 pub enum Mailer {

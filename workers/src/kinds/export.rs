@@ -6,7 +6,7 @@ use super::{Context, JobError, artifact, params};
 use crate::jobs::store::Claimed;
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
     #[serde(default = "csv")]

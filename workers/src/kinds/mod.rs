@@ -79,6 +79,37 @@ pub fn run(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobError> 
     }
 }
 
+/// The kinds a client may enqueue with `POST /v1/jobs`; webhook deliveries come from events.
+pub const ENQUEUEABLE: [&str; 3] = ["email", "pdf", "export"];
+
+/// Checks `params` (JSON text) against `kind`'s shape and limits, and returns them in
+/// canonical form (what is stored and hashed for idempotency), or why not.
+pub fn canonical_params(kind: &str, params: &str) -> Result<String, String> {
+    fn parse<T: serde::de::DeserializeOwned + serde::Serialize>(params: &str) -> Result<(T, String), String> {
+        let value: T = serde_json::from_str(params).map_err(|e| e.to_string())?;
+        let canonical = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+        Ok((value, canonical))
+    }
+    match kind {
+        "email" => {
+            let (email, canonical) = parse::<email::EmailParams>(params)?;
+            email::check(&email)?;
+            Ok(canonical)
+        }
+        "pdf" => parse::<pdf::PdfParams>(params).and_then(|(pdf, canonical)| {
+            (pdf.report == "account")
+                .then_some(canonical)
+                .ok_or_else(|| "report must be \"account\"".to_string())
+        }),
+        "export" => parse::<export::ExportParams>(params).and_then(|(export, canonical)| {
+            (export.format == "csv")
+                .then_some(canonical)
+                .ok_or_else(|| "format must be \"csv\"".to_string())
+        }),
+        other => Err(format!("kind {other:?} cannot be enqueued; kinds are {ENQUEUEABLE:?}")),
+    }
+}
+
 /// Parses a job's params into the kind's shape; a mismatch is permanent.
 fn params<T: serde::de::DeserializeOwned>(job: &Claimed) -> Result<T, JobError> {
     serde_json::from_value(job.params.clone()).map_err(|e| JobError::Permanent(format!("bad params: {e}")))

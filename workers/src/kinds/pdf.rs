@@ -15,7 +15,7 @@ const LINES_PER_PAGE: usize = 48;
 const PAGE_WIDTH_PT: f32 = 595.0;
 const PAGE_HEIGHT_PT: f32 = 842.0;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PdfParams {
     /// Only "account" for now.
@@ -54,7 +54,10 @@ pub fn render(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobErro
         (11.0, format!("E-mail: {}", user.get::<_, String>(0))),
         (11.0, format!("Member since: {}", rfc3339(user.get(2)))),
         (11.0, format!("Events recorded: {event_count}")),
-        (11.0, format!("Report job: {}, generated {}", job.id, rfc3339(SystemTime::now()))),
+        (
+            11.0,
+            format!("Report job: {}, generated {}", job.id, rfc3339(SystemTime::now())),
+        ),
         (11.0, String::new()),
         (13.0, format!("Most recent events ({} listed)", events.len())),
     ];

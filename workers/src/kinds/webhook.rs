@@ -102,11 +102,22 @@ pub fn deliver(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobErr
         db.execute(
             "INSERT INTO webhook_deliveries (webhook_id, job_id, attempt, status_code, error, duration_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&input.webhook_id, &job.id, &job.attempt, &status_code, &error, &duration_ms],
+            &[
+                &input.webhook_id,
+                &job.id,
+                &job.attempt,
+                &status_code,
+                &error,
+                &duration_ms,
+            ],
         )
         .map_err(JobError::from)
     }) {
-        log::warn!("webhook delivery {}: logging the attempt failed: {}", job.id, e.message());
+        log::warn!(
+            "webhook delivery {}: logging the attempt failed: {}",
+            job.id,
+            e.message()
+        );
     }
     match (status_code, error) {
         (Some(code), None) => Ok(serde_json::json!({ "status_code": code, "duration_ms": duration_ms })),

@@ -1,0 +1,285 @@
+//! Jobs: `POST /v1/jobs` answers 202 once the job row has committed (it then survives a
+//! crash and runs at least once, on the job workers, never here); `GET` reads status,
+//! lists, and serves a finished job's artifact.
+//!
+//! `Idempotency-Key`: the same key with the same kind and params answers the same 202
+//! without a second job; with anything else, 422. The comparison is on a hash of the
+//! canonical request, stored on the job.
+
+use super::auth::{self, Principal};
+use super::identity::timestamp;
+use super::{Answer, Ctx, extract, workers_busy, write_json};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply};
+use crate::sql::Stmt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::time::SystemTime;
+use tokio_postgres::Row;
+
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+const LIST_DEFAULT: i64 = 20;
+pub const STATUSES: [&str; 5] = ["queued", "running", "failed", "done", "dead"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJob<'a> {
+    kind: String,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    id: i64,
+    status: &'a str,
+}
+
+#[derive(Serialize)]
+struct Job {
+    id: i64,
+    kind: String,
+    queue: String,
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    error: Option<String>,
+    result: Option<Box<RawValue>>,
+    /// Where the artifact or result is served, once the job is done.
+    result_url: Option<String>,
+    run_after: String,
+    created_at: String,
+    updated_at: String,
+}
+
+pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let input: NewJob = extract::json(ctx.request)?;
+    let jobs = &ctx.shard.shared.jobs;
+    let settings = &jobs.settings().jobs;
+    let params_text = input.params.map_or("{}", |p| p.get());
+    if params_text.len() > settings.params_bytes_max {
+        return Err(ApiError::new(
+            413,
+            "params_too_large",
+            format!("params must be at most {} bytes of JSON", settings.params_bytes_max),
+        ));
+    }
+    if !percore_workers::kinds::ENQUEUEABLE.contains(&input.kind.as_str()) {
+        let why = if input.kind == "webhook" {
+            "webhook deliveries are enqueued by events for your subscriptions".to_string()
+        } else {
+            format!("must be one of {:?}", percore_workers::kinds::ENQUEUEABLE)
+        };
+        return Err(ApiError::invalid_fields(vec![FieldError::new("kind", "invalid", why)]));
+    }
+    let params = percore_workers::kinds::canonical_params(&input.kind, params_text)
+        .map_err(|why| ApiError::invalid_fields(vec![FieldError::new("params", "invalid", why)]))?;
+    let key = idempotency_key(ctx)?;
+    let request_hash = key.map(|_| {
+        let mut hash = Sha256::new();
+        hash.update(input.kind.as_bytes());
+        hash.update([0]);
+        hash.update(params.as_bytes());
+        hash.finalize().to_vec()
+    });
+    let queue = jobs
+        .queue_of_kind(&input.kind)
+        .expect("tuning validation maps every kind to a queue");
+    if !queue.admit() {
+        return Err(ApiError::unavailable(
+            "queue_full",
+            format!("the {} job queue is full; retry later", queue.name),
+            ctx.shard.config().workers.retry_after_s,
+        ));
+    }
+    let max_attempts = queue.max_attempts as i32;
+    let rows = ctx
+        .sql
+        .query(
+            Stmt::JobInsert,
+            &[
+                &principal.token_hash(),
+                &input.kind,
+                &queue.name,
+                &params,
+                &max_attempts,
+                &key,
+                &request_hash,
+            ],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let (id, status, stored_hash): (i64, String, Option<Vec<u8>>) = match row.get::<_, Option<i64>>(1) {
+        Some(id) => {
+            queue.wake();
+            (id, row.get(2), None)
+        }
+        None => match row.get::<_, Option<i64>>(3) {
+            Some(id) => (id, row.get(4), row.get(5)),
+            None => {
+                // The key's job committed while our statement ran: its snapshot missed it.
+                let user_id: i64 = row.get(0);
+                let again = ctx.sql.query(Stmt::JobByKey, &[&user_id, &key]).await?;
+                let old = again.first().ok_or_else(|| {
+                    ApiError::unavailable("idempotency_conflict", "a request with this key is in flight; retry", 1)
+                })?;
+                (old.get(0), old.get(1), old.get(2))
+            }
+        },
+    };
+    if stored_hash.is_some() && stored_hash != request_hash {
+        return Err(ApiError::new(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        ));
+    }
+    write_json(body, &Accepted { id, status: &status });
+    Ok(Reply::json(202).with_header("Location", format!("/v1/jobs/{id}")))
+}
+
+/// `Idempotency-Key`: absent, or 1-255 visible ASCII characters (400 otherwise).
+fn idempotency_key<'a>(ctx: &Ctx<'a>) -> Result<Option<&'a str>, ApiError> {
+    let Some(raw) = ctx.request.header("idempotency-key") else {
+        return Ok(None);
+    };
+    let ok = (1..=IDEMPOTENCY_KEY_BYTES_MAX).contains(&raw.len()) && raw.iter().all(|b| b.is_ascii_graphic());
+    match std::str::from_utf8(raw) {
+        Ok(key) if ok => Ok(Some(key)),
+        _ => Err(ApiError::new(
+            400,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+        )),
+    }
+}
+
+fn job_of(row: &Row) -> Result<Option<Job>, ApiError> {
+    let Some(id) = row.get::<_, Option<i64>>(1) else {
+        return Ok(None);
+    };
+    let status: String = row.get(4);
+    let result = match row.get::<_, Option<String>>(8) {
+        Some(text) => Some(RawValue::from_string(text).map_err(|_| ApiError::internal())?),
+        None => None,
+    };
+    Ok(Some(Job {
+        id,
+        kind: row.get(2),
+        queue: row.get(3),
+        result_url: (status == "done").then(|| format!("/v1/jobs/{id}/result")),
+        status,
+        attempts: row.get(5),
+        max_attempts: row.get(6),
+        error: row.get(7),
+        result,
+        run_after: timestamp(row.get::<_, SystemTime>(9)),
+        created_at: timestamp(row.get::<_, SystemTime>(10)),
+        updated_at: timestamp(row.get::<_, SystemTime>(11)),
+    }))
+}
+
+async fn own_job(ctx: &Ctx<'_>, principal: &Principal, param: &str) -> Result<Job, ApiError> {
+    let id = extract::id(param, "job")?;
+    let rows = ctx.sql.query(Stmt::JobGet, &[&principal.token_hash(), &id]).await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    job_of(row)?.ok_or_else(|| ApiError::new(404, "not_found", "no such job"))
+}
+
+pub async fn get_job(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
+    let job = own_job(ctx, principal, param).await?;
+    write_json(body, &job);
+    Ok(Reply::json(200))
+}
+
+pub async fn list_jobs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let limit_max = i64::from(ctx.shard.shared.jobs.settings().jobs.list_limit_max);
+    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(LIST_DEFAULT);
+    if !(1..=limit_max).contains(&limit) {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "limit",
+            "range",
+            format!("must be 1 to {limit_max}"),
+        )]));
+    }
+    let status = ctx.request.query_param("status").filter(|s| !s.is_empty());
+    if let Some(status) = &status
+        && !STATUSES.contains(&status.as_ref())
+    {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "status",
+            "invalid",
+            format!("must be one of {STATUSES:?}"),
+        )]));
+    }
+    let status = status.as_deref();
+    let rows = ctx
+        .sql
+        .query(Stmt::JobsList, &[&principal.token_hash(), &status, &limit])
+        .await?;
+    if rows.is_empty() {
+        return Err(auth::invalid_token());
+    }
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        jobs.extend(job_of(row)?);
+    }
+    // Newest first; SQL promised no order without an ORDER BY on the outer query.
+    jobs.sort_by(|a, b| (&b.created_at, b.id).cmp(&(&a.created_at, a.id)));
+    #[derive(Serialize)]
+    struct List {
+        jobs: Vec<Job>,
+    }
+    write_json(body, &List { jobs });
+    Ok(Reply::json(200))
+}
+
+/// A finished job's artifact with its own Content-Type (PDF, CSV), read from disk on the
+/// worker pool, or its JSON result when it has no artifact (e-mail, webhook).
+pub async fn job_result(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
+    let job = own_job(ctx, principal, param).await?;
+    if job.status != "done" {
+        return Err(ApiError::new(
+            409,
+            "job_not_done",
+            format!("the job is {}; its result exists once it is done", job.status),
+        ));
+    }
+    let result: serde_json::Value = job
+        .result
+        .as_ref()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let Some(file) = result.get("artifact").and_then(|a| a.as_str()) else {
+        write_json(body, &result);
+        return Ok(Reply::json(200));
+    };
+    let content_type = match result.get("content_type").and_then(|c| c.as_str()) {
+        Some("application/pdf") => "application/pdf",
+        Some("text/csv; charset=utf-8") => "text/csv; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    // Artifact names are ours (`job-<id>.<ext>`), never a client's; refuse anything else.
+    if file.contains('/') || file.starts_with('.') {
+        return Err(ApiError::internal());
+    }
+    let path = ctx.shard.shared.jobs.settings().jobs.artifacts_dir.join(file);
+    let reading = ctx
+        .shard
+        .shared
+        .workers
+        .submit(move || std::fs::read(path))
+        .map_err(|_| workers_busy(ctx.shard))?;
+    match reading.await.map_err(|_| ApiError::internal())? {
+        Ok(bytes) => body.extend_from_slice(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(410, "artifact_gone", "the artifact is no longer stored"));
+        }
+        Err(e) => {
+            log::error!("job {}: reading its artifact failed: {e}", job.id);
+            return Err(ApiError::internal());
+        }
+    }
+    Ok(Reply::new(200, content_type).with_header("Content-Disposition", format!("attachment; filename=\"{file}\"")))
+}

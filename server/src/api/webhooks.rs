@@ -1,0 +1,252 @@
+//! Webhook subscriptions: `POST /v1/webhooks {url, events}` subscribes to event kinds (or
+//! `*`); every matching `POST /v1/events` then enqueues one delivery job per subscription
+//! in the same transaction as the event. Deliveries run on the job workers (signed,
+//! retried, logged: see `percore_workers::kinds::webhook`).
+//!
+//! URLs naming a non-public address literally (or `localhost`) are refused here unless
+//! `[webhooks] allow_private`; names are checked again after DNS, at delivery.
+
+use super::auth::{self, Principal};
+use super::events::KIND_CHARS_MAX;
+use super::identity::timestamp;
+use super::{Answer, Ctx, extract, write_json};
+use crate::http::error::FieldError;
+use crate::http::{ApiError, Reply};
+use crate::sql::Stmt;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+pub const URL_BYTES_MAX: usize = 2048;
+pub const EVENTS_MAX: usize = 32;
+const DELIVERIES_DEFAULT: i64 = 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    url: String,
+    events: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Webhook {
+    id: i64,
+    url: String,
+    events: Vec<String>,
+    /// Only in the answer to the POST that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct Delivery {
+    id: i64,
+    /// The job, and the `Percore-Delivery` header every attempt carried.
+    delivery_id: i64,
+    attempt: i32,
+    status_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: i32,
+    attempted_at: String,
+}
+
+fn check_url(text: &str, allow_private: bool) -> Result<(), FieldError> {
+    let invalid = |why: String| FieldError::new("url", "invalid", why);
+    if text.len() > URL_BYTES_MAX {
+        return Err(invalid(format!("must be at most {URL_BYTES_MAX} bytes")));
+    }
+    let url = url::Url::parse(text).map_err(|e| invalid(format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("must be http:// or https://".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("must not carry credentials".into()));
+    }
+    let private = match url.host() {
+        None => return Err(invalid("must name a host".into())),
+        Some(url::Host::Ipv4(ip)) => !percore_workers::kinds::address::is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => !percore_workers::kinds::address::is_public(ip.into()),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    if private && !allow_private {
+        return Err(FieldError::new(
+            "url",
+            "private_address",
+            "must reach a public address (loopback and private ranges are refused)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_events(events: &[String]) -> Result<(), FieldError> {
+    let kind_ok = |k: &str| {
+        k == "*"
+            || ((1..=KIND_CHARS_MAX).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b)))
+    };
+    if events.is_empty() || events.len() > EVENTS_MAX || !events.iter().all(|k| kind_ok(k)) {
+        return Err(FieldError::new(
+            "events",
+            "invalid",
+            format!("must list 1 to {EVENTS_MAX} event kinds (a-z, 0-9, _ . : -) or \"*\""),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn post_webhook(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let input: NewWebhook = extract::json(ctx.request)?;
+    let settings = &ctx.shard.shared.jobs.settings().webhooks;
+    let problems: Vec<FieldError> = [
+        check_url(&input.url, settings.allow_private),
+        check_events(&input.events),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_fields(problems));
+    }
+    let mut events = input.events;
+    events.sort();
+    events.dedup();
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|_| ApiError::internal())?;
+    let secret = format!("whsec_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key));
+    let per_user_max = i64::from(settings.per_user_max);
+    let rows = ctx
+        .sql
+        .query(
+            Stmt::WebhookInsert,
+            &[&principal.token_hash(), &input.url, &events, &secret, &per_user_max],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    let Some(id) = row.get::<_, Option<i64>>(1) else {
+        return Err(ApiError::new(
+            409,
+            "too_many_webhooks",
+            format!("an account holds at most {per_user_max} webhooks; delete one first"),
+        ));
+    };
+    let webhook = Webhook {
+        id,
+        url: input.url,
+        events,
+        secret: Some(secret),
+        created_at: timestamp(row.get::<_, SystemTime>(2)),
+    };
+    write_json(body, &webhook);
+    Ok(Reply::json(201).with_header("Location", format!("/v1/webhooks/{id}")))
+}
+
+pub async fn list_webhooks(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let rows = ctx.sql.query(Stmt::WebhooksList, &[&principal.token_hash()]).await?;
+    if rows.is_empty() {
+        return Err(auth::invalid_token());
+    }
+    let mut webhooks: Vec<Webhook> = rows
+        .iter()
+        .filter_map(|row| {
+            Some(Webhook {
+                id: row.get::<_, Option<i64>>(1)?,
+                url: row.get(2),
+                events: row.get(3),
+                secret: None,
+                created_at: timestamp(row.get::<_, SystemTime>(4)),
+            })
+        })
+        .collect();
+    webhooks.sort_by_key(|w| w.id);
+    #[derive(Serialize)]
+    struct List {
+        webhooks: Vec<Webhook>,
+    }
+    write_json(body, &List { webhooks });
+    Ok(Reply::json(200))
+}
+
+pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal, param: &str) -> Answer {
+    let id = extract::id(param, "webhook")?;
+    let rows = ctx
+        .sql
+        .query(Stmt::WebhookDelete, &[&principal.token_hash(), &id])
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    match row.get::<_, Option<i64>>(1) {
+        Some(_) => Ok(Reply::new(204, crate::http::response::JSON)),
+        None => Err(ApiError::new(404, "not_found", "no such webhook")),
+    }
+}
+
+pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
+    let id = extract::id(param, "webhook")?;
+    let limit_max = i64::from(ctx.shard.shared.jobs.settings().webhooks.deliveries_limit_max);
+    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(DELIVERIES_DEFAULT);
+    if !(1..=limit_max).contains(&limit) {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "limit",
+            "range",
+            format!("must be 1 to {limit_max}"),
+        )]));
+    }
+    let rows = ctx
+        .sql
+        .query(Stmt::WebhookDeliveries, &[&principal.token_hash(), &id, &limit])
+        .await?;
+    let row = rows.first().ok_or_else(auth::invalid_token)?;
+    if row.get::<_, Option<i64>>(1).is_none() {
+        return Err(ApiError::new(404, "not_found", "no such webhook"));
+    }
+    let mut deliveries: Vec<Delivery> = rows
+        .iter()
+        .filter_map(|row| {
+            Some(Delivery {
+                id: row.get::<_, Option<i64>>(2)?,
+                delivery_id: row.get(3),
+                attempt: row.get(4),
+                status_code: row.get(5),
+                error: row.get(6),
+                duration_ms: row.get(7),
+                attempted_at: timestamp(row.get::<_, SystemTime>(8)),
+            })
+        })
+        .collect();
+    deliveries.sort_by_key(|d| std::cmp::Reverse(d.id));
+    #[derive(Serialize)]
+    struct List {
+        deliveries: Vec<Delivery>,
+    }
+    write_json(body, &List { deliveries });
+    Ok(Reply::json(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_public_http_unless_allowed() {
+        assert!(check_url("https://hooks.example.com/x", false).is_ok());
+        for bad in [
+            "ftp://example.com/",
+            "http://user:pw@example.com/",
+            "not a url",
+            "http://127.0.0.1:9/",
+            "http://[::1]/",
+            "http://localhost/",
+            "http://169.254.169.254/latest",
+        ] {
+            assert!(check_url(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_url("http://127.0.0.1:9/", true).is_ok());
+        assert!(check_events(&["*".into()]).is_ok());
+        assert!(check_events(&[]).is_err());
+        assert!(check_events(&["Bad Kind".into()]).is_err());
+    }
+}
