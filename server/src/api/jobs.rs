@@ -26,8 +26,9 @@ pub const STATUSES: [&str; 5] = ["queued", "running", "failed", "done", "dead"];
 #[serde(deny_unknown_fields)]
 struct NewJob<'a> {
     kind: String,
-    #[serde(borrow, default)]
-    params: Option<&'a RawValue>,
+    /// Absent: `{}`. Present, it must be an object (null is refused, not taken as absent).
+    #[serde(borrow, default, deserialize_with = "extract::present")]
+    params: Option<Option<&'a RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -57,7 +58,17 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
     let input: NewJob = extract::json(ctx.request)?;
     let jobs = &ctx.shard.shared.jobs;
     let settings = &jobs.settings().jobs;
-    let params_text = input.params.map_or("{}", |p| p.get());
+    let params_text = match input.params {
+        None => "{}",
+        Some(Some(params)) if params.get().starts_with('{') => params.get(),
+        Some(_) => {
+            return Err(ApiError::invalid_fields(vec![FieldError::new(
+                "params",
+                "invalid_type",
+                "must be a JSON object",
+            )]));
+        }
+    };
     if params_text.len() > settings.params_bytes_max {
         return Err(ApiError::new(
             413,
@@ -203,7 +214,7 @@ pub async fn list_jobs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
             format!("must be 1 to {limit_max}"),
         )]));
     }
-    let status = ctx.request.query_param("status").filter(|s| !s.is_empty());
+    let status = ctx.request.query_param("status");
     if let Some(status) = &status
         && !STATUSES.contains(&status.as_ref())
     {

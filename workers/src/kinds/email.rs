@@ -12,7 +12,9 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 pub const SUBJECT_CHARS_MAX: usize = 200;
-pub const TEXT_BYTES_MAX: usize = 10_000;
+/// Characters, not bytes: at 6 bytes of JSON escape each, a longest subject and text still
+/// fit in `jobs.params_bytes_max`'s default.
+pub const TEXT_CHARS_MAX: usize = 2_000;
 
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -21,7 +23,7 @@ pub struct EmailParams {
     pub text: String,
 }
 
-/// A subject is one line of 1-200 characters; the text at most 10,000 bytes.
+/// A subject is one line of 1-200 characters; the text at most 2,000 characters.
 pub fn check(params: &EmailParams) -> Result<(), String> {
     let subject_chars = params.subject.chars().count();
     if !(1..=SUBJECT_CHARS_MAX).contains(&subject_chars) || params.subject.chars().any(char::is_control) {
@@ -29,8 +31,8 @@ pub fn check(params: &EmailParams) -> Result<(), String> {
             "subject must be 1 to {SUBJECT_CHARS_MAX} characters on one line"
         ));
     }
-    if params.text.len() > TEXT_BYTES_MAX || params.text.contains('\0') {
-        return Err(format!("text must be at most {TEXT_BYTES_MAX} bytes, without NUL"));
+    if params.text.chars().count() > TEXT_CHARS_MAX || params.text.contains('\0') {
+        return Err(format!("text must be at most {TEXT_CHARS_MAX} characters, without NUL"));
     }
     Ok(())
 }
