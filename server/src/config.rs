@@ -144,6 +144,9 @@ pub struct Database {
     pub pool_wait_ms: u64,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    /// Sent as client_connection_check_interval: a statement whose client (a shard) is
+    /// gone is cancelled rather than run to commit. 0: Postgres never checks.
+    pub client_check_interval_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
     /// Apply pending migrations at start-up. Unset: on for the dev database under ./var/,
@@ -159,6 +162,7 @@ impl Default for Database {
             pool_wait_ms: 1_000,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
+            client_check_interval_ms: 1_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
             auto_migrate: None,

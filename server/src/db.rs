@@ -55,7 +55,10 @@ impl Target {
             .map_err(|e| format!("database.url: cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("database.url: {host} has no address"))?;
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout_ms));
+        config.options(format!(
+            "-c statement_timeout={} -c client_connection_check_interval={}",
+            settings.statement_timeout_ms, settings.client_check_interval_ms
+        ));
         Ok(Target { config, addr })
     }
 }

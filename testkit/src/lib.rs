@@ -18,3 +18,5 @@ mod redis;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
+// For tests that start servers of their own (SMTP, HTTP receivers) beside these.
+pub use process::{free_port, port_open, temp_dir, wait_until};

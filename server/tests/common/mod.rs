@@ -1,6 +1,8 @@
 //! Test support: the real `percore` binary against real Postgres and Redis, and raw TCP.
 #![allow(dead_code)]
 
+pub mod receivers;
+
 use percore_testkit::{Postgres, Redis};
 use std::io::{Read, Write};
 use std::net::TcpStream;
