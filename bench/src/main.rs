@@ -4,13 +4,15 @@
 //! generator measured, with the exact command, the machine and the commit, as JSON. It
 //! never judges a result: comparisons are ratios made from files it wrote in the same run.
 //!
-//!   percore-bench run plaintext|json|seed-mix [--url BASE] [--connections N]
+//!   percore-bench run plaintext|json|seed-mix|jobs [--url BASE] [--connections N]
 //!                 [--duration 10s] [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE]
+//!                 [--rate 200] [--database-url URL]   (the last two: jobs only)
 //!   percore-bench seed --database-url URL [--users 100000] [--events 1000000]
 //!                 [--sessions 10000] [--tokens FILE]
 //!
 //! wrk runs pinned to `--wrk-cpu` (default 0) so that it stays off the shard cores.
 
+mod jobs;
 mod scrape;
 mod seed;
 mod wrk;
@@ -18,10 +20,10 @@ mod wrk;
 use serde_json::json;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: percore-bench run plaintext|json|seed-mix [--url BASE] [--connections N] [--duration 10s] \
-                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE]\n       \
+const USAGE: &str = "usage: percore-bench run plaintext|json|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
+                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]";
-const WORKLOADS: [&str; 3] = ["plaintext", "json", "seed-mix"];
+const WORKLOADS: [&str; 4] = ["plaintext", "json", "seed-mix", "jobs"];
 const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
 
 struct RunOptions {
@@ -33,6 +35,9 @@ struct RunOptions {
     tokens: String,
     wrk_cpu: String,
     out: Option<String>,
+    /// jobs: steady-phase jobs per second, and the database holding them.
+    rate: u32,
+    database_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +89,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         tokens: TOKENS_DEFAULT.into(),
         wrk_cpu: "0".into(),
         out: None,
+        rate: 200,
+        database_url: std::env::var("PERCORE_DATABASE_URL").ok(),
     };
     for (flag, value) in flags(&args[1..])? {
         match flag {
@@ -94,6 +101,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--tokens" => options.tokens = value.into(),
             "--wrk-cpu" => options.wrk_cpu = value.into(),
             "--out" => options.out = Some(value.into()),
+            "--rate" => options.rate = number(flag, value)?,
+            "--database-url" => options.database_url = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -129,6 +138,7 @@ fn run(options: &RunOptions) -> Result<(), String> {
     let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk");
     let path = match options.workload.as_str() {
         "seed-mix" => "",
+        "jobs" => "v1/jobs",
         workload => workload,
     };
     let url = format!("{}/{path}", options.base);
@@ -146,9 +156,15 @@ fn run(options: &RunOptions) -> Result<(), String> {
     ];
     match options.workload.as_str() {
         "plaintext" => argv.extend(["--".into(), options.depth.to_string()]),
-        "seed-mix" => argv.extend(["--".into(), options.tokens.clone()]),
+        "seed-mix" | "jobs" => argv.extend(["--".into(), options.tokens.clone()]),
         _ => {}
     }
+    let database_url = options.database_url.as_deref();
+    let enqueue_mark = match (options.workload.as_str(), database_url) {
+        ("jobs", Some(url)) => Some(jobs::mark(url)?),
+        ("jobs", None) => return Err("jobs needs --database-url (or PERCORE_DATABASE_URL)".into()),
+        _ => None,
+    };
     let before = scrape::snapshot(&options.base)?;
     let output = Command::new("taskset")
         .args(&argv)
@@ -163,6 +179,23 @@ fn run(options: &RunOptions) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
+    let job_figures = match (enqueue_mark, database_url) {
+        (Some(mark), Some(url)) => {
+            let token = first_token(&options.tokens)?;
+            let duration = wrk::seconds(&options.duration).ok_or("--duration: use e.g. 10s")?;
+            jobs::measure(
+                &jobs::Options {
+                    base: &options.base,
+                    database_url: url,
+                    token: &token,
+                    rate: options.rate,
+                    duration,
+                },
+                mark,
+            )?
+        }
+        _ => serde_json::Value::Null,
+    };
     let result = json!({
         "workload": options.workload,
         "command": format!("taskset {}", argv.join(" ")),
@@ -170,6 +203,7 @@ fn run(options: &RunOptions) -> Result<(), String> {
         "commit": wrk::git(&["rev-parse", "HEAD"]),
         "wrk": wrk::parse_wrk(&text),
         "server": scrape::delta(&before, &after),
+        "jobs": job_figures,
         "wrk_output": text,
     });
     let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
@@ -178,6 +212,16 @@ fn run(options: &RunOptions) -> Result<(), String> {
         None => println!("{rendered}"),
     }
     Ok(())
+}
+
+/// The first session token of a `seed` tokens file.
+fn first_token(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split(' ').next())
+        .map(String::from)
+        .ok_or_else(|| format!("{path} holds no token; run `percore-bench seed` first"))
 }
 
 #[cfg(test)]

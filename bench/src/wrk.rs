@@ -33,6 +33,19 @@ pub fn parse_wrk(text: &str) -> Value {
     Value::Object(result)
 }
 
+/// "10s", "2m" or "90" (seconds), as wrk takes durations.
+pub fn seconds(text: &str) -> Option<std::time::Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(seconds))
+}
+
 pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
         t.lines()

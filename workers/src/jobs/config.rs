@@ -72,7 +72,7 @@ impl Default for Jobs {
             params_bytes_max: 16 * 1024,
             list_limit_max: 100,
             queues: BTreeMap::from([
-                ("email".to_string(), queue(&["email"], 2, 100_000)),
+                ("email".to_string(), queue(&["email"], 8, 100_000)),
                 ("webhook".to_string(), queue(&["webhook"], 4, 100_000)),
                 ("reports".to_string(), queue(&["pdf", "export"], 1, 1_000)),
             ]),

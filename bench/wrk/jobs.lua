@@ -1,0 +1,31 @@
+-- The jobs workload's enqueue phase: every request is POST /v1/jobs for an e-mail job, by a
+-- random seeded session. Counts 202s per second; the workers drain the backlog afterwards.
+-- Usage: wrk -s bench/wrk/jobs.lua http://127.0.0.1:8080/v1/jobs -- TOKENS_FILE
+
+local tokens = {}
+
+function init(args)
+  local path = args[1] or "bench/results/seed-tokens.txt"
+  local file = assert(io.open(path, "r"), "cannot open " .. path)
+  file:read("*l")
+  for line in file:lines() do
+    local token = line:match("^(%S+) %d+$")
+    if token then tokens[#tokens + 1] = token end
+  end
+  file:close()
+  assert(#tokens > 0, "no tokens in " .. path)
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+end
+
+function request()
+  return wrk.format("POST", nil, {
+    ["Authorization"] = "Bearer " .. tokens[math.random(#tokens)],
+    ["Content-Type"] = "application/json",
+  }, '{"kind":"email","params":{"subject":"bench","text":"x"}}')
+end
+
+function done(summary, latency, requests)
+  for _, p in ipairs({ 50, 90, 95, 99, 99.9 }) do
+    io.write(string.format("percentile %g %d\n", p, latency:percentile(p)))
+  end
+end
