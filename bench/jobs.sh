@@ -8,13 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-10s} connections=${CONNECTIONS:-32} rate=${RATE:-200} shards=${SHARDS:-1}
-cargo build -q --release --locked --bin percore --bin percore-bench
-mkdir -p bench/results
-if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
-  ./target/release/percore --config /dev/null migrate >/dev/null
-  PERCORE_DATABASE_URL="postgres://postgres@127.0.0.1:$(awk '{print $1}' var/ports)/postgres"
-fi
-./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
+source bench/lib.sh
 aiosmtpd=var/aiosmtpd-1.4.6
 if [ ! -f "$aiosmtpd/.installed" ]; then
   rm -rf "$aiosmtpd" && python3 -m venv "$aiosmtpd"

@@ -12,14 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-20s} connections=${CONNECTIONS:-64} shard_counts=${SHARDS:-"1 2"} cache_states=${CACHE:-on}
-cargo build -q --release --locked --bin percore --bin percore-bench
-mkdir -p bench/results
-if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
-  # The dev services: `percore migrate` provisions them under ./var/ when missing.
-  ./target/release/percore --config /dev/null migrate >/dev/null
-  PERCORE_DATABASE_URL="postgres://postgres@127.0.0.1:$(awk '{print $1}' var/ports)/postgres"
-fi
-./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
+source bench/lib.sh
 for shards in $shard_counts; do
 for cache in $cache_states; do
   enabled=$([ "$cache" = on ] && echo true || echo false)

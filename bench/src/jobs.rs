@@ -20,7 +20,11 @@ fn call(stream: &mut BufReader<TcpStream>, raw: &str) -> Result<(u16, String), S
     stream.get_mut().write_all(raw.as_bytes()).map_err(|e| e.to_string())?;
     let mut line = String::new();
     stream.read_line(&mut line).map_err(|e| e.to_string())?;
-    let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status line")?;
     let mut length = 0usize;
     loop {
         let mut header = String::new();
@@ -75,7 +79,10 @@ fn start_receiver() -> Result<u16, String> {
                     }
                     let mut body = vec![0u8; length];
                     if reader.read_exact(&mut body).is_err()
-                        || reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").is_err()
+                        || reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
                     {
                         return;
                     }
@@ -201,18 +208,31 @@ pub fn measure(options: &Options, enqueue_mark: i64) -> Result<Value, String> {
     let host = options.base.trim_start_matches("http://");
     let mut stream = BufReader::new(TcpStream::connect(host).map_err(|e| e.to_string())?);
     let subscription = format!(r#"{{"url":"http://127.0.0.1:{port}/hook","events":["bench.hook"]}}"#);
-    let (status, body) = call(&mut stream, &request("POST", "/v1/webhooks", options.token, &subscription))?;
+    let (status, body) = call(
+        &mut stream,
+        &request("POST", "/v1/webhooks", options.token, &subscription),
+    )?;
     if status != 201 {
-        return Err(format!("subscribing the receiver: {status} {body} (is [webhooks] allow_private on?)"));
+        return Err(format!(
+            "subscribing the receiver: {status} {body} (is [webhooks] allow_private on?)"
+        ));
     }
     let webhook_id = serde_json::from_str::<Value>(&body).map_err(|e| e.to_string())?["id"].clone();
     let before = max_job_id(&mut db)?;
     let webhook_send = steady(options.base, options.rate, options.duration, |n| {
-        request("POST", "/v1/events", options.token, &format!(r#"{{"kind":"bench.hook","payload":{{"n":{n}}}}}"#))
+        request(
+            "POST",
+            "/v1/events",
+            options.token,
+            &format!(r#"{{"kind":"bench.hook","payload":{{"n":{n}}}}}"#),
+        )
     })?;
     drain(&mut db, "webhook", Duration::from_secs(120))?;
     let webhook = latencies(&mut db, "webhook", before)?;
-    let _ = call(&mut stream, &request("DELETE", &format!("/v1/webhooks/{webhook_id}"), options.token, ""));
+    let _ = call(
+        &mut stream,
+        &request("DELETE", &format!("/v1/webhooks/{webhook_id}"), options.token, ""),
+    );
     Ok(json!({
         "enqueued_jobs_done": processed,
         "drain_after_enqueue_s": drained.as_secs_f64(),

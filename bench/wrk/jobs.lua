@@ -2,19 +2,11 @@
 -- random seeded session. Counts 202s per second; the workers drain the backlog afterwards.
 -- Usage: wrk -s bench/wrk/jobs.lua http://127.0.0.1:8080/v1/jobs -- TOKENS_FILE
 
-local tokens = {}
+package.path = debug.getinfo(1, "S").source:match("^@(.*/)") .. "?.lua;" .. package.path
+local tokens
 
 function init(args)
-  local path = args[1] or "bench/results/seed-tokens.txt"
-  local file = assert(io.open(path, "r"), "cannot open " .. path)
-  file:read("*l")
-  for line in file:lines() do
-    local token = line:match("^(%S+) %d+$")
-    if token then tokens[#tokens + 1] = token end
-  end
-  file:close()
-  assert(#tokens > 0, "no tokens in " .. path)
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+  tokens = require("seeded").load(args[1]).tokens
 end
 
 function request()

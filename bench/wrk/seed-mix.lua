@@ -9,22 +9,13 @@
 -- TOKENS_FILE is written by `percore-bench seed`: a header "first_id last_id domain
 -- password", then "token user_id" per line.
 
-local tokens = {}
-local first_id, last_id, domain, password
+package.path = debug.getinfo(1, "S").source:match("^@(.*/)") .. "?.lua;" .. package.path
+local tokens, first_id, last_id, domain, password
 
 function init(args)
-  local path = args[1] or "bench/results/seed-tokens.txt"
-  local file = assert(io.open(path, "r"), "cannot open " .. path)
-  local header = file:read("*l")
-  local a, b, d, p = header:match("^(%d+) (%d+) (%S+) (%S+)$")
-  first_id, last_id, domain, password = tonumber(a), tonumber(b), d, p
-  for line in file:lines() do
-    local token = line:match("^(%S+) %d+$")
-    if token then tokens[#tokens + 1] = token end
-  end
-  file:close()
-  assert(#tokens > 0, "no tokens in " .. path)
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+  local seeded = require("seeded").load(args[1])
+  tokens, first_id, last_id = seeded.tokens, seeded.first_id, seeded.last_id
+  domain, password = seeded.domain, seeded.password
 end
 
 local themes = { "light", "dark", "system" }

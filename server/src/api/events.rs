@@ -67,12 +67,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
             "strings and keys must not contain \\u0000, which Postgres's jsonb cannot store",
         )]));
     }
-    let webhooks = ctx
-        .shard
-        .shared
-        .jobs
-        .queue_of_kind("webhook")
-        .expect("tuning validation maps every kind to a queue");
+    let webhooks = super::job_queue(ctx.shard, "webhook");
     let max_attempts = webhooks.max_attempts as i32;
     let rows = ctx
         .sql
@@ -104,14 +99,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
 
 pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
     let page_max = i64::from(ctx.shard.config().api.events_page_max);
-    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(PAGE_DEFAULT);
-    if !(1..=page_max).contains(&limit) {
-        return Err(ApiError::invalid_fields(vec![FieldError::new(
-            "limit",
-            "range",
-            format!("must be 1 to {page_max}"),
-        )]));
-    }
+    let limit = extract::limit(ctx.request, PAGE_DEFAULT, page_max)?;
     // An empty `before` is the first page, as if absent.
     let before = match ctx.request.query_param("before").filter(|c| !c.is_empty()) {
         Some(cursor) => Some(decode_cursor(&cursor)?),

@@ -116,6 +116,19 @@ pub fn query_number(request: &Request<'_>, key: &'static str) -> Result<Option<i
     })
 }
 
+/// The `limit` query parameter: `default` when absent, 422 outside 1..=`max`.
+pub fn limit(request: &Request<'_>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = query_number(request, "limit")?.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid_fields(vec![FieldError::new(
+            "limit",
+            "range",
+            format!("must be 1 to {max}"),
+        )]));
+    }
+    Ok(limit)
+}
+
 /// Echoing untrusted input into a message: at most this much of it.
 fn truncate(text: &str) -> &str {
     const SHOWN_CHARS_MAX: usize = 40;

@@ -90,12 +90,7 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         .map_err(|_| workers_busy(ctx.shard))?;
     let phc = hashing.await.map_err(|_| ApiError::internal())?;
     // The welcome e-mail is a job committed with the user (the write-up's send_email.delay).
-    let queue = ctx
-        .shard
-        .shared
-        .jobs
-        .queue_of_kind("email")
-        .expect("tuning validation maps every kind to a queue");
+    let queue = super::job_queue(ctx.shard, "email");
     let welcome = serde_json::json!({
         "subject": "Welcome to percore",
         "text": format!("Hello {},\n\nyour percore account is ready.\n", input.name),

@@ -94,9 +94,7 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
         hash.update(params.as_bytes());
         hash.finalize().to_vec()
     });
-    let queue = jobs
-        .queue_of_kind(&input.kind)
-        .expect("tuning validation maps every kind to a queue");
+    let queue = super::job_queue(ctx.shard, &input.kind);
     if !queue.admit() {
         return Err(ApiError::unavailable(
             "queue_full",
@@ -206,14 +204,7 @@ pub async fn get_job(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &m
 
 pub async fn list_jobs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
     let limit_max = i64::from(ctx.shard.shared.jobs.settings().jobs.list_limit_max);
-    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(LIST_DEFAULT);
-    if !(1..=limit_max).contains(&limit) {
-        return Err(ApiError::invalid_fields(vec![FieldError::new(
-            "limit",
-            "range",
-            format!("must be 1 to {limit_max}"),
-        )]));
-    }
+    let limit = extract::limit(ctx.request, LIST_DEFAULT, limit_max)?;
     let status = ctx.request.query_param("status");
     if let Some(status) = &status
         && !STATUSES.contains(&status.as_ref())
@@ -276,11 +267,12 @@ pub async fn job_result(ctx: &Ctx<'_>, principal: &Principal, param: &str, body:
         return Err(ApiError::internal());
     }
     let path = ctx.shard.shared.jobs.settings().jobs.artifacts_dir.join(file);
+    let read = move || std::fs::read(path); // blocking-ok: submitted to the worker pool
     let reading = ctx
         .shard
         .shared
         .workers
-        .submit(move || std::fs::read(path))
+        .submit(read)
         .map_err(|_| workers_busy(ctx.shard))?;
     match reading.await.map_err(|_| ApiError::internal())? {
         Ok(bytes) => body.extend_from_slice(&bytes),

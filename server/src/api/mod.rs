@@ -137,6 +137,15 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
     (endpoint, answer)
 }
 
+/// The job queue `kind` runs on.
+pub fn job_queue<'a>(shard: &'a Shard, kind: &str) -> &'a percore_workers::jobs::QueueHandle {
+    shard
+        .shared
+        .jobs
+        .queue_of_kind(kind)
+        .expect("tuning validation maps every kind to a queue")
+}
+
 /// 503 for a full worker queue, with the configured Retry-After.
 pub fn workers_busy(shard: &Shard) -> ApiError {
     ApiError::unavailable(

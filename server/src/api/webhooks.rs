@@ -187,14 +187,7 @@ pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal, param: &str) -
 pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
     let id = extract::id(param, "webhook")?;
     let limit_max = i64::from(ctx.shard.shared.jobs.settings().webhooks.deliveries_limit_max);
-    let limit = extract::query_number(ctx.request, "limit")?.unwrap_or(DELIVERIES_DEFAULT);
-    if !(1..=limit_max).contains(&limit) {
-        return Err(ApiError::invalid_fields(vec![FieldError::new(
-            "limit",
-            "range",
-            format!("must be 1 to {limit_max}"),
-        )]));
-    }
+    let limit = extract::limit(ctx.request, DELIVERIES_DEFAULT, limit_max)?;
     let rows = ctx
         .sql
         .query(Stmt::WebhookDeliveries, &[&principal.token_hash(), &id, &limit])
