@@ -697,3 +697,158 @@ fn post_jobs_latency_stays_flat_while_fifty_pdf_jobs_run() {
         busy.len()
     );
 }
+
+#[test]
+fn bad_job_and_webhook_input_gets_the_right_status_and_code() {
+    let services = Services::start();
+    let port = common::free_port();
+    // This server keeps the production default: webhooks must reach public addresses.
+    let extra = "[jobs]\nrun = false\n[webhooks]\nper_user_max = 2\n";
+    let text = Tuning {
+        extra,
+        ..Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let (_, token) = server.sign_up("Bad");
+    let post = |path: &str, body: Value| server.call("POST", path, Some(&token), Some(&body));
+    let get = |path: &str| server.call("GET", path, Some(&token), None);
+    let cases: Vec<(common::Response, u16, &str)> = vec![
+        (post("/v1/jobs", json!({"kind": "fax"})), 422, "invalid_fields"),
+        (
+            post("/v1/jobs", json!({"kind": "webhook", "params": {}})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/jobs", json!({"kind": "export", "params": null})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/jobs", json!({"kind": "export", "params": [1]})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/jobs", json!({"kind": "pdf", "params": {"report": "tax"}})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post(
+                "/v1/jobs",
+                json!({"kind": "email", "params": {"subject": "a\nBcc: x@y.z", "text": ""}}),
+            ),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post(
+                "/v1/jobs",
+                json!({"kind": "pdf", "params": {"report": "account"}, "extra": 1}),
+            ),
+            422,
+            "invalid_fields",
+        ),
+        (get("/v1/jobs?status=lost"), 422, "invalid_fields"),
+        (get("/v1/jobs?limit=0"), 422, "invalid_fields"),
+        (get("/v1/jobs?limit=x"), 400, "invalid_query"),
+        (get("/v1/jobs/abc"), 400, "invalid_id"),
+        (get("/v1/jobs/0/result"), 400, "invalid_id"),
+        (get("/v1/jobs/999999"), 404, "not_found"),
+        (
+            post("/v1/webhooks", json!({"url": "http://127.0.0.1:9/x", "events": ["*"]})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/webhooks", json!({"url": "http://[::1]/x", "events": ["*"]})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/webhooks", json!({"url": "http://10.0.0.8/x", "events": ["*"]})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post("/v1/webhooks", json!({"url": "file:///etc/passwd", "events": ["*"]})),
+            422,
+            "invalid_fields",
+        ),
+        (
+            post(
+                "/v1/webhooks",
+                json!({"url": "https://hooks.example.com/x", "events": []}),
+            ),
+            422,
+            "invalid_fields",
+        ),
+        (
+            server.call("DELETE", "/v1/webhooks/12345", Some(&token), None),
+            404,
+            "not_found",
+        ),
+        (get("/v1/webhooks/12345/deliveries"), 404, "not_found"),
+    ];
+    for (i, (response, status, code)) in cases.iter().enumerate() {
+        assert_eq!(
+            (response.status, response.error_code().as_str()),
+            (*status, *code),
+            "case {i}: {}",
+            response.text()
+        );
+    }
+    let private = post("/v1/webhooks", json!({"url": "http://localhost:9/x", "events": ["*"]}));
+    assert_eq!(private.json()["error"]["fields"][0]["code"], "private_address");
+    // Not yet done: 409; another user's job: 404.
+    let id = enqueue(&server, &token, json!({"kind": "export"}));
+    let early = get(&format!("/v1/jobs/{id}/result"));
+    assert_eq!((early.status, early.error_code().as_str()), (409, "job_not_done"));
+    // At most per_user_max subscriptions.
+    for _ in 0..2 {
+        assert_eq!(
+            post(
+                "/v1/webhooks",
+                json!({"url": "https://hooks.example.com/x", "events": ["a"]})
+            )
+            .status,
+            201
+        );
+    }
+    let third = post(
+        "/v1/webhooks",
+        json!({"url": "https://hooks.example.com/y", "events": ["a"]}),
+    );
+    assert_eq!((third.status, third.error_code().as_str()), (409, "too_many_webhooks"));
+    let listed = get("/v1/webhooks").json();
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 2);
+    assert!(
+        listed["webhooks"][0].get("secret").is_none(),
+        "the secret is shown once"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_job_in_hand_finish_within_the_timeout() {
+    let services = Services::start();
+    let port = common::free_port();
+    let jobs = "poll_interval_ms = 50\nlease_ms = 60000\nheartbeat_ms = 1000";
+    let text = config(port, &services, jobs, &queues(1, 100));
+    let mut server = Server::start_with_config(port, &text, &[]);
+    let (_, token) = server.sign_up("Finish");
+    post_event(&server, &token, "click", 1);
+    let lock = TableLock::take(&services, "events", "ACCESS EXCLUSIVE");
+    let id = enqueue(&server, &token, json!({"kind": "export"}));
+    wait_status(&server, &token, id, "running", Duration::from_secs(10));
+    server.signal(libc::SIGTERM);
+    // The job can go on 300 ms into the 1.5 s shutdown timeout: it finishes, then we exit.
+    std::thread::sleep(Duration::from_millis(300));
+    lock.release();
+    assert!(server.wait_exit(Duration::from_secs(10)).unwrap().success());
+    let row = db(&services)
+        .query_one("SELECT status, attempts FROM jobs WHERE id = $1", &[&id])
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, i32>(1)), ("done", 1));
+}

@@ -140,4 +140,26 @@ mod tests {
         assert_ne!(signature("a", 1, "x"), signature("a", 2, "x"));
         assert!(signature("k", 1, "body").starts_with("v1="));
     }
+
+    #[test]
+    fn names_resolving_to_private_addresses_are_refused_after_dns() {
+        // "localhost" resolves (from /etc/hosts) to loopback only: refused before connecting.
+        let refused = agent(&Webhooks::default())
+            .post("http://localhost:9/hook")
+            .send_string("{}");
+        let error = refused.expect_err("loopback is refused").to_string();
+        assert!(error.contains("non-public"), "{error}");
+        // Allowed, the same name is dialled (and port 9, discard, refuses the connection).
+        let allowed = Webhooks {
+            allow_private: true,
+            ..Webhooks::default()
+        };
+        let dialled = agent(&allowed).post("http://localhost:9/hook").send_string("{}");
+        assert!(
+            !dialled
+                .expect_err("nothing listens on port 9")
+                .to_string()
+                .contains("non-public")
+        );
+    }
 }
