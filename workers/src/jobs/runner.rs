@@ -209,6 +209,10 @@ impl Worker {
         let poll = Duration::from_millis(settings.poll_interval_ms);
         let mut last_error_log: Option<Instant> = None;
         loop {
+            // Shutting down: no new claims, however much is queued.
+            if self.stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
+                return;
+            }
             let claimed = self.ctx.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
                 store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string())
             });
@@ -237,9 +241,6 @@ impl Worker {
                         let _ = self.next_due_ms.compare_exchange(due, u64::MAX, Relaxed, Relaxed);
                     }
                 }
-            }
-            if self.stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
-                return;
             }
         }
     }

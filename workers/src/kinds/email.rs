@@ -9,7 +9,6 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
 use lettre::{SmtpTransport, Transport};
 use serde::Deserialize;
-use std::path::PathBuf;
 
 pub const SUBJECT_CHARS_MAX: usize = 200;
 /// Characters, not bytes: at 6 bytes of JSON escape each, a longest subject and text still
@@ -39,13 +38,14 @@ pub fn check(params: &EmailParams) -> Result<(), String> {
 
 pub enum Mailer {
     Smtp(Box<SmtpTransport>),
-    Outbox(PathBuf),
+    /// No SMTP server configured: `<artifacts_dir>/outbox/job-<id>.eml`.
+    Outbox,
 }
 
 impl Mailer {
     pub fn new(settings: &crate::jobs::config::Email) -> Mailer {
         if settings.smtp_url.is_empty() {
-            return Mailer::Outbox(PathBuf::new());
+            return Mailer::Outbox;
         }
         let timeout = std::time::Duration::from_millis(settings.timeout_ms);
         match SmtpTransport::from_url(&settings.smtp_url) {
@@ -96,7 +96,7 @@ pub fn send(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobError>
                 }
             })?;
         }
-        Mailer::Outbox(_) => {
+        Mailer::Outbox => {
             let name = format!("outbox/{}", super::artifact::file_name(job.id, "eml"));
             let bytes = message.formatted();
             super::artifact::store(&ctx.settings, &name, bytes.as_slice())?;
