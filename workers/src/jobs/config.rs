@@ -14,8 +14,9 @@ pub struct Jobs {
     /// Run job workers in this process. Off: jobs are still accepted and queued, and
     /// another percore process (sharing the database) runs them.
     pub run: bool,
-    /// Workers look for jobs committed by other processes, retries that came due and
-    /// expired leases this often; jobs committed here wake them at once.
+    /// The maintenance thread samples the queues this often, waking idle workers for jobs
+    /// committed by other processes and retries come due, and reaping expired leases; jobs
+    /// committed here wake a worker at once.
     pub poll_interval_ms: u64,
     /// A claimed job's lease. A heartbeat extends it every `heartbeat_ms`; a job whose
     /// worker died runs again once its lease ends.

@@ -3,8 +3,9 @@
 //! so a slow kind (PDFs) cannot starve another (e-mail).
 //!
 //! - A shard that commits a job wakes its queue through a bounded crossbeam channel
-//!   ([`Handle::wake`], never blocks); workers also poll every `poll_interval_ms` for jobs
-//!   committed by other processes and retries that came due.
+//!   ([`QueueHandle::wake`], never blocks); every `poll_interval_ms` one maintenance thread
+//!   per process samples the queues and wakes idle workers for jobs committed by other
+//!   processes and retries that came due.
 //! - A claim takes a lease (`locked_until`) that a heartbeat thread extends; the
 //!   maintenance thread returns jobs with expired leases (their worker died) to the queue.
 //! - A failed attempt is retried with exponential backoff and jitter up to `max_attempts`,
@@ -52,6 +53,8 @@ pub struct QueueStats {
 /// A queue as shards see it.
 pub struct QueueHandle {
     pub name: String,
+    /// Worker threads of this queue in this process (0 when `jobs.run` is off).
+    pub threads: usize,
     pub max_depth: u64,
     pub max_attempts: u32,
     pub stats: Arc<QueueStats>,

@@ -1,6 +1,9 @@
 //! The job threads of one process: per queue `threads` workers, one heartbeat thread that
-//! extends the leases of the jobs in hand, and one maintenance thread that returns expired
-//! leases to their queues and samples queue depth and age for `/metrics` and `max_depth`.
+//! extends the leases of the jobs in hand, and one maintenance thread that, every
+//! `poll_interval_ms`, returns expired leases to their queues, samples queue depth and age
+//! (for `/metrics` and `max_depth`) and wakes idle workers of queues with runnable jobs
+//! (committed by other processes, or retries come due). Idle workers make no queries of
+//! their own: one sampling statement per process per interval, however many threads.
 
 use super::store::{self, Claimed};
 use super::{Handle, QueueHandle, QueueStats, Settings, backoff};
@@ -13,6 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// An idle worker with no wake-up looks for work this often anyway, so a lost wake-up can
+/// never strand a job for long.
+const IDLE_CHECK: Duration = Duration::from_secs(60);
 
 /// Jobs this process holds leases on: job id → lease holder.
 type InHand = Arc<Mutex<HashMap<i64, String>>>;
@@ -116,6 +123,7 @@ impl Runtime {
             }
             queues.push(QueueHandle {
                 name: name.clone(),
+                threads: if jobs.run { queue.threads } else { 0 },
                 max_depth: queue.max_depth,
                 max_attempts: jobs.max_attempts_of(queue),
                 stats,
@@ -203,44 +211,52 @@ impl Runtime {
 }
 
 impl Worker {
+    /// Idle until woken (by a shard's commit, or by the maintenance thread for runnable jobs),
+    /// then claims and runs jobs until none is runnable. Starting idle, an idle process
+    /// holds no database connection per worker.
     fn run(self) {
         let settings = &self.ctx.settings.jobs;
         let lease = Duration::from_millis(settings.lease_ms);
-        let poll = Duration::from_millis(settings.poll_interval_ms);
+        let mut failing = false;
         let mut last_error_log: Option<Instant> = None;
-        loop {
-            // Shutting down: no new claims, however much is queued.
-            if self.stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
-                return;
-            }
-            let claimed = self.ctx.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
-                store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string())
-            });
-            match claimed {
-                Ok(Some(job)) => {
-                    self.run_one(&job);
-                    continue;
+        while self.idle(failing) {
+            failing = loop {
+                // Shutting down: no new claims, however much is queued.
+                if self.stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
+                    return;
                 }
-                Ok(None) => {}
-                Err(error) => {
-                    if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
-                        log::warn!("job queue {}: claiming failed: {error}", self.queue);
-                        last_error_log = Some(Instant::now());
+                let claimed = self.ctx.db.get().map_err(|e| e.to_string()).and_then(|mut db| {
+                    store::claim(&mut *db, &self.queue, &self.lease_holder, lease).map_err(|e| e.to_string())
+                });
+                match claimed {
+                    Ok(Some(job)) => self.run_one(&job),
+                    Ok(None) => break false,
+                    Err(error) => {
+                        if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                            log::warn!("job queue {}: claiming failed: {error}", self.queue);
+                            last_error_log = Some(Instant::now());
+                        }
+                        break true;
                     }
                 }
-            }
-            // Idle: until a wake-up, a retry of ours comes due, the poll interval, or stop.
-            let due_in = self.next_due_ms.load(Relaxed).saturating_sub(now_ms());
-            let wait = poll.min(Duration::from_millis(due_in));
-            select! {
-                recv(self.wake) -> _ => {}
-                recv(self.stop) -> _ => return,
-                default(wait) => {
-                    let due = self.next_due_ms.load(Relaxed);
-                    if due <= now_ms() {
-                        let _ = self.next_due_ms.compare_exchange(due, u64::MAX, Relaxed, Relaxed);
-                    }
+            };
+        }
+    }
+
+    /// Waits for a wake-up, a retry of ours coming due, or (after a failed claim) the poll
+    /// interval. False: stop.
+    fn idle(&self, failing: bool) -> bool {
+        let poll = Duration::from_millis(self.ctx.settings.jobs.poll_interval_ms);
+        let due_in = Duration::from_millis(self.next_due_ms.load(Relaxed).saturating_sub(now_ms()));
+        select! {
+            recv(self.wake) -> _ => true,
+            recv(self.stop) -> _ => false,
+            default(due_in.min(if failing { poll } else { IDLE_CHECK })) => {
+                let due = self.next_due_ms.load(Relaxed);
+                if due <= now_ms() {
+                    let _ = self.next_due_ms.compare_exchange(due, u64::MAX, Relaxed, Relaxed);
                 }
+                true
             }
         }
     }
@@ -346,12 +362,14 @@ fn maintenance(db: &DbPool, stop: &Receiver<()>, handle: &Handle) {
             }
             let sampled = store::sample(conn).map_err(|e| e.to_string())?;
             for q in handle.queues() {
-                let (depth, age_ms) = sampled
-                    .iter()
-                    .find(|(name, _, _)| *name == q.name)
-                    .map_or((0, 0), |(_, depth, age)| (*depth, *age));
-                q.stats.depth.store(depth, Relaxed);
-                q.stats.oldest_age_ms.store(age_ms, Relaxed);
+                let sample = sampled.iter().find(|s| s.queue == q.name).cloned().unwrap_or_default();
+                q.stats.depth.store(sample.waiting, Relaxed);
+                q.stats.oldest_age_ms.store(sample.oldest_age_ms, Relaxed);
+                // Runnable jobs nobody here was woken for (another process's, a retry come
+                // due): wake that many idle workers (the channel holds at most `threads`).
+                for _ in 0..sample.runnable.min(q.threads as u64) {
+                    q.wake();
+                }
             }
             Ok(())
         });

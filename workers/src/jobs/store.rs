@@ -133,11 +133,19 @@ pub fn release(db: &mut impl GenericClient, held: &[(i64, String)]) -> Result<u6
     )
 }
 
-/// Per queue: jobs waiting (queued or awaiting a retry) and how long the oldest runnable
-/// one has waited, in milliseconds.
-pub fn sample(db: &mut impl GenericClient) -> Result<Vec<(String, u64, u64)>, postgres::Error> {
+/// One queue as sampled: jobs waiting (queued or awaiting a retry), how many of them may
+/// run now, and how long the oldest runnable one has waited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub queue: String,
+    pub waiting: u64,
+    pub runnable: u64,
+    pub oldest_age_ms: u64,
+}
+
+pub fn sample(db: &mut impl GenericClient) -> Result<Vec<Sample>, postgres::Error> {
     let rows = db.query(
-        "SELECT queue, count(*),
+        "SELECT queue, count(*), count(*) FILTER (WHERE run_after <= now()),
                 coalesce(max(extract(epoch FROM now() - run_after) * 1000)
                          FILTER (WHERE run_after <= now()), 0)::float8
          FROM jobs WHERE status IN ('queued', 'failed') GROUP BY queue",
@@ -145,10 +153,11 @@ pub fn sample(db: &mut impl GenericClient) -> Result<Vec<(String, u64, u64)>, po
     )?;
     Ok(rows
         .iter()
-        .map(|row| {
-            let waiting: i64 = row.get(1);
-            let age_ms: f64 = row.get(2);
-            (row.get(0), waiting.max(0) as u64, age_ms.max(0.0) as u64)
+        .map(|row| Sample {
+            queue: row.get(0),
+            waiting: row.get::<_, i64>(1).max(0) as u64,
+            runnable: row.get::<_, i64>(2).max(0) as u64,
+            oldest_age_ms: row.get::<_, f64>(3).max(0.0) as u64,
         })
         .collect())
 }
