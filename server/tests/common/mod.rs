@@ -1,6 +1,7 @@
 //! Test support: the real `percore` binary against real Postgres and Redis, and raw TCP.
 #![allow(dead_code)]
 
+pub mod jobs;
 pub mod receivers;
 
 use percore_testkit::{Postgres, Redis};
