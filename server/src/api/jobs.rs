@@ -95,13 +95,13 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
         hash.finalize().to_vec()
     });
     let queue = super::job_queue(ctx.shard, &input.kind);
-    if !queue.admit() {
+    let Some(admission) = queue.admit() else {
         return Err(ApiError::unavailable(
             "queue_full",
             format!("the {} job queue is full; retry later", queue.name),
             ctx.shard.config().workers.retry_after_s,
         ));
-    }
+    };
     let max_attempts = queue.max_attempts as i32;
     let rows = ctx
         .sql
@@ -121,6 +121,7 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     let (id, status, stored_hash): (i64, String, Option<Vec<u8>>) = match row.get::<_, Option<i64>>(1) {
         Some(id) => {
+            admission.committed();
             queue.wake();
             (id, row.get(2), None)
         }

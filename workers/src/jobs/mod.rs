@@ -39,9 +39,11 @@ pub struct QueueStats {
     pub depth: AtomicU64,
     /// How long the oldest runnable job has waited, as last sampled.
     pub oldest_age_ms: AtomicU64,
-    /// Jobs admitted by this process's shards since the last sample: depth checks count
-    /// them so a burst between samples cannot overshoot `max_depth`.
-    pub admitted_since_sample: AtomicU64,
+    /// Jobs this process's shards admitted whose insert has not finished yet…
+    pub pending: AtomicU64,
+    /// …and jobs they committed that the last sample may not have seen. Depth checks count
+    /// both, so a burst between samples cannot overshoot `max_depth`.
+    pub committed_since_sample: AtomicU64,
     pub running: AtomicU64,
     pub done: AtomicU64,
     pub retried: AtomicU64,
@@ -62,22 +64,42 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
-    /// Counts one more job against `max_depth`; false (and counted as rejected) when the
-    /// queue is full.
-    pub fn admit(&self) -> bool {
-        let waiting = self.stats.depth.load(Relaxed) + self.stats.admitted_since_sample.load(Relaxed);
+    /// Counts one more job against `max_depth` while its insert runs; `None` (counted as
+    /// rejected) when the queue is full.
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        let stats = &self.stats;
+        let waiting =
+            stats.depth.load(Relaxed) + stats.committed_since_sample.load(Relaxed) + stats.pending.load(Relaxed);
         if waiting >= self.max_depth {
-            self.stats.rejected.fetch_add(1, Relaxed);
-            return false;
+            stats.rejected.fetch_add(1, Relaxed);
+            return None;
         }
-        self.stats.admitted_since_sample.fetch_add(1, Relaxed);
-        true
+        stats.pending.fetch_add(1, Relaxed);
+        Some(Admission { stats })
     }
 
     /// Tells one idle worker of this queue that a job was committed. Never blocks: when
     /// every worker already has a wake-up pending, this one is not needed.
     pub fn wake(&self) {
         let _ = self.wake.try_send(());
+    }
+}
+
+/// A job admitted to a queue whose insert is under way; dropping it ends the reservation.
+pub struct Admission<'a> {
+    stats: &'a QueueStats,
+}
+
+impl Admission<'_> {
+    /// The job committed: it counts until a sample taken after now has seen it.
+    pub fn committed(self) {
+        self.stats.committed_since_sample.fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.stats.pending.fetch_sub(1, Relaxed);
     }
 }
 

@@ -357,11 +357,15 @@ fn maintenance(db: &DbPool, stop: &Receiver<()>, handle: &Handle) {
                     q.wake();
                 }
             }
-            for q in handle.queues() {
-                q.stats.admitted_since_sample.store(0, Relaxed);
-            }
+            // Commits counted before the sample's snapshot are in it; later ones stay counted.
+            let committed: Vec<u64> = handle
+                .queues()
+                .iter()
+                .map(|q| q.stats.committed_since_sample.load(Relaxed))
+                .collect();
             let sampled = store::sample(conn).map_err(|e| e.to_string())?;
-            for q in handle.queues() {
+            for (q, seen) in handle.queues().iter().zip(committed) {
+                q.stats.committed_since_sample.fetch_sub(seen, Relaxed);
                 let sample = sampled.iter().find(|s| s.queue == q.name).cloned().unwrap_or_default();
                 q.stats.depth.store(sample.waiting, Relaxed);
                 q.stats.oldest_age_ms.store(sample.oldest_age_ms, Relaxed);
