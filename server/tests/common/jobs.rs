@@ -144,8 +144,17 @@ pub fn wait_blocked(services: &Services, needle: &str) {
     assert!(blocked, "no statement with {needle:?} waited on the lock");
 }
 
+/// Kills the server with SIGKILL and waits until its port has no listener left. The kernel
+/// tears a dead process's io_uring down after the process is gone, and its listening
+/// sockets with it: for a moment a connection can still land in the old backlog, only to
+/// be reset (seen as a failed health check of the restarted server).
 pub fn kill_9(server: &mut Server) {
     server.keep_dir = true;
     server.signal(libc::SIGKILL);
     assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    let port = server.port;
+    assert!(
+        percore_testkit::wait_until(Duration::from_secs(10), || !percore_testkit::port_open(port)),
+        "the killed server's port kept listening"
+    );
 }
