@@ -210,3 +210,25 @@ fn sigterm_lets_a_job_in_hand_finish_within_the_timeout() {
         .unwrap();
     assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, i32>(1)), ("done", 1));
 }
+
+#[test]
+fn the_heartbeat_keeps_a_long_job_leased_past_lease_ms() {
+    let services = Services::start();
+    // A 1 s lease and two report threads: were the lease not extended, the reaper would
+    // return the job to the queue and the idle thread would run it a second time.
+    let jobs = "poll_interval_ms = 50\nlease_ms = 1000\nheartbeat_ms = 250";
+    let server = start(&services, jobs, &queues(2, 100));
+    let (_, token) = server.sign_up("Long");
+    let lock = TableLock::take(&services, "events", "ACCESS EXCLUSIVE");
+    let id = enqueue(&server, &token, json!({"kind": "export"}));
+    wait_status(&server, &token, id, "running", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert_eq!(
+        job(&server, &token, id)["attempts"],
+        1,
+        "still the first attempt, 3 leases later"
+    );
+    lock.release();
+    let done = wait_status(&server, &token, id, "done", Duration::from_secs(10));
+    assert_eq!(done["attempts"], 1);
+}
