@@ -28,6 +28,7 @@ pub fn seed(database_url: &str, scale: &Scale, tokens_path: &str) -> Result<(), 
     if !outcome.applied.is_empty() {
         eprintln!("seed: applied migrations {:?}", outcome.applied);
     }
+    techempower_tables(&mut client)?;
     let marker = format!("{}|{}|{}", scale.users, scale.events, scale.sessions);
     let last_email = format!("seed-{}@{EMAIL_DOMAIN}", scale.users);
     let done: bool = client
@@ -153,6 +154,61 @@ pub fn seed(database_url: &str, scale: &Scale, tokens_path: &str) -> Result<(), 
         scale.events,
         scale.sessions,
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The TechEmpower fortunes, as their rules list them (the `<script>` and the Japanese
+/// one included: they test escaping and UTF-8).
+pub const FORTUNES: [&str; 12] = [
+    "fortune: No such file or directory",
+    "A computer scientist is someone who fixes things that aren't broken.",
+    "After enough decimal places, nobody gives a damn.",
+    "A bad random number generator: 1, 1, 1, 1, 1, 4.33e+67, 1, 1, 1",
+    "A computer program does what you tell it to do, not what you want it to do.",
+    "Emacs is a nice operating system, but I prefer UNIX. \u{2014} Tom Christaensen",
+    "Any program that runs right is obsolete.",
+    "A list is only as strong as its weakest link. \u{2014} Donald Knuth",
+    "Feature: A bug with seniority.",
+    "Computers make very fast, very accurate mistakes.",
+    "<script>alert(\"This should not be displayed in a browser alert box.\");</script>",
+    "\u{30d5}\u{30ec}\u{30fc}\u{30e0}\u{30ef}\u{30fc}\u{30af}\u{306e}\u{30d9}\u{30f3}\u{30c1}\u{30de}\u{30fc}\u{30af}",
+];
+pub const WORLD_ROWS: i32 = 10_000;
+
+/// `world` (10,000 rows, random numbers 1-10,000) and `fortune` (the 12 standard rows),
+/// refilled unless they already hold exactly that many rows.
+fn techempower_tables(client: &mut postgres::Client) -> Result<(), String> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM world), (SELECT count(*) FROM fortune)",
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    let (worlds, fortunes): (i64, i64) = (row.get(0), row.get(1));
+    if worlds == i64::from(WORLD_ROWS) && fortunes == FORTUNES.len() as i64 {
+        return Ok(());
+    }
+    client
+        .batch_execute("TRUNCATE world, fortune")
+        .map_err(|e| format!("emptying world and fortune: {e}"))?;
+    let mut random = Random::new();
+    copy(client, "COPY world (id, randomnumber) FROM STDIN", |out| {
+        for id in 1..=WORLD_ROWS {
+            writeln!(out, "{id}\t{}", random.next() % WORLD_ROWS as u64 + 1)?;
+        }
+        Ok(())
+    })?;
+    copy(client, "COPY fortune (id, message) FROM STDIN", |out| {
+        for (index, message) in FORTUNES.iter().enumerate() {
+            // COPY's text format: backslash, tab and newline would need escaping; none occur.
+            writeln!(out, "{}\t{message}", index + 1)?;
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "seed: world ({WORLD_ROWS} rows) and fortune ({} rows) filled",
+        FORTUNES.len()
     );
     Ok(())
 }

@@ -44,9 +44,26 @@ struct RouteMetrics {
     db_reads_max: AtomicU64,
 }
 
+/// Per endpoint, indexed by `Endpoint as usize`. (Arrays of more than 32 have no derived
+/// `Default`.)
+struct Routes([RouteMetrics; Endpoint::ALL.len()]);
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes(std::array::from_fn(|_| RouteMetrics::default()))
+    }
+}
+
+impl std::ops::Index<usize> for Routes {
+    type Output = RouteMetrics;
+    fn index(&self, endpoint: usize) -> &RouteMetrics {
+        &self.0[endpoint]
+    }
+}
+
 #[derive(Default)]
 pub struct ShardMetrics {
-    routes: [RouteMetrics; Endpoint::ALL.len()],
+    routes: Routes,
     pub connections_open: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub accept_errors: AtomicU64,

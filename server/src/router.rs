@@ -31,6 +31,10 @@ pub enum Endpoint {
     WebhookDeliveries,
     Plaintext,
     Json,
+    Db,
+    Queries,
+    Fortunes,
+    Updates,
     CachedQueries,
     BenchHash,
     /// Panics on purpose; proves a handler panic becomes a 500. Debug builds only.
@@ -42,7 +46,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 30] = [
+    pub const ALL: [Endpoint; 34] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
@@ -67,6 +71,10 @@ impl Endpoint {
         Endpoint::WebhookDeliveries,
         Endpoint::Plaintext,
         Endpoint::Json,
+        Endpoint::Db,
+        Endpoint::Queries,
+        Endpoint::Fortunes,
+        Endpoint::Updates,
         Endpoint::CachedQueries,
         Endpoint::BenchHash,
         Endpoint::DebugPanic,
@@ -101,6 +109,10 @@ impl Endpoint {
             Endpoint::WebhookDeliveries => "webhook_deliveries",
             Endpoint::Plaintext => "plaintext",
             Endpoint::Json => "json",
+            Endpoint::Db => "db",
+            Endpoint::Queries => "queries",
+            Endpoint::Fortunes => "fortunes",
+            Endpoint::Updates => "updates",
             Endpoint::CachedQueries => "cached_queries",
             Endpoint::BenchHash => "bench_hash",
             Endpoint::DebugPanic => "debug_panic",
@@ -170,6 +182,10 @@ const ROUTES: &[Route] = &[
     route(Get, "/v1/webhooks/{id}/deliveries", WebhookDeliveries, User),
     route(Get, "/plaintext", Plaintext, Bench),
     route(Get, "/json", Json, Bench),
+    route(Get, "/db", Db, Bench),
+    route(Get, "/queries", Queries, Bench),
+    route(Get, "/fortunes", Fortunes, Bench),
+    route(Get, "/updates", Updates, Bench),
     route(Get, "/cached-queries", CachedQueries, Bench),
     route(Post, "/bench/hash", BenchHash, Bench),
     route(Get, "/bench/panic", DebugPanic, DebugBuild),

@@ -80,6 +80,10 @@ pub enum Stmt {
     EventsPage,
     /// $1 world id → id, randomnumber (TechEmpower; bench routes only).
     WorldById,
+    /// Every fortune: id, message (TechEmpower; bench routes only).
+    FortunesAll,
+    /// $1 world ids (sorted, distinct), $2 their new random numbers (TechEmpower updates).
+    WorldUpdate,
     /// $1 user id, $2 limit → the user's newest events, for a caller whose session the
     /// cache knows.
     EventsNewestById,
@@ -111,7 +115,7 @@ pub enum Stmt {
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 25] = [
+    pub const ALL: [Stmt; 27] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
@@ -128,6 +132,8 @@ impl Stmt {
         Stmt::EventInsert,
         Stmt::EventsPage,
         Stmt::WorldById,
+        Stmt::FortunesAll,
+        Stmt::WorldUpdate,
         Stmt::EventsNewestById,
         Stmt::JobInsert,
         Stmt::JobByKey,
@@ -151,6 +157,7 @@ impl Stmt {
             | Stmt::UsersPublicByIds
             | Stmt::EventsPage
             | Stmt::WorldById
+            | Stmt::FortunesAll
             | Stmt::EventsNewestById
             | Stmt::JobByKey
             | Stmt::JobGet
@@ -163,6 +170,7 @@ impl Stmt {
             | Stmt::ProfileUpdate
             | Stmt::PrefsUpdate
             | Stmt::EventInsert
+            | Stmt::WorldUpdate
             | Stmt::JobInsert
             | Stmt::WebhookInsert
             | Stmt::WebhookDelete => Kind::Write,
@@ -335,6 +343,12 @@ impl Stmt {
                 live_session!()
             ),
             Stmt::WorldById => "SELECT id, randomnumber FROM world WHERE id = $1",
+            Stmt::FortunesAll => "SELECT id, message FROM fortune",
+            Stmt::WorldUpdate => {
+                "UPDATE world SET randomnumber = v.number
+                 FROM unnest($1::int4[], $2::int4[]) AS v(id, number)
+                 WHERE world.id = v.id"
+            }
             Stmt::EventsNewestById => {
                 "SELECT id, kind, payload::text, created_at FROM events
                  WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"

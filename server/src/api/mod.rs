@@ -13,6 +13,7 @@ pub mod identity;
 mod jobs;
 mod ops;
 mod public_users;
+mod techempower;
 mod users;
 mod webhooks;
 
@@ -103,9 +104,13 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         (Endpoint::WebhookDeliveries, Some(who)) => {
             webhooks::deliveries(&ctx, who, param.unwrap_or_default(), body).await
         }
-        (Endpoint::Plaintext, _) => bench::plaintext(body),
-        (Endpoint::Json, _) => bench::json(body),
-        (Endpoint::CachedQueries, _) => bench::cached_queries(&ctx, body).await,
+        (Endpoint::Plaintext, _) => techempower::plaintext(body),
+        (Endpoint::Json, _) => techempower::json(body),
+        (Endpoint::Db, _) => techempower::db(&ctx, body).await,
+        (Endpoint::Queries, _) => techempower::queries(&ctx, body).await,
+        (Endpoint::Fortunes, _) => techempower::fortunes(&ctx, body).await,
+        (Endpoint::Updates, _) => techempower::updates(&ctx, body).await,
+        (Endpoint::CachedQueries, _) => techempower::cached_queries(&ctx, body).await,
         (Endpoint::BenchHash, _) => bench::hash(shard, request, body).await,
         (Endpoint::DebugPanic, _) => panic!("GET /bench/panic panics on purpose"),
         (
