@@ -12,38 +12,19 @@
 //!
 //! wrk runs pinned to `--wrk-cpu` (default 0) so that it stays off the shard cores.
 
-mod jobs;
-mod scrape;
-mod seed;
-mod wrk;
-
-use serde_json::json;
-use std::process::{Command, ExitCode};
+use percore_bench::run::{RunOptions, WORKLOADS};
+use percore_bench::seed;
+use std::process::ExitCode;
 
 const USAGE: &str = "usage: percore-bench run plaintext|json|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
                      [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]";
-const WORKLOADS: [&str; 4] = ["plaintext", "json", "seed-mix", "jobs"];
 const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
-
-struct RunOptions {
-    workload: String,
-    base: String,
-    connections: u32,
-    duration: String,
-    depth: u32,
-    tokens: String,
-    wrk_cpu: String,
-    out: Option<String>,
-    /// jobs: steady-phase jobs per second, and the database holding them.
-    rate: u32,
-    database_url: Option<String>,
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
-        Some("run") => parse_run(&args[1..]).map(|o| run(&o)),
+        Some("run") => parse_run(&args[1..]).map(|o| run_and_write(&o)),
         Some("seed") => parse_seed(&args[1..]).map(|(url, scale, tokens)| seed::seed(&url, &scale, &tokens)),
         _ => Err("the commands are `run` and `seed`".into()),
     };
@@ -134,94 +115,16 @@ fn parse_seed(args: &[String]) -> Result<(String, seed::Scale, String), String> 
     Ok((url, scale, tokens))
 }
 
-fn run(options: &RunOptions) -> Result<(), String> {
-    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk");
-    let path = match options.workload.as_str() {
-        "seed-mix" => "",
-        "jobs" => "v1/jobs",
-        workload => workload,
-    };
-    let url = format!("{}/{path}", options.base);
-    let mut argv: Vec<String> = vec![
-        "-c".into(),
-        options.wrk_cpu.clone(),
-        "wrk".into(),
-        "-t1".into(),
-        format!("-c{}", options.connections),
-        format!("-d{}", options.duration),
-        "--latency".into(),
-        "-s".into(),
-        format!("{scripts}/{}.lua", options.workload),
-        url,
-    ];
-    match options.workload.as_str() {
-        "plaintext" => argv.extend(["--".into(), options.depth.to_string()]),
-        "seed-mix" | "jobs" => argv.extend(["--".into(), options.tokens.clone()]),
-        _ => {}
-    }
-    let database_url = options.database_url.as_deref();
-    let enqueue_mark = match (options.workload.as_str(), database_url) {
-        ("jobs", Some(url)) => Some(jobs::mark(url)?),
-        ("jobs", None) => return Err("jobs needs --database-url (or PERCORE_DATABASE_URL)".into()),
-        _ => None,
-    };
-    let before = scrape::snapshot(&options.base)?;
-    let output = Command::new("taskset")
-        .args(&argv)
-        .output()
-        .map_err(|e| format!("running wrk via taskset: {e}"))?;
-    let after = scrape::snapshot(&options.base)?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(format!(
-            "wrk failed: {}{}",
-            text,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let job_figures = match (enqueue_mark, database_url) {
-        (Some(mark), Some(url)) => {
-            let token = first_token(&options.tokens)?;
-            let duration = wrk::seconds(&options.duration).ok_or("--duration: use e.g. 10s")?;
-            jobs::measure(
-                &jobs::Options {
-                    base: &options.base,
-                    database_url: url,
-                    token: &token,
-                    rate: options.rate,
-                    duration,
-                },
-                mark,
-            )?
-        }
-        _ => serde_json::Value::Null,
-    };
-    let result = json!({
-        "workload": options.workload,
-        "command": format!("taskset {}", argv.join(" ")),
-        "machine": wrk::machine(),
-        "commit": wrk::git(&["rev-parse", "HEAD"]),
-        "wrk": wrk::parse_wrk(&text),
-        "server": scrape::delta(&before, &after),
-        "jobs": job_figures,
-        "wrk_output": text,
-    });
+fn run_and_write(options: &RunOptions) -> Result<(), String> {
+    let result = percore_bench::run::run(options)?;
     let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
     match &options.out {
-        Some(path) => std::fs::write(path, rendered).map_err(|e| format!("writing {path}: {e}"))?,
-        None => println!("{rendered}"),
+        Some(path) => std::fs::write(path, rendered).map_err(|e| format!("writing {path}: {e}")),
+        None => {
+            println!("{rendered}");
+            Ok(())
+        }
     }
-    Ok(())
-}
-
-/// The first session token of a `seed` tokens file.
-fn first_token(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-    text.lines()
-        .nth(1)
-        .and_then(|line| line.split(' ').next())
-        .map(String::from)
-        .ok_or_else(|| format!("{path} holds no token; run `percore-bench seed` first"))
 }
 
 #[cfg(test)]

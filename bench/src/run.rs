@@ -1,0 +1,110 @@
+//! `percore-bench run WORKLOAD`: wrk against a running server, with the server's own
+//! counters read before and after.
+
+use crate::{jobs, scrape, wrk};
+use serde_json::{Value, json};
+use std::process::Command;
+
+/// Every workload `run` knows.
+pub const WORKLOADS: [&str; 4] = ["plaintext", "json", "seed-mix", "jobs"];
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub workload: String,
+    pub base: String,
+    pub connections: u32,
+    pub duration: String,
+    pub depth: u32,
+    pub tokens: String,
+    pub wrk_cpu: String,
+    pub out: Option<String>,
+    /// jobs: steady-phase jobs per second, and the database holding them.
+    pub rate: u32,
+    pub database_url: Option<String>,
+}
+
+/// Drives a running server with one workload and returns the result document.
+pub fn run(options: &RunOptions) -> Result<Value, String> {
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk");
+    let path = match options.workload.as_str() {
+        "seed-mix" => "",
+        "jobs" => "v1/jobs",
+        workload => workload,
+    };
+    let url = format!("{}/{path}", options.base);
+    let mut argv: Vec<String> = vec![
+        "-c".into(),
+        options.wrk_cpu.clone(),
+        "wrk".into(),
+        "-t1".into(),
+        format!("-c{}", options.connections),
+        format!("-d{}", options.duration),
+        "--latency".into(),
+        "-s".into(),
+        format!("{scripts}/{}.lua", options.workload),
+        url,
+    ];
+    match options.workload.as_str() {
+        "plaintext" => argv.extend(["--".into(), options.depth.to_string()]),
+        "seed-mix" | "jobs" => argv.extend(["--".into(), options.tokens.clone()]),
+        _ => {}
+    }
+    let database_url = options.database_url.as_deref();
+    let enqueue_mark = match (options.workload.as_str(), database_url) {
+        ("jobs", Some(url)) => Some(jobs::mark(url)?),
+        ("jobs", None) => return Err("jobs needs --database-url (or PERCORE_DATABASE_URL)".into()),
+        _ => None,
+    };
+    let before = scrape::snapshot(&options.base)?;
+    let output = Command::new("taskset")
+        .args(&argv)
+        .output()
+        .map_err(|e| format!("running wrk via taskset: {e}"))?;
+    let after = scrape::snapshot(&options.base)?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let job_figures = match (enqueue_mark, database_url) {
+        (Some(mark), Some(url)) => {
+            let token = first_token(&options.tokens)?;
+            let duration = wrk::seconds(&options.duration).ok_or("--duration: use e.g. 10s")?;
+            jobs::measure(
+                &jobs::Options {
+                    base: &options.base,
+                    database_url: url,
+                    token: &token,
+                    rate: options.rate,
+                    duration,
+                },
+                mark,
+            )?
+        }
+        _ => serde_json::Value::Null,
+    };
+    let result = json!({
+        "workload": options.workload,
+        "command": format!("taskset {}", argv.join(" ")),
+        "machine": wrk::machine(),
+        "commit": wrk::git(&["rev-parse", "HEAD"]),
+        "wrk": wrk::parse_wrk(&text),
+        "server": scrape::delta(&before, &after),
+        "jobs": job_figures,
+        "wrk_output": text,
+    });
+    Ok(result)
+}
+
+/// The first session token of a `seed` tokens file.
+pub fn first_token(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split(' ').next())
+        .map(String::from)
+        .ok_or_else(|| format!("{path} holds no token; run `percore-bench seed` first"))
+}
