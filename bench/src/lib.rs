@@ -7,6 +7,7 @@
 
 pub mod jobs;
 pub mod run;
+pub mod sample;
 pub mod scrape;
 pub mod seed;
 pub mod wrk;

@@ -4,9 +4,10 @@
 //! generator measured, with the exact command, the machine and the commit, as JSON. It
 //! never judges a result: comparisons are ratios made from files it wrote in the same run.
 //!
-//!   percore-bench run plaintext|json|seed-mix|jobs [--url BASE] [--connections N]
+//!   percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N]
 //!                 [--duration 10s] [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE]
-//!                 [--rate 200] [--database-url URL]   (the last two: jobs only)
+//!                 [--rate 200] [--database-url URL]   (jobs only)
+//!                 [--rows 20]   (queries, updates, cached-queries)  [--tuning FILE]   (recorded)
 //!   percore-bench seed --database-url URL [--users 100000] [--events 1000000]
 //!                 [--sessions 10000] [--tokens FILE]
 //!
@@ -16,8 +17,8 @@ use percore_bench::run::{RunOptions, WORKLOADS};
 use percore_bench::seed;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: percore-bench run plaintext|json|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
-                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL]\n       \
+const USAGE: &str = "usage: percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
+                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]";
 const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
 
@@ -72,6 +73,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         out: None,
         rate: 200,
         database_url: std::env::var("PERCORE_DATABASE_URL").ok(),
+        rows: 20,
+        tuning: None,
     };
     for (flag, value) in flags(&args[1..])? {
         match flag {
@@ -83,6 +86,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--wrk-cpu" => options.wrk_cpu = value.into(),
             "--out" => options.out = Some(value.into()),
             "--rate" => options.rate = number(flag, value)?,
+            "--rows" => options.rows = number(flag, value)?,
+            "--tuning" => options.tuning = Some(value.into()),
             "--database-url" => options.database_url = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}")),
         }

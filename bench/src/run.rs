@@ -6,7 +6,17 @@ use serde_json::{Value, json};
 use std::process::Command;
 
 /// Every workload `run` knows.
-pub const WORKLOADS: [&str; 4] = ["plaintext", "json", "seed-mix", "jobs"];
+pub const WORKLOADS: [&str; 9] = [
+    "plaintext",
+    "json",
+    "db",
+    "queries",
+    "fortunes",
+    "updates",
+    "cached-queries",
+    "seed-mix",
+    "jobs",
+];
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -21,15 +31,25 @@ pub struct RunOptions {
     /// jobs: steady-phase jobs per second, and the database holding them.
     pub rate: u32,
     pub database_url: Option<String>,
+    /// queries, updates, cached-queries: rows per request.
+    pub rows: u32,
+    /// The server's tuning file, recorded with the result.
+    pub tuning: Option<String>,
 }
 
 /// Drives a running server with one workload and returns the result document.
 pub fn run(options: &RunOptions) -> Result<Value, String> {
     let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk");
-    let path = match options.workload.as_str() {
-        "seed-mix" => "",
-        "jobs" => "v1/jobs",
-        workload => workload,
+    let rows = options.rows;
+    let (path, script) = match options.workload.as_str() {
+        "seed-mix" => (String::new(), "seed-mix"),
+        "jobs" => ("v1/jobs".into(), "jobs"),
+        "plaintext" => ("plaintext".into(), "plaintext"),
+        "json" => ("json".into(), "json"),
+        "queries" => (format!("queries?queries={rows}"), "get"),
+        "updates" => (format!("updates?queries={rows}"), "get"),
+        "cached-queries" => (format!("cached-queries?count={rows}"), "get"),
+        workload => (workload.to_string(), "get"),
     };
     let url = format!("{}/{path}", options.base);
     let mut argv: Vec<String> = vec![
@@ -41,7 +61,7 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         format!("-d{}", options.duration),
         "--latency".into(),
         "-s".into(),
-        format!("{scripts}/{}.lua", options.workload),
+        format!("{scripts}/{script}.lua"),
         url,
     ];
     match options.workload.as_str() {
@@ -56,10 +76,12 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         _ => None,
     };
     let before = scrape::snapshot(&options.base)?;
+    let sampler = crate::sample::Sampler::start(&options.base, std::time::Duration::from_secs(1));
     let output = Command::new("taskset")
         .args(&argv)
         .output()
         .map_err(|e| format!("running wrk via taskset: {e}"))?;
+    let during = sampler.finish();
     let after = scrape::snapshot(&options.base)?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
@@ -93,6 +115,12 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         "commit": wrk::git(&["rev-parse", "HEAD"]),
         "wrk": wrk::parse_wrk(&text),
         "server": scrape::delta(&before, &after),
+        "timeline": during["timeline"],
+        "cpu_per_shard": during["cpu_per_shard"],
+        "tuning": match &options.tuning {
+            Some(path) => json!({"path": path, "text": std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?}),
+            None => Value::Null,
+        },
         "jobs": job_figures,
         "wrk_output": text,
     });

@@ -17,6 +17,15 @@ const CACHE_FAMILIES: [&str; 4] = [
     "percore_cache_l2_misses_total",
 ];
 
+/// Requests answered so far, over every route but the scrape's own.
+pub fn requests_total(base: &str) -> Result<f64, String> {
+    Ok(snapshot(base)?
+        .iter()
+        .filter(|(route, _)| !route.starts_with("family:") && route.as_str() != "metrics")
+        .map(|(_, (requests, _))| requests)
+        .sum())
+}
+
 /// `/metrics` summed over shards.
 pub fn snapshot(base: &str) -> Result<Counts, String> {
     let host = base.trim_start_matches("http://");
