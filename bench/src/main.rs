@@ -19,7 +19,9 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
                      [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE]\n       \
-                     percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]";
+                     percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]\n       \
+                     percore-bench compare A.json B.json …\n       \
+                     percore-bench report RESULT.json … -o report.html";
 const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
 
 fn main() -> ExitCode {
@@ -27,7 +29,9 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("run") => parse_run(&args[1..]).map(|o| run_and_write(&o)),
         Some("seed") => parse_seed(&args[1..]).map(|(url, scale, tokens)| seed::seed(&url, &scale, &tokens)),
-        _ => Err("the commands are `run` and `seed`".into()),
+        Some("compare") if args.len() > 1 => Ok(compare(&args[1..])),
+        Some("report") => parse_report(&args[1..]).map(|(files, out)| report(&files, &out)),
+        _ => Err("the commands are `run`, `seed`, `compare` and `report`".into()),
     };
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -120,6 +124,28 @@ fn parse_seed(args: &[String]) -> Result<(String, seed::Scale, String), String> 
     Ok((url, scale, tokens))
 }
 
+fn compare(files: &[String]) -> Result<(), String> {
+    let results = percore_bench::compare::load(files)?;
+    print!("{}", percore_bench::compare::table(&results));
+    Ok(())
+}
+
+/// `FILE… -o OUT`.
+fn parse_report(args: &[String]) -> Result<(Vec<String>, String), String> {
+    let at = args.iter().position(|a| a == "-o").ok_or("report needs -o OUT.html")?;
+    let out = args.get(at + 1).ok_or("-o needs a file")?.clone();
+    let files: Vec<String> = args[..at].iter().chain(&args[at + 2..]).cloned().collect();
+    if files.is_empty() {
+        return Err("report needs result files".into());
+    }
+    Ok((files, out))
+}
+
+fn report(files: &[String], out: &str) -> Result<(), String> {
+    let results = percore_bench::compare::load(files)?;
+    std::fs::write(out, percore_bench::report::render(&results)).map_err(|e| format!("writing {out}: {e}"))
+}
+
 fn run_and_write(options: &RunOptions) -> Result<(), String> {
     let result = percore_bench::run::run(options)?;
     let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
@@ -142,7 +168,8 @@ mod tests {
 
     #[test]
     fn refuses_unknown_workloads_and_bad_flags() {
-        assert!(parse_run(&args("fortunes")).is_err());
+        assert!(parse_run(&args("nope")).is_err());
+        assert_eq!(parse_run(&args("queries --rows 5")).unwrap().rows, 5);
         assert!(parse_run(&args("json --connections x")).is_err());
         assert!(parse_run(&args("json --connections")).is_err());
         assert_eq!(parse_run(&args("seed-mix --tokens t.txt")).unwrap().tokens, "t.txt");
