@@ -16,8 +16,4 @@ function request()
   }, '{"kind":"email","params":{"subject":"bench","text":"x"}}')
 end
 
-function done(summary, latency, requests)
-  for _, p in ipairs({ 50, 90, 95, 99, 99.9 }) do
-    io.write(string.format("percentile %g %d\n", p, latency:percentile(p)))
-  end
-end
+done = require("percentiles")

@@ -48,9 +48,4 @@ function request()
   end
 end
 
--- wrk's --latency report has no p95; print the percentiles the results record, in µs.
-function done(summary, latency, requests)
-  for _, p in ipairs({ 50, 90, 95, 99, 99.9 }) do
-    io.write(string.format("percentile %g %d\n", p, latency:percentile(p)))
-  end
-end
+done = require("percentiles")

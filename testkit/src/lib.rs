@@ -19,4 +19,4 @@ mod redis;
 pub use postgres::Postgres;
 pub use redis::Redis;
 // For tests that start servers of their own (SMTP, HTTP receivers) beside these.
-pub use process::{free_port, port_open, temp_dir, wait_until};
+pub use process::{free_port, on_path, port_open, temp_dir, wait_until};

@@ -1,0 +1,88 @@
+//! The benchmark driver against a started server: `percore-bench run json` records every
+//! field a result promises, and `report` renders it into a page that headless Chromium
+//! draws with its plots.
+
+mod common;
+
+use common::{Server, Services};
+use percore_bench::run::{RunOptions, run};
+
+fn json_result(server: &Server) -> serde_json::Value {
+    let options = RunOptions {
+        workload: "json".into(),
+        base: format!("http://127.0.0.1:{}", server.port),
+        connections: 8,
+        duration: "3s".into(),
+        depth: 1,
+        tokens: String::new(),
+        wrk_cpu: "0".into(),
+        out: None,
+        rate: 1,
+        database_url: None,
+        rows: 1,
+        tuning: Some(server.dir.join("tuning.toml").to_string_lossy().into_owned()),
+    };
+    run(&options).expect("percore-bench run json (needs wrk: `./dev test` installs it)")
+}
+
+#[test]
+fn a_run_records_every_field_and_the_report_draws_it() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let result = json_result(&server);
+    assert_eq!(result["workload"], "json");
+    assert!(result["command"].as_str().unwrap().contains("wrk"));
+    assert!(result["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(result["machine"]["kernel"].is_string());
+    let wrk = &result["wrk"];
+    assert!(wrk["requests_per_s"].as_f64().unwrap() > 0.0, "{wrk}");
+    for p in ["50", "90", "95", "99", "99.9"] {
+        assert!(wrk[format!("latency_us_p{p}")].as_f64().unwrap() > 0.0, "p{p}: {wrk}");
+    }
+    let answered = result["server"]["routes"]["json"]["requests"].as_f64().unwrap();
+    assert!(answered > 0.0);
+    assert_eq!(result["server"]["routes"]["json"]["statements_per_request"], 0.0);
+    let timeline = result["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty(), "one sample a second: {timeline:?}");
+    assert!(timeline.iter().any(|s| s["requests_per_s"].as_f64().unwrap() > 0.0));
+    let cpu = result["cpu_per_shard"].as_object().unwrap();
+    assert!(
+        cpu.contains_key("percore-shard-0") && cpu.contains_key("percore-shard-1"),
+        "{cpu:?}"
+    );
+    assert!(cpu.values().any(|share| share.as_f64().unwrap() > 0.0));
+    assert!(result["tuning"]["text"].as_str().unwrap().contains("[server]"));
+
+    let page = percore_bench::report::render(&[("json-run.json".into(), result)]);
+    assert_eq!(page.matches("<svg").count(), 5);
+    let html = server.dir.join("report.html");
+    std::fs::write(&html, &page).unwrap();
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| percore_testkit::on_path(c).is_some())
+        .expect("headless Chromium (Debian package chromium; `./dev test` installs it)");
+    let shot = server.dir.join("report.png");
+    let status = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=820,1400")
+        .arg(format!("file://{}", html.display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The first series colour (#1f77b4) covers the bars and lines it drew.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    let blue = pixels[..frame.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p[0] == 0x1f && p[1] == 0x77 && p[2] == 0xb4)
+        .count();
+    assert!(
+        blue > 2_000,
+        "the plots were drawn: {blue} pixels of the first series colour"
+    );
+}
