@@ -75,6 +75,7 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         ("jobs", None) => return Err("jobs needs --database-url (or PERCORE_DATABASE_URL)".into()),
         _ => None,
     };
+    let pg_before = database_url.map(crate::pgstat::calls);
     let before = scrape::snapshot(&options.base)?;
     let sampler = crate::sample::Sampler::start(&options.base, std::time::Duration::from_secs(1));
     let output = Command::new("taskset")
@@ -83,6 +84,7 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         .map_err(|e| format!("running wrk via taskset: {e}"))?;
     let during = sampler.finish();
     let after = scrape::snapshot(&options.base)?;
+    let pg_after = database_url.map(crate::pgstat::calls);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         return Err(format!(
@@ -108,13 +110,18 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         }
         _ => serde_json::Value::Null,
     };
+    let server = scrape::delta(&before, &after);
     let result = json!({
         "workload": options.workload,
         "command": format!("taskset {}", argv.join(" ")),
         "machine": wrk::machine(),
         "commit": wrk::git(&["rev-parse", "HEAD"]),
         "wrk": wrk::parse_wrk(&text),
-        "server": scrape::delta(&before, &after),
+        "server": server,
+        "pg_stat_statements": match (&pg_before, &pg_after) {
+            (Some(b), Some(a)) => crate::pgstat::delta(b, a, server["requests"].as_f64().unwrap_or(0.0)),
+            _ => json!({ "unavailable": "no --database-url" }),
+        },
         "timeline": during["timeline"],
         "cpu_per_shard": during["cpu_per_shard"],
         "tuning": match &options.tuning {

@@ -1,4 +1,4 @@
-//! The benchmark driver against a started server: `percore-bench run json` records every
+//! The benchmark driver against a started server: `percore-bench run db` records every
 //! field a result promises, and `report` renders it into a page that headless Chromium
 //! draws with its plots.
 
@@ -7,9 +7,9 @@ mod common;
 use common::{Server, Services};
 use percore_bench::run::{RunOptions, run};
 
-fn json_result(server: &Server) -> serde_json::Value {
+fn db_result(server: &Server, database_url: &str) -> serde_json::Value {
     let options = RunOptions {
-        workload: "json".into(),
+        workload: "db".into(),
         base: format!("http://127.0.0.1:{}", server.port),
         connections: 8,
         duration: "3s".into(),
@@ -18,19 +18,22 @@ fn json_result(server: &Server) -> serde_json::Value {
         wrk_cpu: "0".into(),
         out: None,
         rate: 1,
-        database_url: None,
+        database_url: Some(database_url.into()),
         rows: 1,
         tuning: Some(server.dir.join("tuning.toml").to_string_lossy().into_owned()),
     };
-    run(&options).expect("percore-bench run json (needs wrk: `./dev test` installs it)")
+    run(&options).expect("percore-bench run db (needs wrk: `./dev test` installs it)")
 }
 
 #[test]
 fn a_run_records_every_field_and_the_report_draws_it() {
     let services = Services::start();
     let server = Server::start(&services, "");
-    let result = json_result(&server);
-    assert_eq!(result["workload"], "json");
+    let mut db = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    db.batch_execute("INSERT INTO world SELECT n, n FROM generate_series(1, 10000) n")
+        .unwrap();
+    let result = db_result(&server, &services.postgres.url);
+    assert_eq!(result["workload"], "db");
     assert!(result["command"].as_str().unwrap().contains("wrk"));
     assert!(result["machine"]["cores"].as_u64().unwrap() >= 1);
     assert!(result["machine"]["kernel"].is_string());
@@ -39,9 +42,17 @@ fn a_run_records_every_field_and_the_report_draws_it() {
     for p in ["50", "90", "95", "99", "99.9"] {
         assert!(wrk[format!("latency_us_p{p}")].as_f64().unwrap() > 0.0, "p{p}: {wrk}");
     }
-    let answered = result["server"]["routes"]["json"]["requests"].as_f64().unwrap();
+    let answered = result["server"]["routes"]["db"]["requests"].as_f64().unwrap();
     assert!(answered > 0.0);
-    assert_eq!(result["server"]["routes"]["json"]["statements_per_request"], 0.0);
+    assert_eq!(result["server"]["routes"]["db"]["statements_per_request"], 1.0);
+    // What reached Postgres: one statement per request, plus the job maintenance's few.
+    let counted = result["pg_stat_statements"]["statements_per_request"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{}", result["pg_stat_statements"]));
+    assert!(
+        (0.99..1.05).contains(&counted),
+        "pg_stat_statements: {counted} per request"
+    );
     let timeline = result["timeline"].as_array().unwrap();
     assert!(!timeline.is_empty(), "one sample a second: {timeline:?}");
     assert!(timeline.iter().any(|s| s["requests_per_s"].as_f64().unwrap() > 0.0));
@@ -53,7 +64,7 @@ fn a_run_records_every_field_and_the_report_draws_it() {
     assert!(cpu.values().any(|share| share.as_f64().unwrap() > 0.0));
     assert!(result["tuning"]["text"].as_str().unwrap().contains("[server]"));
 
-    let page = percore_bench::report::render(&[("json-run.json".into(), result)]);
+    let page = percore_bench::report::render(&[("db-run.json".into(), result)]);
     assert_eq!(page.matches("<svg").count(), 5);
     let html = server.dir.join("report.html");
     std::fs::write(&html, &page).unwrap();

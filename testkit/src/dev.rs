@@ -68,7 +68,9 @@ fn ensure_postgres(var: &Path, port: u16, cpus: &[usize]) -> Result<(), String> 
         .arg(&log)
         .arg("-o")
         .arg(format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+            // pg_stat_statements: the benchmark driver counts statements with it.
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+             -c shared_preload_libraries=pg_stat_statements"
         ))
         .args(["-w", "-t", "60", "start"])
         .stdin(Stdio::null())

@@ -101,6 +101,8 @@ fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
         // as it would a crash; only losing the machine could lose it.
         .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
         .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
+        // The benchmark driver's test counts statements with pg_stat_statements.
+        .args(["-c", "shared_preload_libraries=pg_stat_statements"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
