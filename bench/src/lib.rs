@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod jobs;
+pub mod openloop;
 pub mod pgstat;
 pub mod report;
 pub mod run;

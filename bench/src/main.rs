@@ -79,6 +79,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         database_url: std::env::var("PERCORE_DATABASE_URL").ok(),
         rows: 20,
         tuning: None,
+        // k6 on PATH runs the open-loop phases unless `--open-loop off`.
+        k6: percore_bench::run::k6_on_path().map(|k6| (k6, "10s".to_string())),
     };
     for (flag, value) in flags(&args[1..])? {
         match flag {
@@ -92,6 +94,11 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--rate" => options.rate = number(flag, value)?,
             "--rows" => options.rows = number(flag, value)?,
             "--tuning" => options.tuning = Some(value.into()),
+            "--open-loop" if value == "off" => options.k6 = None,
+            "--open-loop" => {
+                let k6 = percore_bench::run::k6_on_path().ok_or("--open-loop needs k6 on PATH")?;
+                options.k6 = Some((k6, value.into()));
+            }
             "--database-url" => options.database_url = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}")),
         }

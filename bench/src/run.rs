@@ -35,6 +35,18 @@ pub struct RunOptions {
     pub rows: u32,
     /// The server's tuning file, recorded with the result.
     pub tuning: Option<String>,
+    /// k6 to run the open-loop phases with (50% and 80% of the wrk rate), for this long;
+    /// `None` skips them.
+    pub k6: Option<(String, String)>,
+}
+
+/// `k6` if it is on PATH.
+pub fn k6_on_path() -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("k6"))
+        .find(|k6| k6.is_file())
+        .map(|k6| k6.to_string_lossy().into_owned())
 }
 
 /// Drives a running server with one workload and returns the result document.
@@ -111,12 +123,23 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         _ => serde_json::Value::Null,
     };
     let server = scrape::delta(&before, &after);
+    let wrk_result = wrk::parse_wrk(&text);
+    let open_loop = match &options.k6 {
+        Some((k6, duration)) => crate::openloop::measure(
+            options,
+            k6,
+            duration,
+            wrk_result["requests_per_s"].as_f64().unwrap_or(0.0),
+        )?,
+        None => json!({ "unavailable": "k6 is not on PATH (or --open-loop off)" }),
+    };
     let result = json!({
         "workload": options.workload,
         "command": format!("taskset {}", argv.join(" ")),
         "machine": wrk::machine(),
         "commit": wrk::git(&["rev-parse", "HEAD"]),
-        "wrk": wrk::parse_wrk(&text),
+        "wrk": wrk_result,
+        "open_loop": open_loop,
         "server": server,
         "pg_stat_statements": match (&pg_before, &pg_after) {
             (Some(b), Some(a)) => crate::pgstat::delta(b, a, server["requests"].as_f64().unwrap_or(0.0)),

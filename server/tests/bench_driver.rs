@@ -21,6 +21,11 @@ fn db_result(server: &Server, database_url: &str) -> serde_json::Value {
         database_url: Some(database_url.into()),
         rows: 1,
         tuning: Some(server.dir.join("tuning.toml").to_string_lossy().into_owned()),
+        k6: Some((
+            std::env::var("PERCORE_K6")
+                .expect("PERCORE_K6 is not set: run the tests with `./dev test`, which installs k6"),
+            "2s".into(),
+        )),
     };
     run(&options).expect("percore-bench run db (needs wrk: `./dev test` installs it)")
 }
@@ -63,6 +68,21 @@ fn a_run_records_every_field_and_the_report_draws_it() {
     );
     assert!(cpu.values().any(|share| share.as_f64().unwrap() > 0.0));
     assert!(result["tuning"]["text"].as_str().unwrap().contains("[server]"));
+    // The open loop: k6 offered 50% and 80% of the closed-loop rate. (On this 2-core box
+    // k6 on one core cannot generate that much: the result says so.)
+    let saturation = wrk["requests_per_s"].as_f64().unwrap();
+    let runs = result["open_loop"]["runs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", result["open_loop"]));
+    assert_eq!(runs.len(), 2);
+    for (run, share) in runs.iter().zip([0.5, 0.8]) {
+        let offered = run["offered_per_s"].as_f64().unwrap();
+        assert_eq!(offered, (saturation * share).round(), "{run}");
+        let achieved = run["achieved_per_s"].as_f64().unwrap();
+        assert!(achieved > 0.0, "{run}");
+        assert_eq!(run["rate_not_achieved"], achieved < offered * 0.95, "{run}");
+        assert!(run["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{run}");
+    }
 
     let page = percore_bench::report::render(&[("db-run.json".into(), result)]);
     assert_eq!(page.matches("<svg").count(), 5);
