@@ -16,15 +16,9 @@ if [ ! -f "$aiosmtpd/.installed" ]; then
 fi
 smtp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$aiosmtpd/bin/python" -m aiosmtpd -n -l "127.0.0.1:$smtp_port" -c aiosmtpd.handlers.Sink & smtp=$!
-if [ "$shards" -lt "$(nproc)" ]; then cpus=$(seq -s, 1 "$shards"); else cpus=""; fi
 config=$(mktemp --suffix=.toml)
-cat > "$config" <<TOML
-[server]
-listen = "127.0.0.1:8080"
-shards = $shards
-cpus = [$cpus]
-[database]
-url = "$PERCORE_DATABASE_URL"
+server_tuning "$shards" > "$config"
+cat >> "$config" <<TOML
 [jobs]
 poll_interval_ms = 200
 [jobs.queues.email]

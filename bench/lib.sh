@@ -8,3 +8,12 @@ if [ -z "${PERCORE_DATABASE_URL:-}" ]; then
   PERCORE_DATABASE_URL="postgres://postgres@127.0.0.1:$(awk '{print $1}' var/ports)/postgres"
 fi
 ./target/release/percore-bench seed --database-url "$PERCORE_DATABASE_URL"
+
+# The [server] and [database] sections of a benchmark tuning file for $1 shards: on CPUs
+# 1.. while that leaves CPU 0 to the load generator, otherwise on the first CPUs.
+server_tuning() {
+  local shards=$1 cpus=""
+  if [ "$shards" -lt "$(nproc)" ]; then cpus=$(seq -s, 1 "$shards"); fi
+  printf '[server]\nlisten = "127.0.0.1:8080"\nshards = %s\ncpus = [%s]\n[database]\nurl = "%s"\n' \
+    "$shards" "$cpus" "$PERCORE_DATABASE_URL"
+}

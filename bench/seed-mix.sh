@@ -18,15 +18,8 @@ for cache in $cache_states; do
   enabled=$([ "$cache" = on ] && echo true || echo false)
   out="bench/results/seed-mix-${shards}shard-cache-${cache}.json"
   config=$(mktemp --suffix=.toml)
-  # Shards on CPUs 1.. while that leaves CPU 0 to wrk; otherwise on the first CPUs.
-  if [ "$shards" -lt "$(nproc)" ]; then cpus=$(seq -s, 1 "$shards"); else cpus=""; fi
-  cat > "$config" <<TOML
-[server]
-listen = "127.0.0.1:8080"
-shards = $shards
-cpus = [$cpus]
-[database]
-url = "$PERCORE_DATABASE_URL"
+  server_tuning "$shards" > "$config"
+  cat >> "$config" <<TOML
 [cache]
 enabled = $enabled
 [identity]

@@ -7,6 +7,7 @@
 // by Argon2 and are reported on their own, tagged route=login).
 import http from "k6/http";
 import { check } from "k6";
+import { openLoop, summaryTrendStats } from "./open_loop.js";
 
 const base = __ENV.BASE || "http://127.0.0.1:8080";
 const lines = open(__ENV.TOKENS || "../results/seed-tokens.txt").split("\n");
@@ -16,22 +17,13 @@ const rate = Number(__ENV.RATE || 1000);
 const themes = ["light", "dark", "system"];
 
 export const options = {
-  scenarios: {
-    open_loop: {
-      executor: "constant-arrival-rate",
-      rate: rate,
-      timeUnit: "1s",
-      duration: __ENV.DURATION || "20s",
-      preAllocatedVUs: Math.max(10, Math.ceil(rate / 50)),
-      maxVUs: Math.max(100, Math.ceil(rate / 5)),
-    },
-  },
+  scenarios: { open_loop: openLoop(rate) },
   thresholds: {
     "http_req_failed{login:no}": ["rate<0.001"],
     "http_req_duration{login:no}": [`p(99)<${__ENV.P99_MS || 10}`],
     "http_req_duration{login:yes}": ["p(99)<1000"],
   },
-  summaryTrendStats: ["avg", "med", "p(90)", "p(95)", "p(99)", "p(99.9)", "max"],
+  summaryTrendStats,
 };
 
 function pick(list) {

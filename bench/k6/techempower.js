@@ -7,6 +7,7 @@
 // P95_MS / P99_MS: the thresholds (defaults 10 and 25) that fail the run when missed.
 import http from "k6/http";
 import { check } from "k6";
+import { openLoop, summaryTrendStats } from "./open_loop.js";
 
 const base = __ENV.BASE || "http://127.0.0.1:8080";
 const workload = __ENV.WORKLOAD || "json";
@@ -31,22 +32,13 @@ const rate = Number(__ENV.RATE || 1000);
 
 export const options = {
   discardResponseBodies: false,
-  scenarios: {
-    open_loop: {
-      executor: "constant-arrival-rate",
-      rate: rate,
-      timeUnit: "1s",
-      duration: __ENV.DURATION || "20s",
-      preAllocatedVUs: Math.max(10, Math.ceil(rate / 50)),
-      maxVUs: Math.max(100, Math.ceil(rate / 5)),
-    },
-  },
+  scenarios: { open_loop: openLoop(rate) },
   thresholds: {
     http_req_failed: ["rate<0.001"],
     http_req_duration: [`p(95)<${__ENV.P95_MS || 10}`, `p(99)<${__ENV.P99_MS || 25}`],
     dropped_iterations: [`count<${Math.ceil(rate)}`],
   },
-  summaryTrendStats: ["avg", "med", "p(90)", "p(95)", "p(99)", "p(99.9)", "max"],
+  summaryTrendStats,
 };
 
 export default function () {
