@@ -46,7 +46,7 @@ trap 'kill $pid $smtp 2>/dev/null; rm -f "$config"' EXIT
 for _ in $(seq 50); do curl -fs http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done
 out="bench/results/jobs-${shards}shard.json"
 ./target/release/percore-bench run jobs --duration "$duration" --connections "$connections" --rate "$rate" \
-  --database-url "$PERCORE_DATABASE_URL" --out "$out"
+  --database-url "$PERCORE_DATABASE_URL" --tuning "$config" --out "$out"
 python3 - "$out" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

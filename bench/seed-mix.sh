@@ -34,6 +34,7 @@ TOML
   # Warm-up, then the measured run.
   ./target/release/percore-bench run seed-mix --duration 5s --connections "$connections" >/dev/null
   ./target/release/percore-bench run seed-mix --duration "$duration" --connections "$connections" \
+    --database-url "$PERCORE_DATABASE_URL" --tuning "$config" \
     --out "$out"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -f "$config"
