@@ -118,3 +118,54 @@ fn webhooks_retry_with_growing_delays_then_give_up_and_an_operator_can_retry() {
     assert_eq!(last.header("percore-delivery"), Some(dead_id.to_string().as_str()));
     verify_signature(all["secret"].as_str().unwrap(), &last);
 }
+
+#[test]
+fn a_receiver_that_never_answers_costs_one_timeout_per_attempt() {
+    let services = Services::start();
+    // Accepts connections and reads nothing back: each delivery must give up on its own.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.incoming().take(2).flatten().collect::<Vec<_>>());
+    let port = common::free_port();
+    let extra = format!("[jobs]\n{FAST}\nmax_attempts = 2\n[webhooks]\nallow_private = true\ntimeout_ms = 400\n");
+    let text = common::Tuning {
+        extra: &extra,
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    let server = common::Server::start_with_config(port, &text, &[]);
+    let (_, token) = server.sign_up("Silent");
+    let url = format!("http://127.0.0.1:{silent_port}/hook");
+    let hook = server.call(
+        "POST",
+        "/v1/webhooks",
+        Some(&token),
+        Some(&json!({"url": url, "events": ["*"]})),
+    );
+    assert_eq!(hook.status, 201, "{}", hook.text());
+    post_event(&server, &token, "ping", 1);
+    let log_path = format!("/v1/webhooks/{}/deliveries", hook.json()["id"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let attempts = loop {
+        let log = server.call("GET", &log_path, Some(&token), None).json()["deliveries"].clone();
+        if log.as_array().unwrap().len() == 2 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let attempts = attempts.as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "both attempts logged: {attempts:?}");
+    for attempt in attempts {
+        let waited = attempt["duration_ms"].as_i64().unwrap();
+        assert!(
+            (350..2_000).contains(&waited),
+            "gave up after about timeout_ms: {attempt}"
+        );
+        assert!(attempt["status_code"].is_null(), "{attempt}");
+        assert!(!attempt["error"].as_str().unwrap().is_empty(), "{attempt}");
+    }
+    let delivery_id = attempts[0]["delivery_id"].as_i64().unwrap();
+    let dead = wait_status(&server, &token, delivery_id, "dead", Duration::from_secs(10));
+    assert_eq!(dead["attempts"], 2);
+    drop(held);
+}
