@@ -409,3 +409,35 @@ fn bad_job_and_webhook_input_gets_the_right_status_and_code() {
         "the secret is shown once"
     );
 }
+
+#[test]
+fn an_export_over_artifact_bytes_max_fails_and_leaves_no_file() {
+    let services = Services::start();
+    let server = start(&services, &format!("{FAST}\nartifact_bytes_max = 1024"), "");
+    let (user, token) = server.sign_up("Big");
+    postgres::Client::connect(&services.postgres.url, postgres::NoTls)
+        .unwrap()
+        .execute(
+            "INSERT INTO events (user_id, kind, payload)
+             SELECT $1, 'bulk', jsonb_build_object('n', n) FROM generate_series(1, 200) n",
+            &[&user],
+        )
+        .unwrap();
+    let id = enqueue(&server, &token, json!({"kind": "export"}));
+    let dead = wait_status(&server, &token, id, "dead", Duration::from_secs(20));
+    assert_eq!(dead["attempts"], 1, "too large is permanent: {dead}");
+    assert!(dead["error"].as_str().unwrap().contains("artifact_bytes_max"), "{dead}");
+    let artifacts = server.dir.join("var/artifacts");
+    let left: Vec<_> = std::fs::read_dir(&artifacts)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|name| !name.to_string_lossy().contains(".csv")),
+        "{left:?}"
+    );
+    // The worker (and the connection that streamed the cut-off COPY) goes on: a small
+    // export, of a user without events, is done.
+    let (_, other) = server.sign_up("Small");
+    let small = enqueue(&server, &other, json!({"kind": "export"}));
+    wait_status(&server, &other, small, "done", Duration::from_secs(20));
+}
