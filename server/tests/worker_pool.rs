@@ -26,11 +26,31 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
     // One shard alone on CPU 1; the worker, the hash load and the clients share CPU 0.
     let text = common::Tuning {
         server: "shards = 1\ncpus = [1]",
-        workers: "threads = 1\ncpus = [0]\nargon2_memory_kib = 19456\nargon2_iterations = 2",
+        workers: "threads = 1\ncpus = [0]\nargon2_memory_kib = 65536\nargon2_iterations = 3",
         ..common::Tuning::new(port, &services)
     }
     .render();
     let server = Server::start_with_config(port, &text, &[]);
+
+    // What one hash costs on this machine today, with nothing else running: were hashing
+    // done on the shard, a cheap request arriving behind one would wait about this long.
+    // The bar below is a fraction of it, measured in the same run, so a slow or noisy
+    // machine moves both sides together.
+    let hash_time = {
+        let stream = server.connect();
+        let mut reader = ResponseReader::new(&stream);
+        (0..3)
+            .map(|_| {
+                let at = Instant::now();
+                (&stream)
+                    .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\npassword")
+                    .unwrap();
+                assert_eq!(reader.next(false).unwrap().status, 200);
+                at.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let hashes = Arc::new(AtomicU64::new(0));
@@ -79,8 +99,8 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
                         assert_eq!(ResponseReader::new(stream).next(false).unwrap().status, 200);
                         latencies.push(at.elapsed());
                     }
-                    // Paced, so the measurement spans many hashes.
-                    std::thread::sleep(Duration::from_millis(5));
+                    // Paced, so the measurement spans several hashes.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 latencies
             })
@@ -102,10 +122,10 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
         hashes_during >= 1,
         "the pool made no progress while the cheap route was measured"
     );
-    eprintln!("cheap route p99 {p99:?}, {hashes_during} hashes completed meanwhile");
+    eprintln!("cheap route p99 {p99:?}, one hash {hash_time:?}, {hashes_during} hashes completed meanwhile");
     assert!(
-        p99 < Duration::from_millis(5),
-        "cheap route p99 {p99:?} with {hashes_during} hashes running"
+        p99 < hash_time / 4,
+        "cheap route p99 {p99:?} is not far below one hash ({hash_time:?}) with {hashes_during} hashes running"
     );
 }
 
