@@ -2,7 +2,9 @@
 //!
 //! Each shard writes only its own `ShardMetrics` (relaxed atomics on cache lines no other
 //! core writes), so recording costs no lock and no cross-core traffic; `/metrics` on any
-//! shard reads every shard's copy. Rendered by hand because the families are fixed and the
+//! shard reads every shard's copy. With one writer, a count is bumped by a plain load and
+//! store (`bump`), not a locked read-modify-write: readers on other cores still see whole
+//! values, and the lock prefix was several per request on the hot path. Rendered by hand because the families are fixed and the
 //! format is a page of text; a registry crate would add a lock or a map to the hot path.
 
 use crate::router::Endpoint;
@@ -95,14 +97,14 @@ impl ShardMetrics {
     pub fn record(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
         let route = &self.routes[endpoint as usize];
         let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUS_SLOTS - 1);
-        route.by_status[slot].fetch_add(1, Relaxed);
+        bump(&route.by_status[slot], 1);
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = BUCKETS_US
             .iter()
             .position(|bound| micros <= *bound)
             .unwrap_or(BUCKETS_US.len());
-        route.latency_buckets[bucket].fetch_add(1, Relaxed);
-        route.latency_sum_us.fetch_add(micros, Relaxed);
+        bump(&route.latency_buckets[bucket], 1);
+        bump(&route.latency_sum_us, micros);
     }
 
     /// One request's SQL statements, by route.
@@ -111,19 +113,24 @@ impl ShardMetrics {
             return;
         }
         let route = &self.routes[endpoint as usize];
-        route.db_reads.fetch_add(u64::from(reads), Relaxed);
-        route.db_writes.fetch_add(u64::from(writes), Relaxed);
+        bump(&route.db_reads, u64::from(reads));
+        bump(&route.db_writes, u64::from(writes));
         route.db_statements_max.fetch_max(u64::from(reads + writes), Relaxed);
         route.db_reads_max.fetch_max(u64::from(reads), Relaxed);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        bump(counter, n);
     }
 
     pub fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Relaxed);
+        counter.store(counter.load(Relaxed) - n, Relaxed);
     }
+}
+
+/// Adds `n` to a counter only the calling shard writes (see the module comment).
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed) + n, Relaxed);
 }
 
 /// Process-wide gauges that belong to no shard.

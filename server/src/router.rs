@@ -247,6 +247,41 @@ fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     (!param.contains('/')).then_some(Some(param))
 }
 
+/// The routes a path of each length can match: those without a parameter whose pattern
+/// has that length, then every route with one. Built once; a linear scan of the whole
+/// table was a quarter of the instructions of a plaintext request.
+struct Candidates {
+    literal_by_len: Vec<Vec<&'static Route>>,
+    parameterized: Vec<&'static Route>,
+}
+
+impl Candidates {
+    fn get() -> &'static Candidates {
+        static CANDIDATES: std::sync::OnceLock<Candidates> = std::sync::OnceLock::new();
+        CANDIDATES.get_or_init(|| {
+            let longest = ROUTES.iter().map(|r| r.path.len()).max().unwrap_or(0);
+            let mut literal_by_len = vec![Vec::new(); longest + 1];
+            let mut parameterized = Vec::new();
+            for r in ROUTES {
+                if r.param_open == r.path.len() {
+                    literal_by_len[r.path.len()].push(r);
+                } else {
+                    parameterized.push(r);
+                }
+            }
+            Candidates {
+                literal_by_len,
+                parameterized,
+            }
+        })
+    }
+
+    fn of(&self, path: &str) -> impl Iterator<Item = &'static Route> + '_ {
+        let literal = self.literal_by_len.get(path.len()).map_or(&[][..], Vec::as_slice);
+        literal.iter().chain(&self.parameterized).copied()
+    }
+}
+
 pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved<'_> {
     let visible = |r: &&Route| match r.access {
         Public | User => true,
@@ -255,7 +290,7 @@ pub fn resolve(method: Method, path: &str, bench_routes: bool) -> Resolved<'_> {
     };
     let lookup = if method == Head { Get } else { method };
     let mut path_matched = false;
-    for r in ROUTES.iter().filter(visible) {
+    for r in Candidates::get().of(path).filter(visible) {
         if let Some(param) = matches(r, path) {
             if r.method == lookup {
                 return Resolved::Found {
@@ -300,6 +335,27 @@ mod tests {
             Resolved::MethodNotAllowed("GET, HEAD".into())
         );
         assert_eq!(resolve(Get, "/nope", false), Resolved::NotFound);
+    }
+
+    #[test]
+    fn every_route_resolves_to_its_own_endpoint() {
+        for r in ROUTES {
+            let path = if r.param_open == r.path.len() {
+                r.path.to_string()
+            } else {
+                format!("{}7{}", &r.path[..r.param_open], &r.path[r.param_end..])
+            };
+            let expected_param = (r.param_open != r.path.len()).then_some("7");
+            assert_eq!(
+                resolve(r.method, &path, true),
+                Resolved::Found {
+                    endpoint: r.endpoint,
+                    access: r.access,
+                    param: expected_param,
+                },
+                "{path}"
+            );
+        }
     }
 
     #[test]
