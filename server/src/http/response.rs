@@ -46,6 +46,10 @@ pub enum Persistence {
     Close,
 }
 
+/// Room for everything in a response head but the content type and extra headers: status
+/// line, Server, Date, Content-Length, Connection and the line ends.
+const RESPONSE_HEAD_BYTES_FIXED: usize = 192;
+
 pub struct Encoder<'a> {
     pub server: &'a [u8],
     pub date: [u8; DATE_LEN],
@@ -56,11 +60,18 @@ impl Encoder<'_> {
     /// but is not sent (RFC 9110 §9.3.2).
     pub fn encode(&self, out: &mut Vec<u8>, reply: &Reply, body: &[u8], head_only: bool, persistence: Persistence) {
         debug_assert!((100..600).contains(&reply.status));
+        // One growth check for the whole response instead of one per field.
+        let extra_headers_bytes: usize = reply.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        out.reserve(RESPONSE_HEAD_BYTES_FIXED + reply.content_type.len() + extra_headers_bytes + body.len());
         let mut number = itoa::Buffer::new();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(number.format(reply.status).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(reason(reply.status).as_bytes());
+        if reply.status == 200 {
+            out.extend_from_slice(b"HTTP/1.1 200 OK");
+        } else {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(number.format(reply.status).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(reason(reply.status).as_bytes());
+        }
         out.extend_from_slice(b"\r\nServer: ");
         out.extend_from_slice(self.server);
         out.extend_from_slice(b"\r\nDate: ");
