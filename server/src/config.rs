@@ -141,6 +141,9 @@ pub struct Database {
     /// Empty: `PERCORE_DATABASE_URL`, else a dev Postgres under `./var/`.
     pub url: String,
     pub connections_per_shard: usize,
+    /// Connections per shard that run only writes, so that a read never waits in a
+    /// connection's pipeline behind a commit's WAL flush. 0: writes share the others.
+    pub write_connections_per_shard: usize,
     pub pool_wait_ms: u64,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -159,6 +162,7 @@ impl Default for Database {
         Database {
             url: String::new(),
             connections_per_shard: 2,
+            write_connections_per_shard: 2,
             pool_wait_ms: 1_000,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,

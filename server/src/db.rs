@@ -1,5 +1,6 @@
-//! Postgres on a shard: `connections_per_shard` tokio-postgres connections over glommio
-//! sockets, each kept alive by a supervisor task that reconnects with backoff.
+//! Postgres on a shard: `connections_per_shard` tokio-postgres connections for reads (and
+//! `write_connections_per_shard` more for writes) over glommio sockets, each kept alive by
+//! a supervisor task that reconnects with backoff.
 //!
 //! Runs on a shard: never blocks. The server address is resolved once at start-up, before
 //! any shard exists, because name resolution is a blocking call.
@@ -7,7 +8,7 @@
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{self, TcpStream};
-use crate::sql::Stmt;
+use crate::sql::{Kind, Stmt};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -64,10 +65,14 @@ impl Target {
 }
 
 /// The shard's connections. Clients pipeline concurrent queries on one socket, so a few
-/// connections serve many concurrent requests.
+/// connections serve many concurrent requests. Slots `0..readers` serve reads; the rest,
+/// if any, serve writes, so that no read waits in a pipeline behind a commit's WAL flush.
+/// Either kind falls back to the other group's connections while its own are all down.
 pub struct Pool {
     slots: Vec<RefCell<Option<Rc<Conn>>>>,
-    next: Cell<usize>,
+    readers: usize,
+    next_read: Cell<usize>,
+    next_write: Cell<usize>,
     pool_wait: Duration,
 }
 
@@ -78,14 +83,15 @@ pub struct Unavailable;
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
     pub fn start(target: Target, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
+        let total = settings.connections_per_shard + settings.write_connections_per_shard;
         let pool = Rc::new(Pool {
-            slots: (0..settings.connections_per_shard)
-                .map(|_| RefCell::new(None))
-                .collect(),
-            next: Cell::new(0),
+            slots: (0..total).map(|_| RefCell::new(None)).collect(),
+            readers: settings.connections_per_shard,
+            next_read: Cell::new(0),
+            next_write: Cell::new(0),
             pool_wait: ms(settings.pool_wait_ms),
         });
-        for slot in 0..settings.connections_per_shard {
+        for slot in 0..total {
             let supervisor = Supervisor {
                 pool: pool.clone(),
                 slot,
@@ -99,11 +105,16 @@ impl Pool {
         pool
     }
 
-    /// A usable client, waiting up to `pool_wait_ms` while none is.
-    pub async fn conn(&self, metrics: &ShardMetrics) -> Result<Rc<Conn>, Unavailable> {
+    /// A usable client for a statement of `kind`, waiting up to `pool_wait_ms` while none
+    /// is.
+    pub async fn conn(&self, kind: Kind, metrics: &ShardMetrics) -> Result<Rc<Conn>, Unavailable> {
         let deadline = Instant::now() + self.pool_wait;
+        let (own, other) = self.groups(kind);
         loop {
-            if let Some(client) = self.pick() {
+            if let Some(client) = self
+                .pick(own.0.clone(), own.1)
+                .or_else(|| self.pick(other.0.clone(), other.1))
+            {
                 return Ok(client);
             }
             if Instant::now() >= deadline {
@@ -114,13 +125,33 @@ impl Pool {
         }
     }
 
-    fn pick(&self) -> Option<Rc<Conn>> {
-        let n = self.slots.len();
+    /// The slots a statement of `kind` uses, then those it falls back to, each as
+    /// (slot range, round-robin cursor).
+    #[allow(clippy::type_complexity)]
+    fn groups(
+        &self,
+        kind: Kind,
+    ) -> (
+        (std::ops::Range<usize>, &Cell<usize>),
+        (std::ops::Range<usize>, &Cell<usize>),
+    ) {
+        let reads = (0..self.readers, &self.next_read);
+        let writes = (self.readers..self.slots.len(), &self.next_write);
+        match kind {
+            Kind::Read => (reads, writes),
+            Kind::Write if self.readers == self.slots.len() => (reads.clone(), reads),
+            Kind::Write => (writes, reads),
+        }
+    }
+
+    /// The next live connection in `range`, round robin.
+    fn pick(&self, range: std::ops::Range<usize>, next: &Cell<usize>) -> Option<Rc<Conn>> {
+        let n = range.len();
         for i in 0..n {
-            let index = (self.next.get() + i) % n;
+            let index = range.start + (next.get() + i) % n;
             let slot = self.slots[index].borrow();
             if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
-                self.next.set((index + 1) % n);
+                next.set((index - range.start + 1) % n);
                 return Some(conn.clone());
             }
         }

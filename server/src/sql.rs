@@ -410,7 +410,12 @@ impl<'a> Sql<'a> {
     /// Runs `stmt` and returns its rows.
     pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
         self.count(stmt);
-        let conn = self.shard.db.conn(self.shard.metrics).await.map_err(unavailable)?;
+        let conn = self
+            .shard
+            .db
+            .conn(stmt.kind(), self.shard.metrics)
+            .await
+            .map_err(unavailable)?;
         conn.client
             .query(conn.statement(stmt), params)
             .await
@@ -420,7 +425,12 @@ impl<'a> Sql<'a> {
     /// Runs `stmt` and returns the rows it affected.
     pub async fn execute(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ApiError> {
         self.count(stmt);
-        let conn = self.shard.db.conn(self.shard.metrics).await.map_err(unavailable)?;
+        let conn = self
+            .shard
+            .db
+            .conn(stmt.kind(), self.shard.metrics)
+            .await
+            .map_err(unavailable)?;
         conn.client
             .execute(conn.statement(stmt), params)
             .await
