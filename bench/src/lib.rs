@@ -8,6 +8,7 @@
 pub mod compare;
 pub mod jobs;
 pub mod openloop;
+pub mod paced;
 pub mod pgstat;
 pub mod report;
 pub mod run;

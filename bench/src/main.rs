@@ -18,7 +18,7 @@ use percore_bench::seed;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
-                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE]\n       \
+                     [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE] [--paced 15s] [--paced-connections 16] [--open-loop 10s|off]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]\n       \
                      percore-bench compare A.json B.json …\n       \
                      percore-bench report RESULT.json … -o report.html";
@@ -81,6 +81,8 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
         tuning: None,
         // k6 on PATH runs the open-loop phases unless `--open-loop off`.
         k6: percore_bench::run::k6_on_path().map(|k6| (k6, "10s".to_string())),
+        paced: None,
+        paced_connections: 16,
     };
     for (flag, value) in flags(&args[1..])? {
         match flag {
@@ -94,6 +96,10 @@ fn parse_run(args: &[String]) -> Result<RunOptions, String> {
             "--rate" => options.rate = number(flag, value)?,
             "--rows" => options.rows = number(flag, value)?,
             "--tuning" => options.tuning = Some(value.into()),
+            "--paced-connections" => options.paced_connections = number(flag, value)?,
+            "--paced" => {
+                options.paced = Some(percore_bench::wrk::seconds(value).ok_or("--paced: use e.g. 15s")?);
+            }
             "--open-loop" if value == "off" => options.k6 = None,
             "--open-loop" => {
                 let k6 = percore_bench::run::k6_on_path().ok_or("--open-loop needs k6 on PATH")?;

@@ -24,7 +24,12 @@ fn script(workload: &str) -> Option<(&'static str, Vec<(&'static str, String)>)>
 /// Runs `k6` at each share of `saturation_rps` for `duration`, pinned like wrk.
 pub fn measure(options: &RunOptions, k6: &str, duration: &str, saturation_rps: f64) -> Result<Value, String> {
     let (workload, base, cpu) = (&options.workload, &options.base, &options.wrk_cpu);
-    let (tokens, rows) = (&options.tokens, options.rows);
+    // k6 opens files relative to its script, not to our working directory.
+    let tokens = std::path::absolute(&options.tokens)
+        .map_err(|e| format!("{}: {e}", options.tokens))?
+        .display()
+        .to_string();
+    let rows = options.rows;
     let Some((file, env)) = script(workload) else {
         return Ok(json!({ "unavailable": format!("no k6 script for {workload}") }));
     };
@@ -63,6 +68,9 @@ pub fn measure(options: &RunOptions, k6: &str, duration: &str, saturation_rps: f
                 "p50": duration_ms["med"], "p90": duration_ms["p(90)"], "p95": duration_ms["p(95)"],
                 "p99": duration_ms["p(99)"], "p99.9": duration_ms["p(99.9)"], "max": duration_ms["max"],
             },
+            // Per tag, where the script sets thresholds on tagged submetrics: seed-mix's
+            // logins (bound by Argon2 on purpose) apart from everything else.
+            "latency_ms_by_tag": tagged_latencies(metrics),
             "failed_share": metrics["http_req_failed"]["value"],
             "dropped_iterations": metrics["dropped_iterations"]["count"].as_f64().unwrap_or(0.0),
             // k6 exits non-zero when a threshold (p95/p99 bounds, failures) is missed.
@@ -71,4 +79,19 @@ pub fn measure(options: &RunOptions, k6: &str, duration: &str, saturation_rps: f
         }));
     }
     Ok(json!({ "saturation_per_s": saturation_rps, "runs": runs }))
+}
+
+/// `http_req_duration{tag:value}` submetrics of a k6 summary, as tag → percentiles.
+fn tagged_latencies(metrics: &Value) -> Value {
+    let Some(all) = metrics.as_object() else {
+        return json!({});
+    };
+    let tagged = all.iter().filter_map(|(name, metric)| {
+        let tag = name.strip_prefix("http_req_duration{")?.strip_suffix('}')?;
+        Some((
+            tag.to_string(),
+            json!({ "p50": metric["med"], "p95": metric["p(95)"], "p99": metric["p(99)"], "max": metric["max"] }),
+        ))
+    });
+    Value::Object(tagged.collect())
 }

@@ -38,6 +38,10 @@ pub struct RunOptions {
     /// k6 to run the open-loop phases with (50% and 80% of the wrk rate), for this long;
     /// `None` skips them.
     pub k6: Option<(String, String)>,
+    /// The built-in open loop (`paced.rs`) at 50% and 80% of the wrk rate, for this long;
+    /// `None` skips it.
+    pub paced: Option<std::time::Duration>,
+    pub paced_connections: u32,
 }
 
 /// `k6` if it is on PATH.
@@ -133,6 +137,10 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         )?,
         None => json!({ "unavailable": "k6 is not on PATH (or --open-loop off)" }),
     };
+    let paced = match options.paced {
+        Some(duration) => paced_open_loop(options, duration, wrk_result["requests_per_s"].as_f64().unwrap_or(0.0))?,
+        None => json!({ "unavailable": "not asked for (--paced DURATION)" }),
+    };
     let result = json!({
         "workload": options.workload,
         "command": format!("taskset {}", argv.join(" ")),
@@ -140,6 +148,7 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         "commit": wrk::git(&["rev-parse", "HEAD"]),
         "wrk": wrk_result,
         "open_loop": open_loop,
+        "paced_open_loop": paced,
         "server": server,
         "pg_stat_statements": match (&pg_before, &pg_after) {
             (Some(b), Some(a)) => crate::pgstat::delta(b, a, server["requests"].as_f64().unwrap_or(0.0)),
@@ -155,6 +164,37 @@ pub fn run(options: &RunOptions) -> Result<Value, String> {
         "wrk_output": text,
     });
     Ok(result)
+}
+
+/// The built-in open loop at each share of the closed-loop rate.
+fn paced_open_loop(options: &RunOptions, duration: std::time::Duration, saturation_rps: f64) -> Result<Value, String> {
+    use crate::paced::{Mix, Plan, SHARES, Seeded};
+    let mix = match options.workload.as_str() {
+        "seed-mix" => Mix::SeedMix(Seeded::load(&options.tokens)?),
+        "json" | "db" | "fortunes" => Mix::Get(format!("/{}", options.workload)),
+        "queries" | "cached-queries" => Mix::Get(format!(
+            "/{}?queries={}&count={}",
+            options.workload, options.rows, options.rows
+        )),
+        other => return Ok(json!({ "unavailable": format!("no paced open loop for {other}") })),
+    };
+    let addr = options.base.trim_start_matches("http://");
+    let runs: Vec<Value> = SHARES
+        .iter()
+        .map(|share| {
+            let mut run = crate::paced::run(&Plan {
+                addr,
+                rate: (saturation_rps * share).max(1.0),
+                duration,
+                connections: options.paced_connections as usize,
+                mix: &mix,
+                cpu: options.wrk_cpu.parse().ok(),
+            });
+            run["share_of_saturation"] = json!(share);
+            run
+        })
+        .collect();
+    Ok(json!({ "saturation_per_s": saturation_rps, "duration_s": duration.as_secs_f64(), "runs": runs }))
 }
 
 /// The first session token of a `seed` tokens file.

@@ -26,6 +26,8 @@ fn db_result(server: &Server, database_url: &str) -> serde_json::Value {
                 .expect("PERCORE_K6 is not set: run the tests with `./dev test`, which installs k6"),
             "2s".into(),
         )),
+        paced: Some(std::time::Duration::from_secs(2)),
+        paced_connections: 8,
     };
     run(&options).expect("percore-bench run db (needs wrk: `./dev test` installs it)")
 }
@@ -82,6 +84,26 @@ fn a_run_records_every_field_and_the_report_draws_it() {
         assert!(achieved > 0.0, "{run}");
         assert_eq!(run["rate_not_achieved"], achieved < offered * 0.95, "{run}");
         assert!(run["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    // The built-in open loop at the same shares: it paces (never above the offered rate),
+    // times every answer and meets no error.
+    let paced = result["paced_open_loop"]["runs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", result["paced_open_loop"]));
+    assert_eq!(paced.len(), 2);
+    for (run, share) in paced.iter().zip([0.5, 0.8]) {
+        let offered = run["offered_per_s"].as_f64().unwrap();
+        assert_eq!(offered, (saturation * share).round(), "{run}");
+        let achieved = run["achieved_per_s"].as_f64().unwrap();
+        assert!(achieved > 0.0 && achieved <= offered * 1.05, "{run}");
+        let other = &run["latency_ms"]["other"];
+        let count = other["count"].as_f64().unwrap();
+        assert!(count > 0.0 && count <= offered * 2.0 * 1.05, "{run}");
+        assert!(
+            other["p99"].as_f64().unwrap() >= other["p50"].as_f64().unwrap(),
+            "{run}"
+        );
+        assert_eq!(run["errors"], serde_json::json!({"non_2xx": 0, "io": 0}), "{run}");
     }
 
     let page = percore_bench::report::render(&[("db-run.json".into(), result)]);
