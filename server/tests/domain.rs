@@ -414,3 +414,77 @@ fn a_statement_past_statement_timeout_answers_503_and_the_shard_goes_on() {
     let after = server.call("PUT", "/v1/me/prefs", Some(&token), Some(&prefs));
     assert_eq!(after.status, 200, "{}", after.text());
 }
+
+/// While a write waits (here on a row lock; in production on its commit's WAL flush), reads
+/// on the same shard answer at once from a connection of their own. Run both ways: with
+/// writes sharing the one connection, the same read queues behind the write.
+#[test]
+fn reads_do_not_queue_behind_a_waiting_write_on_its_connection() {
+    let services = Services::start();
+    for (write_connections, read_waits) in [(1, false), (0, true)] {
+        let port = common::free_port();
+        let text = common::Tuning {
+            server: "shards = 1",
+            extra: "[cache]\nenabled = false\n",
+            ..common::Tuning::new(port, &services)
+        }
+        .render()
+        .replace(
+            "[database]\n",
+            &format!("[database]\nconnections_per_shard = 1\nwrite_connections_per_shard = {write_connections}\n"),
+        );
+        let server = Server::start_with_config(port, &text, &[]);
+        let (id, token) = server.sign_up("Waiting");
+        let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT 1 FROM prefs WHERE user_id = $1 FOR UPDATE", &[&id])
+            .unwrap();
+        let writer = {
+            let (port, token) = (server.port, token.clone());
+            std::thread::spawn(move || {
+                let prefs = json!({"locale": "en", "timezone": "UTC", "theme": "dark", "email_opt_in": true});
+                common::call_on_port(port, "PUT", "/v1/me/prefs", Some(&token), Some(&prefs)).status
+            })
+        };
+        // Until the write is in its statement, the read could not queue behind it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !prefs_update_waits(&mut client_for(&services)) {
+            assert!(std::time::Instant::now() < deadline, "the write never reached its lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let reader = {
+            let (port, token) = (server.port, token.clone());
+            std::thread::spawn(move || {
+                let at = std::time::Instant::now();
+                let status = common::call_on_port(port, "GET", "/v1/me", Some(&token), None).status;
+                (status, at.elapsed())
+            })
+        };
+        // The lock is held for 2 s: a read that does not queue is answered long before.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let read_done_while_locked = reader.is_finished();
+        tx.rollback().unwrap();
+        let (read_status, read_took) = reader.join().unwrap();
+        assert_eq!(read_status, 200);
+        assert_eq!(writer.join().unwrap(), 200);
+        assert_eq!(
+            !read_done_while_locked, read_waits,
+            "write_connections_per_shard = {write_connections}: the read took {read_took:?}"
+        );
+    }
+}
+
+fn client_for(services: &Services) -> postgres::Client {
+    postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap()
+}
+
+/// True while some backend runs the prefs update and waits for a lock.
+fn prefs_update_waits(client: &mut postgres::Client) -> bool {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%prefs%'",
+            &[],
+        )
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}

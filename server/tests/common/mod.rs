@@ -376,6 +376,19 @@ pub fn api_request(method: &str, path: &str, token: Option<&str>, json: Option<&
     raw
 }
 
+/// One API call on a fresh connection to `port`, for threads that do not hold the `Server`.
+pub fn call_on_port(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&serde_json::Value>,
+) -> Response {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    request_on(&stream, &api_request(method, path, token, json))
+}
+
 impl Server {
     /// One API call on a fresh connection.
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, json: Option<&serde_json::Value>) -> Response {
