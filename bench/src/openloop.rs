@@ -25,10 +25,13 @@ fn script(workload: &str) -> Option<(&'static str, Vec<(&'static str, String)>)>
 pub fn measure(options: &RunOptions, k6: &str, duration: &str, saturation_rps: f64) -> Result<Value, String> {
     let (workload, base, cpu) = (&options.workload, &options.base, &options.wrk_cpu);
     // k6 opens files relative to its script, not to our working directory.
-    let tokens = std::path::absolute(&options.tokens)
-        .map_err(|e| format!("{}: {e}", options.tokens))?
-        .display()
-        .to_string();
+    let tokens = match options.tokens.as_str() {
+        "" => String::new(),
+        path => std::path::absolute(path)
+            .map_err(|e| format!("{path}: {e}"))?
+            .display()
+            .to_string(),
+    };
     let rows = options.rows;
     let Some((file, env)) = script(workload) else {
         return Ok(json!({ "unavailable": format!("no k6 script for {workload}") }));
