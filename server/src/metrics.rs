@@ -288,7 +288,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
         ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
         ("percore_worker_tasks_completed_total", "counter", "Tasks the worker pool finished (e.g. password hashes and verifications).", globals.worker_completed),
-        ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard.", globals.db_connections_per_shard),
+        ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard, read and write.", globals.db_connections_per_shard),
     ];
     for (name, kind, help, value) in global {
         family(out, name, kind, help);

@@ -66,7 +66,8 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         worker_rejected: workers.stats().rejected.load(Relaxed),
         worker_threads_busy: workers.stats().busy.load(Relaxed),
         worker_completed: workers.stats().completed.load(Relaxed),
-        db_connections_per_shard: shard.config().database.connections_per_shard as u64,
+        db_connections_per_shard: (shard.config().database.connections_per_shard
+            + shard.config().database.write_connections_per_shard) as u64,
     };
     let shards: Vec<_> = shard.shared.metrics.iter().collect();
     let mut text = String::with_capacity(16 * 1024);
