@@ -162,7 +162,7 @@ impl Default for Database {
         Database {
             url: String::new(),
             connections_per_shard: 2,
-            write_connections_per_shard: 2,
+            write_connections_per_shard: 4,
             pool_wait_ms: 1_000,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,

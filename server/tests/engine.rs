@@ -74,10 +74,10 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
         "percore_connections_open{shard=\"1\"}",
         "percore_received_bytes_total{shard=\"0\"}",
         "percore_worker_queue_depth ",
-        // Two connections for reads and two for writes (the defaults), all up.
-        "percore_db_connections_up{shard=\"0\"} 4",
-        "percore_db_connections_per_shard 4",
-        "percore_db_connections_up{shard=\"1\"} 4",
+        // Two connections for reads and four for writes (the defaults), all up.
+        "percore_db_connections_up{shard=\"0\"} 6",
+        "percore_db_connections_per_shard 6",
+        "percore_db_connections_up{shard=\"1\"} 6",
         "percore_redis_up{shard=\"0\"} 1",
     ] {
         assert!(text.contains(family), "metrics lack {family}:\n{text}");
