@@ -70,10 +70,25 @@ impl Target {
 /// Either kind falls back to the other group's connections while its own are all down.
 pub struct Pool {
     slots: Vec<RefCell<Option<Rc<Conn>>>>,
-    readers: usize,
-    next_read: Cell<usize>,
-    next_write: Cell<usize>,
+    reads: Group,
+    /// Empty when `write_connections_per_shard` is 0: writes then fall back to `reads`.
+    writes: Group,
     pool_wait: Duration,
+}
+
+/// Slots that serve one kind of statement, taken round robin.
+struct Group {
+    slots: std::ops::Range<usize>,
+    next: Cell<usize>,
+}
+
+impl Group {
+    fn new(slots: std::ops::Range<usize>) -> Group {
+        Group {
+            slots,
+            next: Cell::new(0),
+        }
+    }
 }
 
 /// No connection became usable within `pool_wait_ms`.
@@ -83,12 +98,12 @@ pub struct Unavailable;
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
     pub fn start(target: Target, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
-        let total = settings.connections_per_shard + settings.write_connections_per_shard;
+        let readers = settings.connections_per_shard;
+        let total = readers + settings.write_connections_per_shard;
         let pool = Rc::new(Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
-            readers: settings.connections_per_shard,
-            next_read: Cell::new(0),
-            next_write: Cell::new(0),
+            reads: Group::new(0..readers),
+            writes: Group::new(readers..total),
             pool_wait: ms(settings.pool_wait_ms),
         });
         for slot in 0..total {
@@ -109,12 +124,12 @@ impl Pool {
     /// is.
     pub async fn conn(&self, kind: Kind, metrics: &ShardMetrics) -> Result<Rc<Conn>, Unavailable> {
         let deadline = Instant::now() + self.pool_wait;
-        let (own, other) = self.groups(kind);
+        let (own, other) = match kind {
+            Kind::Read => (&self.reads, &self.writes),
+            Kind::Write => (&self.writes, &self.reads),
+        };
         loop {
-            if let Some(client) = self
-                .pick(own.0.clone(), own.1)
-                .or_else(|| self.pick(other.0.clone(), other.1))
-            {
+            if let Some(client) = self.pick(own).or_else(|| self.pick(other)) {
                 return Ok(client);
             }
             if Instant::now() >= deadline {
@@ -125,33 +140,14 @@ impl Pool {
         }
     }
 
-    /// The slots a statement of `kind` uses, then those it falls back to, each as
-    /// (slot range, round-robin cursor).
-    #[allow(clippy::type_complexity)]
-    fn groups(
-        &self,
-        kind: Kind,
-    ) -> (
-        (std::ops::Range<usize>, &Cell<usize>),
-        (std::ops::Range<usize>, &Cell<usize>),
-    ) {
-        let reads = (0..self.readers, &self.next_read);
-        let writes = (self.readers..self.slots.len(), &self.next_write);
-        match kind {
-            Kind::Read => (reads, writes),
-            Kind::Write if self.readers == self.slots.len() => (reads.clone(), reads),
-            Kind::Write => (writes, reads),
-        }
-    }
-
-    /// The next live connection in `range`, round robin.
-    fn pick(&self, range: std::ops::Range<usize>, next: &Cell<usize>) -> Option<Rc<Conn>> {
-        let n = range.len();
+    /// The group's next live connection, round robin.
+    fn pick(&self, group: &Group) -> Option<Rc<Conn>> {
+        let (start, n) = (group.slots.start, group.slots.len());
         for i in 0..n {
-            let index = range.start + (next.get() + i) % n;
-            let slot = self.slots[index].borrow();
+            let offset = (group.next.get() + i) % n;
+            let slot = self.slots[start + offset].borrow();
             if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
-                next.set((index - range.start + 1) % n);
+                group.next.set((offset + 1) % n);
                 return Some(conn.clone());
             }
         }

@@ -409,13 +409,7 @@ impl<'a> Sql<'a> {
 
     /// Runs `stmt` and returns its rows.
     pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
-        self.count(stmt);
-        let conn = self
-            .shard
-            .db
-            .conn(stmt.kind(), self.shard.metrics)
-            .await
-            .map_err(unavailable)?;
+        let conn = self.conn_for(stmt).await?;
         conn.client
             .query(conn.statement(stmt), params)
             .await
@@ -424,17 +418,21 @@ impl<'a> Sql<'a> {
 
     /// Runs `stmt` and returns the rows it affected.
     pub async fn execute(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ApiError> {
-        self.count(stmt);
-        let conn = self
-            .shard
-            .db
-            .conn(stmt.kind(), self.shard.metrics)
-            .await
-            .map_err(unavailable)?;
+        let conn = self.conn_for(stmt).await?;
         conn.client
             .execute(conn.statement(stmt), params)
             .await
             .map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    /// Counts `stmt` against the budget and picks a connection of its kind.
+    async fn conn_for(&self, stmt: Stmt) -> Result<std::rc::Rc<crate::db::Conn>, ApiError> {
+        self.count(stmt);
+        self.shard
+            .db
+            .conn(stmt.kind(), self.shard.metrics)
+            .await
+            .map_err(unavailable)
     }
 
     fn count(&self, stmt: Stmt) {
