@@ -113,7 +113,12 @@ impl Pool {
                 target: target.clone(),
                 settings: settings.clone(),
                 metrics,
-                application_name: format!("percore-shard-{shard_id}"),
+                // Operators (and tests) tell the groups apart in pg_stat_activity.
+                application_name: if slot < readers {
+                    format!("percore-shard-{shard_id}")
+                } else {
+                    format!("percore-shard-{shard_id}-writes")
+                },
             };
             runtime::spawn(supervisor.run());
         }

@@ -488,3 +488,54 @@ fn prefs_update_waits(client: &mut postgres::Client) -> bool {
         .unwrap();
     row.get::<_, i64>(0) > 0
 }
+
+/// With every connection of one group down (terminated, and kept down by a long reconnect
+/// backoff), its statements run on the other group's connections.
+#[test]
+fn a_group_whose_connections_are_all_down_borrows_the_others() {
+    let services = Services::start();
+    let prefs = json!({"locale": "en", "timezone": "UTC", "theme": "light", "email_opt_in": false});
+    let mut admin = client_for(&services);
+    for (down, method, path, body) in [
+        ("percore-shard-0-writes", "PUT", "/v1/me/prefs", Some(&prefs)),
+        ("percore-shard-0", "GET", "/v1/me", None),
+    ] {
+        // A server per case: a terminated group stays down for the rest of its minute.
+        let port = common::free_port();
+        let text = common::Tuning {
+            server: "shards = 1",
+            extra: "[cache]\nenabled = false\n",
+            ..common::Tuning::new(port, &services)
+        }
+        .render()
+        .replace(
+            "[database]\n",
+            "[database]\nconnections_per_shard = 1\nwrite_connections_per_shard = 1\n\
+             reconnect_backoff_ms_min = 60000\nreconnect_backoff_ms_max = 60000\n",
+        );
+        let server = Server::start_with_config(port, &text, &[]);
+        let (_, token) = server.sign_up("Borrower");
+        let terminated: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1) t",
+                &[&down],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(terminated, 1, "{down}");
+        // The terminated group stays down for the minute-long backoff; the call succeeds
+        // on the other group (the first attempt may still meet the dying socket: retry once).
+        let mut response = server.call(method, path, Some(&token), body);
+        if response.status != 200 {
+            response = server.call(method, path, Some(&token), body);
+        }
+        assert_eq!(
+            response.status,
+            200,
+            "{method} {path} with {down} down: {}",
+            response.text()
+        );
+        drop(server);
+    }
+}
