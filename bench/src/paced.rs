@@ -73,12 +73,12 @@ enum Tag {
 impl Mix {
     /// One request's bytes, and its tag.
     fn draw(&self, random: &mut Random, host: &str) -> (Vec<u8>, Tag) {
-        let Mix::SeedMix(seeded) = self else {
-            let Mix::Get(path) = self else { unreachable!() };
-            return (
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
-                Tag::Other,
-            );
+        let seeded = match self {
+            Mix::Get(path) => {
+                let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+                return (request.into_bytes(), Tag::Other);
+            }
+            Mix::SeedMix(seeded) => seeded,
         };
         let token = &seeded.tokens[random.below(seeded.tokens.len() as u64) as usize];
         let authed = |method: &str, path: &str, body: &str| {
