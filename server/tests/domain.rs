@@ -422,18 +422,10 @@ fn a_statement_past_statement_timeout_answers_503_and_the_shard_goes_on() {
 fn reads_do_not_queue_behind_a_waiting_write_on_its_connection() {
     let services = Services::start();
     for (write_connections, read_waits) in [(1, false), (0, true)] {
-        let port = common::free_port();
-        let text = common::Tuning {
-            server: "shards = 1",
-            extra: "[cache]\nenabled = false\n",
-            ..common::Tuning::new(port, &services)
-        }
-        .render()
-        .replace(
-            "[database]\n",
-            &format!("[database]\nconnections_per_shard = 1\nwrite_connections_per_shard = {write_connections}\n"),
+        let server = one_uncached_shard(
+            &services,
+            &format!("connections_per_shard = 1\nwrite_connections_per_shard = {write_connections}"),
         );
-        let server = Server::start_with_config(port, &text, &[]);
         let (id, token) = server.sign_up("Waiting");
         let mut client = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
         let mut tx = client.transaction().unwrap();
@@ -474,6 +466,19 @@ fn reads_do_not_queue_behind_a_waiting_write_on_its_connection() {
     }
 }
 
+/// One shard with the cache off, so every read reaches Postgres, and `database` keys added.
+fn one_uncached_shard(services: &Services, database: &str) -> Server {
+    let port = common::free_port();
+    let text = common::Tuning {
+        server: "shards = 1",
+        extra: "[cache]\nenabled = false\n",
+        ..common::Tuning::new(port, services)
+    }
+    .render()
+    .replace("[database]\n", &format!("[database]\n{database}\n"));
+    Server::start_with_config(port, &text, &[])
+}
+
 fn client_for(services: &Services) -> postgres::Client {
     postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap()
 }
@@ -501,19 +506,11 @@ fn a_group_whose_connections_are_all_down_borrows_the_others() {
         ("percore-shard-0", "GET", "/v1/me", None),
     ] {
         // A server per case: a terminated group stays down for the rest of its minute.
-        let port = common::free_port();
-        let text = common::Tuning {
-            server: "shards = 1",
-            extra: "[cache]\nenabled = false\n",
-            ..common::Tuning::new(port, &services)
-        }
-        .render()
-        .replace(
-            "[database]\n",
-            "[database]\nconnections_per_shard = 1\nwrite_connections_per_shard = 1\n\
-             reconnect_backoff_ms_min = 60000\nreconnect_backoff_ms_max = 60000\n",
+        let server = one_uncached_shard(
+            &services,
+            "connections_per_shard = 1\nwrite_connections_per_shard = 1\n\
+             reconnect_backoff_ms_min = 60000\nreconnect_backoff_ms_max = 60000",
         );
-        let server = Server::start_with_config(port, &text, &[]);
         let (_, token) = server.sign_up("Borrower");
         let terminated: i64 = admin
             .query_one(
