@@ -4,8 +4,9 @@
 //! core writes), so recording costs no lock and no cross-core traffic; `/metrics` on any
 //! shard reads every shard's copy. With one writer, a count is bumped by a plain load and
 //! store (`bump`), not a locked read-modify-write: readers on other cores still see whole
-//! values, and the lock prefix was several per request on the hot path. Rendered by hand because the families are fixed and the
-//! format is a page of text; a registry crate would add a lock or a map to the hot path.
+//! values, and the lock prefix was several per request on the hot path. Rendered by hand
+//! because the families are fixed and the format is a page of text; a registry crate
+//! would add a lock or a map to the hot path.
 
 use crate::router::Endpoint;
 use std::fmt::Write as _;

@@ -149,6 +149,13 @@ struct Route {
     access: Access,
 }
 
+impl Route {
+    /// No `{param}`: the pattern matches one exact path.
+    fn is_literal(&self) -> bool {
+        self.param_open == self.path.len()
+    }
+}
+
 const fn route(method: Method, path: &'static str, endpoint: Endpoint, access: Access) -> Route {
     let bytes = path.as_bytes();
     let mut open = 0;
@@ -234,7 +241,7 @@ pub enum Resolved<'a> {
 /// non-empty segment.
 fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     let pattern = route.path.as_bytes();
-    if route.param_open == pattern.len() {
+    if route.is_literal() {
         return (pattern == path.as_bytes()).then_some(None);
     }
     let (prefix, suffix) = (&pattern[..route.param_open], &pattern[route.param_end..]);
@@ -263,7 +270,7 @@ impl Candidates {
             let mut literal_by_len = vec![Vec::new(); longest + 1];
             let mut parameterized = Vec::new();
             for r in ROUTES {
-                if r.param_open == r.path.len() {
+                if r.is_literal() {
                     literal_by_len[r.path.len()].push(r);
                 } else {
                     parameterized.push(r);
@@ -340,12 +347,12 @@ mod tests {
     #[test]
     fn every_route_resolves_to_its_own_endpoint() {
         for r in ROUTES {
-            let path = if r.param_open == r.path.len() {
+            let path = if r.is_literal() {
                 r.path.to_string()
             } else {
                 format!("{}7{}", &r.path[..r.param_open], &r.path[r.param_end..])
             };
-            let expected_param = (r.param_open != r.path.len()).then_some("7");
+            let expected_param = (!r.is_literal()).then_some("7");
             assert_eq!(
                 resolve(r.method, &path, true),
                 Resolved::Found {

@@ -60,7 +60,7 @@ impl Encoder<'_> {
     /// but is not sent (RFC 9110 §9.3.2).
     pub fn encode(&self, out: &mut Vec<u8>, reply: &Reply, body: &[u8], head_only: bool, persistence: Persistence) {
         debug_assert!((100..600).contains(&reply.status));
-        // One growth check for the whole response instead of one per field.
+        // The buffer grows at most once per response, not field by field.
         let extra_headers_bytes: usize = reply.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
         out.reserve(RESPONSE_HEAD_BYTES_FIXED + reply.content_type.len() + extra_headers_bytes + body.len());
         let mut number = itoa::Buffer::new();
