@@ -521,12 +521,15 @@ fn a_group_whose_connections_are_all_down_borrows_the_others() {
             .unwrap()
             .get(0);
         assert_eq!(terminated, 1, "{down}");
-        // The terminated group stays down for the minute-long backoff; the call succeeds
-        // on the other group (the first attempt may still meet the dying socket: retry once).
-        let mut response = server.call(method, path, Some(&token), body);
-        if response.status != 200 {
-            response = server.call(method, path, Some(&token), body);
+        // Once the shard has seen its connection end (one of two up), the group stays down
+        // for the minute-long backoff, and the call must succeed on the other group.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let up = |text: &str| metric_sum(text, "percore_db_connections_up{shard=\"0\"}", "");
+        while up(&server.get("/metrics").text()) != 1 {
+            assert!(std::time::Instant::now() < deadline, "the shard never saw {down} end");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let response = server.call(method, path, Some(&token), body);
         assert_eq!(
             response.status,
             200,
