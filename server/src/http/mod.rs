@@ -11,6 +11,9 @@ pub mod head;
 pub mod request;
 pub mod response;
 
+#[cfg(test)]
+mod codec_properties;
+
 pub use error::ApiError;
 pub use request::{Method, Request};
 pub use response::Reply;
