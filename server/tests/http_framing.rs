@@ -243,6 +243,160 @@ fn cases() -> Vec<Case> {
             Close,
         ),
         case(
+            "chunk extension over 1 KiB",
+            format!(
+                "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+                "e".repeat(2000)
+            ),
+            400,
+            Close,
+        ),
+        case(
+            "chunk size then bare whitespace",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "chunk size with 0x",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "chunk extension then a route",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5 ; a=b\r\nhello\r\n0\r\n\r\n",
+            405,
+            KeepOpen,
+        ),
+        case(
+            "TE with a vertical tab",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "TE chunked with a parameter",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "TE in upper case",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n",
+            405,
+            KeepOpen,
+        ),
+        case(
+            "Content-Length negative",
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "non-token byte in a name",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX@A: 1\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "space inside a name",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX A: 1\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "NUL in a name",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX\0A: 1\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "empty name",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\n: 1\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "LF in a value",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\nb\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "DEL in a value",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "Host with a space",
+            "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "Host empty (allowed)",
+            "GET /healthz HTTP/1.1\r\nHost:\r\n\r\n",
+            200,
+            KeepOpen,
+        ),
+        case(
+            "bare LF line ends (allowed, RFC 9112 §2.2)",
+            "GET /healthz HTTP/1.1\nHost: t\n\n",
+            200,
+            KeepOpen,
+        ),
+        case(
+            "empty lines before the request line",
+            "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            200,
+            KeepOpen,
+        ),
+        case(
+            "HTTP/2 preface on the HTTP/1 port",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            505,
+            Close,
+        ),
+        case("HTTP/0.9 request", "GET /healthz\r\n\r\n", 400, Close),
+        case(
+            "version in lower case",
+            "GET /healthz http/1.1\r\nHost: t\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "space in the target",
+            "GET /heal thz HTTP/1.1\r\nHost: t\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "two spaces after the method",
+            "GET  /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "fragment in the target",
+            "GET /healthz#x HTTP/1.1\r\nHost: t\r\n\r\n",
+            400,
+            Close,
+        ),
+        case(
+            "method in lower case",
+            "get /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            501,
+            Close,
+        ),
+        case(
+            "CONNECT authority-form",
+            "CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n",
+            501,
+            Close,
+        ),
+        case(
             "Expect other than 100-continue",
             "GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: tea\r\n\r\n",
             417,
@@ -362,4 +516,139 @@ fn a_1_mib_body_at_the_limit_is_read_whole() {
     let mut reader = ResponseReader::new(&stream);
     assert_eq!(reader.next(false).unwrap().status, 405);
     assert_eq!(reader.next(false).unwrap().status, 200);
+}
+
+#[test]
+fn five_hundred_requests_in_one_write_are_answered_in_order() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let stream = server.connect();
+    let path = |i: usize| if i.is_multiple_of(3) { "/nope" } else { "/healthz" };
+    let batch: String = (0..500)
+        .map(|i| format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", path(i)))
+        .collect();
+    (&stream).write_all(batch.as_bytes()).unwrap();
+    let mut reader = ResponseReader::new(&stream);
+    for i in 0..500 {
+        let response = reader.next(false).unwrap_or_else(|| panic!("response {i} missing"));
+        let expected = if path(i) == "/nope" { 404 } else { 200 };
+        assert_eq!(response.status, expected, "response {i} out of order");
+    }
+}
+
+/// Each way of hiding a second request in the first one's framing; the hidden request is a
+/// registration, so it would leave a user behind if it ever ran.
+fn smuggling_attempts(hidden: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)> {
+    let mut attempts = Vec::new();
+    let mut add = |name: &'static str, make: &dyn Fn(&str) -> String| {
+        let request = hidden(attempts.len());
+        attempts.push((name, make(&request)));
+    };
+    add("CL.TE", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{h}",
+            5 + h.len()
+        )
+    });
+    add("TE.CL", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{h}\r\n0\r\n\r\n",
+            h.len()
+        )
+    });
+    add("CL.CL", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{h}",
+            h.len()
+        )
+    });
+    add("TE obfuscated, CL", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{h}"
+        )
+    });
+    add("TE behind a space before the colon", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{h}"
+        )
+    });
+    add("TE in an obs-fold", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{h}"
+        )
+    });
+    add("chunk size overflow", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n{h}"
+        )
+    });
+    add("bare LF after the chunk size", &|h| {
+        format!("POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n{h}")
+    });
+    add("chunk data longer than its size", &|h| {
+        format!("POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n0\r\n\r\n{h}")
+    });
+    add("body over the limit", &|h| {
+        format!("POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n{h}")
+    });
+    add("a GET's body (a body, never a request)", &|h| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{h}",
+            h.len()
+        )
+    });
+    add("a chunked body (a body, never a request)", &|h| {
+        format!(
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{h}\r\n0\r\n\r\n",
+            h.len()
+        )
+    });
+    attempts
+}
+
+#[test]
+fn a_smuggled_second_request_never_runs() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let email = |i: usize| format!("smuggled-{i}@example.test");
+    let hidden = |i: usize| {
+        let body = format!(r#"{{"email":"{}","password":"correct horse","name":"s"}}"#, email(i));
+        format!(
+            "POST /v1/auth/register HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let attempts = smuggling_attempts(&hidden);
+    for (name, raw) in &attempts {
+        let stream = server.connect();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        (&stream).write_all(raw.as_bytes()).unwrap();
+        let mut reader = ResponseReader::new(&stream);
+        let first = reader.next(false).unwrap_or_else(|| panic!("{name}: no response"));
+        assert!(first.status != 201, "{name}: the hidden registration answered");
+        // Whatever the first answer, nothing else comes back on this connection.
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        if let Some(extra) = reader.next(false) {
+            panic!(
+                "{name}: a second response ({}) came back: {}",
+                extra.status,
+                extra.text()
+            );
+        }
+    }
+    // The check below could fail: sent on its own, the hidden request does register.
+    let control = server.connect();
+    (&control).write_all(hidden(999).as_bytes()).unwrap();
+    assert_eq!(ResponseReader::new(&control).next(false).unwrap().status, 201);
+    let mut db = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
+    let emails: Vec<String> = (0..attempts.len()).map(email).chain([email(999)]).collect();
+    let found: Vec<String> = db
+        .query("SELECT email::text FROM users WHERE email::text = ANY($1)", &[&emails])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(found, vec![email(999)], "hidden requests that ran: {found:?}");
 }

@@ -24,7 +24,7 @@ const NEWEST_MICROS: i64 = 253_402_300_799_000_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewEvent<'a> {
+pub(crate) struct NewEvent<'a> {
     kind: String,
     #[serde(borrow)]
     payload: &'a RawValue,

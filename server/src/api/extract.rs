@@ -22,19 +22,24 @@ pub fn json<'a, T: Deserialize<'a>>(request: &Request<'a>) -> Result<T, ApiError
             "send the body as Content-Type: application/json",
         ));
     }
+    json_body(request.body)
+}
+
+/// Parses `body` as the JSON object `T`, with `json`'s errors (its content-type check aside).
+pub fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // serde would also read a struct from an array of its fields; bodies are objects.
-    if request.body.trim_ascii_start().first() != Some(&b'{') {
-        serde_json::from_slice::<serde::de::IgnoredAny>(request.body).map_err(|e| json_error(".", e))?;
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| json_error(".", e))?;
         return Err(ApiError::invalid_fields(vec![FieldError::new(
             "",
             "invalid_type",
             "the body must be a JSON object",
         )]));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(request.body);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         // Malformed JSON is a 400 even where a field went wrong before the syntax did.
-        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(request.body) {
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             return json_error(".", syntax);
         }
         let path = e.path().to_string();

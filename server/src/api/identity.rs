@@ -27,7 +27,7 @@ const EMAIL_LOCAL_BYTES_MAX: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Registration {
+pub(crate) struct Registration {
     email: String,
     password: String,
     name: String,
@@ -149,7 +149,7 @@ fn check_email(email: &str) -> Result<(), FieldError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Credentials {
+pub(crate) struct Credentials {
     email: String,
     password: String,
 }

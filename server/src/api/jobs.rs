@@ -24,7 +24,7 @@ pub const STATUSES: [&str; 5] = ["queued", "running", "failed", "done", "dead"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewJob<'a> {
+pub(crate) struct NewJob<'a> {
     kind: String,
     /// Absent: `{}`. Present, it must be an object (null is refused, not taken as absent).
     #[serde(borrow, default, deserialize_with = "extract::present")]

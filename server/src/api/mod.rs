@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod bench;
+pub mod bodies;
 mod events;
 pub mod extract;
 pub mod identity;

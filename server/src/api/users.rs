@@ -111,7 +111,7 @@ fn me_json(row: &Row) -> Vec<u8> {
 /// PATCH: an absent field is left alone, `null` clears it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProfilePatch {
+pub(crate) struct ProfilePatch {
     #[serde(default, deserialize_with = "extract::present")]
     display_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "extract::present")]
@@ -187,7 +187,7 @@ pub async fn patch_profile(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
 /// PUT replaces all preferences: every field is required.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PrefsInput {
+pub(crate) struct PrefsInput {
     locale: String,
     timezone: String,
     theme: String,

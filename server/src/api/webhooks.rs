@@ -23,7 +23,7 @@ const DELIVERIES_DEFAULT: i64 = 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewWebhook {
+pub(crate) struct NewWebhook {
     url: String,
     events: Vec<String>,
 }

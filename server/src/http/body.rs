@@ -58,6 +58,13 @@ impl ChunkedDecoder {
                     if !rest[0].is_ascii_hexdigit() {
                         return Err(HttpError::BadRequest("invalid chunk size"));
                     }
+                    // RFC 9112 §7.1: after the size comes CRLF or an extension (";", maybe
+                    // after whitespace); httparse would also take bare trailing whitespace,
+                    // which a proxy in front might read differently.
+                    let after_size = &rest[rest.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(0)..line_end];
+                    if after_size != b"\r" && after_size.trim_ascii_start().first() != Some(&b';') {
+                        return Err(HttpError::BadRequest("invalid chunk size"));
+                    }
                     let (used, size) = match httparse::parse_chunk_size(&rest[..=line_end]) {
                         Ok(httparse::Status::Complete(done)) => done,
                         _ => return Err(HttpError::BadRequest("invalid chunk size")),

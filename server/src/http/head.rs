@@ -50,7 +50,7 @@ pub fn parse(
         .parse_with_uninit_headers(buf, &mut slots[..headers_count_max])
         .map_err(|e| match e {
             httparse::Error::TooManyHeaders => HttpError::HeadTooLarge,
-            httparse::Error::Version => HttpError::VersionNotSupported,
+            httparse::Error::Version => version_error(buf),
             _ => HttpError::BadRequest(parse_error_message(e)),
         });
     let len = match status? {
@@ -71,6 +71,10 @@ pub fn parse(
         (start, start + s.len())
     };
     let method = Method::from_token(request.method.unwrap_or_default());
+    if method == Method::Other {
+        // RFC 9110 §9.1: an unrecognised method is 501. Methods are case-sensitive.
+        return Err(HttpError::NotImplemented("request method not implemented"));
+    }
     let version = if request.version == Some(0) {
         Version::Http10
     } else {
@@ -96,6 +100,7 @@ pub fn parse(
         });
         if name.eq_ignore_ascii_case(b"host") {
             host_count += 1;
+            check_host(value)?;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = parse_content_length(value)?;
             if content_length.is_some_and(|seen| seen != parsed) {
@@ -167,6 +172,10 @@ fn check_request_line_len(buf: &[u8], max: usize) -> Result<(), HttpError> {
 }
 
 fn check_target(method: Method, target: &str) -> Result<(), HttpError> {
+    // A fragment is the client's own business (RFC 9110 §4.2.4); it is never sent.
+    if target.contains('#') {
+        return Err(HttpError::BadRequest("request target must not contain a fragment"));
+    }
     if target.starts_with('/') {
         return Ok(());
     }
@@ -181,6 +190,41 @@ fn check_target(method: Method, target: &str) -> Result<(), HttpError> {
     Err(HttpError::BadRequest(
         "request target must be origin-form or absolute-form",
     ))
+}
+
+/// RFC 9112 §3.2: a Host field with an invalid value is 400. The value is `uri-host [":"
+/// port]` (empty is allowed, for targets without an authority): registered-name characters,
+/// percent-encoding, an IPv6 literal in brackets, and a colon before the port.
+fn check_host(value: &[u8]) -> Result<(), HttpError> {
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b);
+    if value.iter().all(allowed) {
+        Ok(())
+    } else {
+        Err(HttpError::BadRequest("invalid Host header"))
+    }
+}
+
+/// httparse reports any unreadable version as a version error: 505 is for a well-formed
+/// `HTTP/x.y` that is not served (RFC 9110 §15.6.6), anything else is a bad request line.
+fn version_error(buf: &[u8]) -> HttpError {
+    let line = buf
+        .split(|b| *b == b'\n')
+        .find(|line| !line.is_empty() && *line != b"\r")
+        .unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, version]
+            if version.len() == 8
+                && version.starts_with(b"HTTP/")
+                && version[5].is_ascii_digit()
+                && version[6] == b'.'
+                && version[7].is_ascii_digit() =>
+        {
+            HttpError::VersionNotSupported
+        }
+        _ => HttpError::BadRequest("invalid request line"),
+    }
 }
 
 /// Content-Length = 1*DIGIT, possibly repeated as an identical comma-separated list.
