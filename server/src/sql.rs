@@ -112,10 +112,13 @@ pub enum Stmt {
     /// $1 token hash, $2 webhook id, $3 limit → the session's user, the webhook id (NULL:
     /// not the caller's), then each attempt newest first (NULL columns when none).
     WebhookDeliveries,
+    /// $1 token hash → the session's user; no row: not a live session. Run only to decide
+    /// between 401 and a handler's input error (`api::handle`).
+    SessionLive,
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 27] = [
+    pub const ALL: [Stmt; 28] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
@@ -143,6 +146,7 @@ impl Stmt {
         Stmt::WebhooksList,
         Stmt::WebhookDelete,
         Stmt::WebhookDeliveries,
+        Stmt::SessionLive,
     ];
 
     pub fn kind(self) -> Kind {
@@ -163,7 +167,8 @@ impl Stmt {
             | Stmt::JobGet
             | Stmt::JobsList
             | Stmt::WebhooksList
-            | Stmt::WebhookDeliveries => Kind::Read,
+            | Stmt::WebhookDeliveries
+            | Stmt::SessionLive => Kind::Read,
             Stmt::Register
             | Stmt::SessionInsert
             | Stmt::Logout
@@ -342,6 +347,7 @@ impl Stmt {
                  WHERE ",
                 live_session!()
             ),
+            Stmt::SessionLive => concat!("SELECT s.user_id FROM sessions s WHERE ", live_session!()),
             Stmt::WorldById => "SELECT id, randomnumber FROM world WHERE id = $1",
             Stmt::FortunesAll => "SELECT id, message FROM fortune",
             Stmt::WorldUpdate => {

@@ -385,17 +385,24 @@ fn cases() -> Vec<Case> {
             Close,
         ),
         case(
-            "method in lower case",
+            "method in lower case (another method)",
             "get /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-            501,
-            Close,
+            405,
+            KeepOpen,
+        ),
+        case(
+            "unknown method",
+            "BREW /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            405,
+            KeepOpen,
         ),
         case(
             "CONNECT authority-form",
             "CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n",
-            501,
+            400,
             Close,
         ),
+        case("TRACE", "TRACE /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 405, KeepOpen),
         case(
             "Expect other than 100-continue",
             "GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: tea\r\n\r\n",

@@ -48,7 +48,11 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             let error = ApiError::new(
                 405,
                 "method_not_allowed",
-                format!("{} is not allowed here", request.method.as_str()),
+                match request.method {
+                    // Any other token (methods are case-sensitive): not echoed back.
+                    crate::http::Method::Other => "this method is not allowed here".to_string(),
+                    known => format!("{} is not allowed here", known.as_str()),
+                },
             );
             let mut reply = crate::http::error::error_reply(&error, body);
             reply.headers.push(("Allow", allow));
@@ -137,10 +141,29 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             unreachable!("pseudo-endpoints are never routed to")
         }
     };
+    let answer = match (answer, &principal) {
+        (Err(error), Some(who)) => Err(unless_unauthenticated(&ctx, who, error).await),
+        (answer, _) => answer,
+    };
     shard
         .metrics
         .record_statements(endpoint, ctx.sql.reads(), ctx.sql.writes());
     (endpoint, answer)
+}
+
+/// A handler refused the input before any statement checked the caller's session: a
+/// caller whose token is not live gets 401, as everywhere else, and learns nothing about
+/// what the route accepts. Only bad requests pay for this check.
+async fn unless_unauthenticated(ctx: &Ctx<'_>, who: &auth::Principal, error: ApiError) -> ApiError {
+    let checked = ctx.sql.reads() + ctx.sql.writes() > 0;
+    if checked || !(400..500).contains(&error.status) || error.status == 401 || auth::cached_user(ctx, who).is_some() {
+        return error;
+    }
+    match ctx.sql.query(crate::sql::Stmt::SessionLive, &[&who.token_hash()]).await {
+        Ok(rows) if rows.is_empty() => auth::invalid_token(),
+        Ok(_) => error,
+        Err(unavailable) => unavailable,
+    }
 }
 
 /// The job queue `kind` runs on.

@@ -71,10 +71,6 @@ pub fn parse(
         (start, start + s.len())
     };
     let method = Method::from_token(request.method.unwrap_or_default());
-    if method == Method::Other {
-        // RFC 9110 §9.1: an unrecognised method is 501. Methods are case-sensitive.
-        return Err(HttpError::NotImplemented("request method not implemented"));
-    }
     let version = if request.version == Some(0) {
         Version::Http10
     } else {

@@ -263,7 +263,9 @@ pub fn request_on(stream: &TcpStream, raw: &str) -> Response {
     let mut writer = stream;
     writer.write_all(raw.as_bytes()).unwrap();
     let mut reader = ResponseReader::new(stream);
-    reader.next(false).expect("a response")
+    reader
+        .next(false)
+        .unwrap_or_else(|| panic!("no response to {:?}", raw.lines().next().unwrap_or_default()))
 }
 
 /// Reads responses one by one from a stream, keeping leftover bytes between them.
