@@ -39,6 +39,9 @@ pub enum Endpoint {
     BenchHash,
     /// Panics on purpose; proves a handler panic becomes a 500. Debug builds only.
     DebugPanic,
+    /// Blocks its shard's thread on purpose (`?ms=`); proves the watchdog sees a stalled
+    /// shard. Debug builds only.
+    DebugStall,
     NotFound,
     MethodNotAllowed,
     /// A request that failed to parse, or timed out before it did.
@@ -46,7 +49,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 34] = [
+    pub const ALL: [Endpoint; 35] = [
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
@@ -78,6 +81,7 @@ impl Endpoint {
         Endpoint::CachedQueries,
         Endpoint::BenchHash,
         Endpoint::DebugPanic,
+        Endpoint::DebugStall,
         Endpoint::NotFound,
         Endpoint::MethodNotAllowed,
         Endpoint::Malformed,
@@ -116,6 +120,7 @@ impl Endpoint {
             Endpoint::CachedQueries => "cached_queries",
             Endpoint::BenchHash => "bench_hash",
             Endpoint::DebugPanic => "debug_panic",
+            Endpoint::DebugStall => "debug_stall",
             Endpoint::NotFound => "not_found",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::Malformed => "malformed",
@@ -217,6 +222,7 @@ const ROUTES: &[Route] = &[
     route(Get, "/cached-queries", CachedQueries, Bench),
     route(Post, "/bench/hash", BenchHash, Bench),
     route(Get, "/bench/panic", DebugPanic, DebugBuild),
+    route(Get, "/bench/stall", DebugStall, DebugBuild),
 ];
 
 /// Every route as (method, path pattern, access), for documentation checks.

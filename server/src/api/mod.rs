@@ -118,6 +118,7 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         (Endpoint::CachedQueries, _) => techempower::cached_queries(&ctx, body).await,
         (Endpoint::BenchHash, _) => bench::hash(shard, request, body).await,
         (Endpoint::DebugPanic, _) => panic!("GET /bench/panic panics on purpose"),
+        (Endpoint::DebugStall, _) => bench::stall(request, body),
         (
             Endpoint::Logout
             | Endpoint::Me

@@ -70,6 +70,12 @@ impl Context {
 
 /// Runs one attempt of `job`; the result is stored on the job row.
 pub fn run(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobError> {
+    // Fault injection for the tests, in debug builds only: the first attempt of a job of
+    // this kind panics mid-job, as a bug would.
+    #[cfg(debug_assertions)]
+    if job.attempt == 1 && std::env::var("PERCORE_TEST_PANIC_KIND").is_ok_and(|kind| kind == job.kind) {
+        panic!("job {} panics on purpose (PERCORE_TEST_PANIC_KIND)", job.id);
+    }
     match job.kind.as_str() {
         "email" => email::send(ctx, job),
         "pdf" => pdf::render(ctx, job),
