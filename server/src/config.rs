@@ -145,6 +145,10 @@ pub struct Database {
     /// connection's pipeline behind a commit's WAL flush. 0: writes share the others.
     pub write_connections_per_shard: usize,
     pub pool_wait_ms: u64,
+    /// Statements in flight at once on one connection (its pipeline); more wait for room.
+    pub pipeline_depth_max: usize,
+    /// Statements waiting for room per shard and kind; past this, 503 at once.
+    pub queued_max: usize,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     /// Sent as client_connection_check_interval: a statement whose client (a shard) is
@@ -164,6 +168,8 @@ impl Default for Database {
             connections_per_shard: 2,
             write_connections_per_shard: 4,
             pool_wait_ms: 1_000,
+            pipeline_depth_max: 128,
+            queued_max: 65_536,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
             client_check_interval_ms: 1_000,
@@ -463,6 +469,7 @@ impl Config {
         let d = &self.database;
         at_least("database.connections_per_shard", d.connections_per_shard as u64, 1)?;
         at_least("database.pool_wait_ms", d.pool_wait_ms, 1)?;
+        at_least("database.pipeline_depth_max", d.pipeline_depth_max as u64, 1)?;
         at_least(
             "database.reconnect_backoff_ms_max",
             d.reconnect_backoff_ms_max,

@@ -7,7 +7,7 @@
 
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
-use crate::runtime::{self, TcpStream};
+use crate::runtime::{self, Semaphore, StaticPermit, TcpStream};
 use crate::sql::{Kind, Stmt};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -68,43 +68,73 @@ impl Target {
 /// connections serve many concurrent requests. Slots `0..readers` serve reads; the rest,
 /// if any, serve writes, so that no read waits in a pipeline behind a commit's WAL flush.
 /// Either kind falls back to the other group's connections while its own are all down.
+///
+/// Admission: each group has room for `pipeline_depth_max` statements per connection. A
+/// statement takes a unit of room for as long as it runs, waits up to `pool_wait_ms` for
+/// one, and is refused at once when `queued_max` statements already wait: an overloaded
+/// shard answers 503 fast instead of growing a queue no one will wait out.
 pub struct Pool {
     slots: Vec<RefCell<Option<Rc<Conn>>>>,
     reads: Group,
     /// Empty when `write_connections_per_shard` is 0: writes then fall back to `reads`.
     writes: Group,
     pool_wait: Duration,
+    queued_max: usize,
 }
 
-/// Slots that serve one kind of statement, taken round robin.
+/// Slots that serve one kind of statement, taken round robin, and their pipelines' room.
 struct Group {
     slots: std::ops::Range<usize>,
     next: Cell<usize>,
+    room: Rc<Semaphore>,
+    queued: Cell<usize>,
 }
 
 impl Group {
-    fn new(slots: std::ops::Range<usize>) -> Group {
+    fn new(slots: std::ops::Range<usize>, pipeline_depth_max: usize) -> Group {
         Group {
+            room: Rc::new(Semaphore::new((slots.len() * pipeline_depth_max) as u64)),
             slots,
             next: Cell::new(0),
+            queued: Cell::new(0),
         }
     }
 }
 
-/// No connection became usable within `pool_wait_ms`.
-#[derive(Debug)]
-pub struct Unavailable;
+/// Why a statement got no connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No connection became usable within `pool_wait_ms`.
+    Down,
+    /// The pipelines had no room within `pool_wait_ms`, or `queued_max` statements waited.
+    Busy,
+}
+
+/// A connection and a unit of its group's pipeline room, held while a statement runs.
+pub struct Lease {
+    conn: Rc<Conn>,
+    _room: StaticPermit,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
 
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
     pub fn start(target: Target, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
         let readers = settings.connections_per_shard;
         let total = readers + settings.write_connections_per_shard;
+        let depth = settings.pipeline_depth_max;
         let pool = Rc::new(Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
-            reads: Group::new(0..readers),
-            writes: Group::new(readers..total),
+            reads: Group::new(0..readers, depth),
+            writes: Group::new(readers..total, depth),
             pool_wait: ms(settings.pool_wait_ms),
+            queued_max: settings.queued_max,
         });
         for slot in 0..total {
             let supervisor = Supervisor {
@@ -125,23 +155,54 @@ impl Pool {
         pool
     }
 
-    /// A usable client for a statement of `kind`, waiting up to `pool_wait_ms` while none
-    /// is.
-    pub async fn conn(&self, kind: Kind, metrics: &ShardMetrics) -> Result<Rc<Conn>, Unavailable> {
+    /// A usable client for a statement of `kind` with room in its group's pipelines,
+    /// waiting up to `pool_wait_ms` in all. `admitted`: the request already has a
+    /// statement in, so this one is not refused for a full queue (admission is per
+    /// request: refusing a request's tenth statement would waste the nine before it).
+    pub async fn conn(&self, kind: Kind, admitted: bool, metrics: &ShardMetrics) -> Result<Lease, Unavailable> {
         let deadline = Instant::now() + self.pool_wait;
         let (own, other) = match kind {
             Kind::Read => (&self.reads, &self.writes),
             Kind::Write => (&self.writes, &self.reads),
         };
+        let admitting = if own.slots.is_empty() { other } else { own };
+        let room = self.room_in(admitting, admitted, metrics).await?;
         loop {
-            if let Some(client) = self.pick(own).or_else(|| self.pick(other)) {
-                return Ok(client);
+            if let Some(conn) = self.pick(own).or_else(|| self.pick(other)) {
+                return Ok(Lease { conn, _room: room });
             }
             if Instant::now() >= deadline {
                 ShardMetrics::add(&metrics.db_pool_wait_timeouts, 1);
-                return Err(Unavailable);
+                return Err(Unavailable::Down);
             }
             runtime::sleep(Duration::from_millis(POOL_POLL_MS)).await;
+        }
+    }
+
+    /// A unit of `group`'s pipeline room: at once if free, else after waiting in line.
+    async fn room_in(
+        &self,
+        group: &Group,
+        admitted: bool,
+        metrics: &ShardMetrics,
+    ) -> Result<StaticPermit, Unavailable> {
+        if let Ok(room) = group.room.try_acquire_static_permit(1) {
+            return Ok(room);
+        }
+        if !admitted && group.queued.get() >= self.queued_max {
+            ShardMetrics::add(&metrics.db_queue_full, 1);
+            return Err(Unavailable::Busy);
+        }
+        group.queued.set(group.queued.get() + 1);
+        let waited = runtime::timeout(self.pool_wait, group.room.acquire_static_permit(1)).await;
+        group.queued.set(group.queued.get() - 1);
+        match waited {
+            Some(Ok(room)) => Ok(room),
+            // Timed out, or the semaphore closed (never: the pool lives as long as the shard).
+            _ => {
+                ShardMetrics::add(&metrics.db_pool_wait_timeouts, 1);
+                Err(Unavailable::Busy)
+            }
         }
     }
 

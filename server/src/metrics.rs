@@ -76,6 +76,7 @@ pub struct ShardMetrics {
     pub db_connections_up: AtomicU64,
     pub db_connect_failures: AtomicU64,
     pub db_pool_wait_timeouts: AtomicU64,
+    pub db_queue_full: AtomicU64,
     pub redis_up: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_commands: AtomicU64,
@@ -251,7 +252,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         );
     }
     #[rustfmt::skip]
-    let per_shard: [Family; 23] = [
+    let per_shard: [Family; 24] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -261,6 +262,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         ("percore_db_connections_up", "gauge", "Postgres connections currently usable.", |m| &m.db_connections_up),
         ("percore_db_connect_failures_total", "counter", "Failed Postgres connection attempts.", |m| &m.db_connect_failures),
         ("percore_db_pool_wait_timeouts_total", "counter", "Requests that waited pool_wait_ms for a connection in vain.", |m| &m.db_pool_wait_timeouts),
+        ("percore_db_queue_full_total", "counter", "Requests refused at once: database.queued_max statements already waited.", |m| &m.db_queue_full),
         ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
         ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
         ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use glommio::net::{TcpListener, TcpStream};
-pub use glommio::sync::Semaphore;
+pub use glommio::sync::{Semaphore, StaticPermit};
 
 /// A running shard thread.
 pub type ShardHandle = glommio::ExecutorJoinHandle<()>;

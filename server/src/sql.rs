@@ -432,11 +432,14 @@ impl<'a> Sql<'a> {
     }
 
     /// Counts `stmt` against the budget and picks a connection of its kind.
-    async fn conn_for(&self, stmt: Stmt) -> Result<std::rc::Rc<crate::db::Conn>, ApiError> {
+    async fn conn_for(&self, stmt: Stmt) -> Result<crate::db::Lease, ApiError> {
         self.count(stmt);
+        // The request's first statement decides its admission; later ones (or concurrent
+        // siblings, which reach here before it finishes) are already in.
+        let admitted = self.reads.get() + self.writes.get() > 1;
         self.shard
             .db
-            .conn(stmt.kind(), self.shard.metrics)
+            .conn(stmt.kind(), admitted, self.shard.metrics)
             .await
             .map_err(unavailable)
     }
@@ -457,8 +460,13 @@ impl<'a> Sql<'a> {
     }
 }
 
-fn unavailable(_: Unavailable) -> ApiError {
-    ApiError::unavailable("database_unavailable", "the database is not reachable; retry later", 1)
+fn unavailable(why: Unavailable) -> ApiError {
+    match why {
+        Unavailable::Down => {
+            ApiError::unavailable("database_unavailable", "the database is not reachable; retry later", 1)
+        }
+        Unavailable::Busy => ApiError::unavailable("database_busy", "the database is at capacity; retry later", 1),
+    }
 }
 
 fn database_error(shard: &Shard, stmt: Stmt, error: tokio_postgres::Error) -> ApiError {
@@ -479,7 +487,7 @@ fn database_error(shard: &Shard, stmt: Stmt, error: tokio_postgres::Error) -> Ap
     let io = std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
     if error.is_closed() || io {
         log::warn!("shard {}: {stmt:?}: {error}", shard.id);
-        return unavailable(Unavailable);
+        return unavailable(Unavailable::Down);
     }
     log::error!("shard {}: {stmt:?} failed: {error}", shard.id);
     ApiError::internal()
