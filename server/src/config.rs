@@ -43,6 +43,8 @@ pub struct Server {
     pub accept_error_backoff_ms: u64,
     /// glommio's stall detector; forced on in debug builds.
     pub detect_stalls: bool,
+    /// Over this resident memory, API requests get 503 until it falls below 90% of it.
+    pub rss_bytes_max: u64,
 }
 
 impl Default for Server {
@@ -56,6 +58,7 @@ impl Default for Server {
             heartbeat_interval_ms: 250,
             accept_error_backoff_ms: 100,
             detect_stalls: false,
+            rss_bytes_max: 4 << 30,
         }
     }
 }
@@ -423,6 +426,7 @@ impl Config {
             1,
         )?;
         at_least("server.heartbeat_interval_ms", s.heartbeat_interval_ms, 10)?;
+        at_least("server.rss_bytes_max", s.rss_bytes_max, 1 << 20)?;
         let h = &self.http;
         at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
         at_least(

@@ -77,6 +77,52 @@ pub fn start_watchdog(shared: &'static Shared) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How often the memory guard reads the resident set size.
+const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Samples the process's resident memory and raises `memory_pressure` over
+/// `rss_bytes_max`, lowering it again under 90% of it (a margin, so it does not flap).
+pub fn start_memory_guard(shared: &'static Shared) -> std::io::Result<()> {
+    let max = shared.config.server.rss_bytes_max;
+    let page_bytes = page_bytes();
+    std::thread::Builder::new()
+        .name("percore-memory".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(RSS_CHECK_INTERVAL); // blocking-ok: its own thread, not a shard
+                let Some(rss) = resident_bytes(page_bytes) else {
+                    continue;
+                };
+                let was = shared.memory_pressure.load(Ordering::Relaxed);
+                let now = if was { rss > max / 10 * 9 } else { rss > max };
+                if now != was {
+                    shared.memory_pressure.store(now, Ordering::Relaxed);
+                    if now {
+                        log::error!(
+                            "resident memory {rss} B is over server.rss_bytes_max ({max} B): refusing API requests"
+                        );
+                    } else {
+                        log::warn!("resident memory {rss} B is back under 90% of server.rss_bytes_max: serving again");
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+/// The second field of /proc/self/statm (resident pages), in bytes.
+fn resident_bytes(page_bytes: u64) -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?; // blocking-ok: the memory guard thread
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_bytes)
+}
+
 /// WATCHDOG_USEC, when set and meant for us. Like libsystemd's sd_watchdog_enabled,
 /// WATCHDOG_PID is checked only when present (sd-notify's own helper demands it).
 fn watchdog_interval(get: impl Fn(&str) -> Option<String>, pid: u32) -> Option<Duration> {

@@ -252,11 +252,13 @@ pub fn run(mut config: Config) -> Result<(), String> {
         redis_target,
         dummy_password_hash,
         shutdown: AtomicBool::new(false),
+        memory_pressure: AtomicBool::new(false),
         shutdown_started_ms: Default::default(),
         stop_senders: Default::default(),
         config,
     }));
     lifecycle::watch_signals(shared).map_err(|e| format!("installing signal handlers: {e}"))?;
+    lifecycle::start_memory_guard(shared).map_err(|e| format!("starting the memory guard: {e}"))?;
 
     let (bound, bound_rx) = std::sync::mpsc::sync_channel(shard_count);
     let mut handles = Vec::with_capacity(shard_count);

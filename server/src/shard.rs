@@ -32,6 +32,8 @@ pub struct Shared {
     pub dummy_password_hash: String,
     /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
+    /// Set by the memory guard thread while resident memory is over `rss_bytes_max`.
+    pub memory_pressure: AtomicBool,
     /// When the signal came (ms since the epoch): the shutdown timeout counts from here.
     pub shutdown_started_ms: std::sync::atomic::AtomicU64,
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is

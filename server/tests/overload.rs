@@ -179,3 +179,44 @@ fn twice_the_saturation_rate_gets_fast_503s_bounded_latency_and_recovers() {
     let timed_out = common::metric_sum(&metrics, "percore_db_pool_wait_timeouts_total", "");
     assert!(refused_at_once + timed_out > 0, "the refusals are counted");
 }
+
+#[test]
+fn over_the_memory_bound_api_requests_get_503_and_health_stays_up() {
+    let services = Services::start();
+    let port = common::free_port();
+    // A bound no process meets: the guard trips within its first 100 ms sample.
+    let text = Tuning {
+        server: "shards = 1\nrss_bytes_max = 1048576",
+        ..Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let response = server.get("/json");
+        if response.status == 503 || Instant::now() > deadline {
+            break response;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.error_code(), "memory_pressure");
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    let registered = server.call(
+        "POST",
+        "/v1/auth/register",
+        None,
+        Some(&serde_json::json!({"email": common::unique_email("mem"), "password": "correct horse", "name": "m"})),
+    );
+    assert_eq!(registered.error_code(), "memory_pressure");
+    assert_eq!(server.get("/healthz").status, 200, "liveness stays up");
+    assert_eq!(server.get("/metrics").status, 200, "metrics stay up");
+    let ready = server.get("/readyz");
+    assert_eq!(
+        (ready.status, ready.error_code().as_str()),
+        (503, "not_ready"),
+        "{}",
+        ready.text()
+    );
+    assert!(server.stderr().contains("over server.rss_bytes_max"));
+}

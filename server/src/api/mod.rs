@@ -65,6 +65,13 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             );
         }
     };
+    // Over server.rss_bytes_max: shed the work that allocates, keep what operators watch.
+    if shard.shared.memory_pressure.load(std::sync::atomic::Ordering::Relaxed)
+        && !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics)
+    {
+        let error = ApiError::unavailable("memory_pressure", "the server is over its memory bound; retry later", 1);
+        return (endpoint, Err(error));
+    }
     // The auth middleware: once, here, for every route that needs it.
     let principal = match access {
         Access::User => match auth::authenticate(request) {

@@ -46,6 +46,10 @@ pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer 
             1,
         ));
     }
+    // Shedding load over the memory bound: a balancer should send traffic elsewhere.
+    if shard.shared.memory_pressure.load(Relaxed) {
+        return Err(ApiError::unavailable("not_ready", "over server.rss_bytes_max", 1));
+    }
     serde_json::to_writer(
         &mut *body,
         &serde_json::json!({
