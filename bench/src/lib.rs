@@ -15,4 +15,5 @@ pub mod run;
 pub mod sample;
 pub mod scrape;
 pub mod seed;
+pub mod soak;
 pub mod wrk;

@@ -10,6 +10,8 @@
 //!                 [--rows 20]   (queries, updates, cached-queries)  [--tuning FILE]   (recorded)
 //!   percore-bench seed --database-url URL [--users 100000] [--events 1000000]
 //!                 [--sessions 10000] [--tokens FILE]
+//!   percore-bench soak --server-pid PID [--url BASE] [--duration 30m] [--share 0.7]
+//!                 [--window 10s] [--fault-every 5m] [--fault NAME=COMMAND]… [--out FILE]
 //!
 //! wrk runs pinned to `--wrk-cpu` (default 0) so that it stays off the shard cores.
 
@@ -20,6 +22,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
                      [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE] [--paced 15s] [--paced-connections 16] [--open-loop 10s|off]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]\n       \
+                     percore-bench soak --server-pid PID [--url BASE] [--duration 30m] [--share 0.7] [--window 10s] [--fault-every 5m] [--fault NAME=COMMAND]… [--tokens FILE] [--out FILE]\n       \
                      percore-bench compare A.json B.json …\n       \
                      percore-bench report RESULT.json … -o report.html";
 const TOKENS_DEFAULT: &str = "bench/results/seed-tokens.txt";
@@ -29,9 +32,10 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("run") => parse_run(&args[1..]).map(|o| run_and_write(&o)),
         Some("seed") => parse_seed(&args[1..]).map(|(url, scale, tokens)| seed::seed(&url, &scale, &tokens)),
+        Some("soak") => parse_soak(&args[1..]).map(|(options, out)| soak_and_write(&options, out.as_deref())),
         Some("compare") if args.len() > 1 => Ok(compare(&args[1..])),
         Some("report") => parse_report(&args[1..]).map(|(files, out)| report(&files, &out)),
-        _ => Err("the commands are `run`, `seed`, `compare` and `report`".into()),
+        _ => Err("the commands are `run`, `seed`, `soak`, `compare` and `report`".into()),
     };
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -137,6 +141,70 @@ fn parse_seed(args: &[String]) -> Result<(String, seed::Scale, String), String> 
     Ok((url, scale, tokens))
 }
 
+/// Minutes (`30m`) or seconds (`10s`).
+fn duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
+    match value.strip_suffix('m') {
+        Some(minutes) => Ok(std::time::Duration::from_secs(number::<u64>(flag, minutes)? * 60)),
+        None => percore_bench::wrk::seconds(value).ok_or_else(|| format!("{flag}: use e.g. 30m or 10s")),
+    }
+}
+
+fn parse_soak(args: &[String]) -> Result<(percore_bench::soak::SoakOptions, Option<String>), String> {
+    let mut options = percore_bench::soak::SoakOptions {
+        base: "http://127.0.0.1:8080".into(),
+        duration: std::time::Duration::from_secs(30 * 60),
+        share: 0.7,
+        window: std::time::Duration::from_secs(10),
+        tokens: TOKENS_DEFAULT.into(),
+        server_pid: 0,
+        fault_every: std::time::Duration::from_secs(5 * 60),
+        faults: Vec::new(),
+        connections: 64,
+        paced_connections: 16,
+        wrk_cpu: "0".into(),
+    };
+    let mut out = None;
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--url" => options.base = value.trim_end_matches('/').to_string(),
+            "--duration" => options.duration = duration(flag, value)?,
+            "--share" => options.share = number(flag, value)?,
+            "--window" => options.window = duration(flag, value)?,
+            "--tokens" => options.tokens = value.into(),
+            "--server-pid" => options.server_pid = number(flag, value)?,
+            "--fault-every" => options.fault_every = duration(flag, value)?,
+            "--fault" => {
+                let (name, command) = value.split_once('=').ok_or("--fault: use NAME=COMMAND")?;
+                options.faults.push((name.into(), command.into()));
+            }
+            "--connections" => options.connections = number(flag, value)?,
+            "--paced-connections" => options.paced_connections = number(flag, value)?,
+            "--wrk-cpu" => options.wrk_cpu = value.into(),
+            "--out" => out = Some(value.to_string()),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if options.server_pid == 0 {
+        return Err("soak needs --server-pid (its memory and descriptors are sampled)".into());
+    }
+    if !(options.share > 0.0 && options.share <= 1.0) {
+        return Err("--share must be in (0, 1]".into());
+    }
+    Ok((options, out))
+}
+
+fn soak_and_write(options: &percore_bench::soak::SoakOptions, out: Option<&str>) -> Result<(), String> {
+    let result = percore_bench::soak::soak(options)?;
+    let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
+    match out {
+        Some(path) => std::fs::write(path, rendered).map_err(|e| format!("writing {path}: {e}")),
+        None => {
+            println!("{rendered}");
+            Ok(())
+        }
+    }
+}
+
 fn compare(files: &[String]) -> Result<(), String> {
     let results = percore_bench::compare::load(files)?;
     print!("{}", percore_bench::compare::table(&results));
@@ -187,5 +255,10 @@ mod tests {
         assert!(parse_run(&args("json --connections")).is_err());
         assert_eq!(parse_run(&args("seed-mix --tokens t.txt")).unwrap().tokens, "t.txt");
         assert!(parse_seed(&args("--users 0 --database-url x")).is_err());
+        assert!(parse_soak(&args("--duration 1m")).is_err(), "needs --server-pid");
+        let (soak, _) = parse_soak(&args("--server-pid 7 --duration 2m --fault pg=true --fault-every 30s")).unwrap();
+        assert_eq!(soak.duration, std::time::Duration::from_secs(120));
+        assert_eq!(soak.faults, vec![("pg".to_string(), "true".to_string())]);
+        assert!(parse_soak(&args("--server-pid 7 --fault nameless")).is_err());
     }
 }

@@ -185,6 +185,22 @@ pub fn render(results: &[(String, Value)]) -> String {
     ));
     page.push_str(&lines("Throughput over time", "s", "req/s", &timelines));
     page.push_str(&bars("CPU per shard thread (share of one core)", "%", &cpu));
+    for (title, key, unit) in [
+        ("Soak: resident memory", "rss_mib", "MiB"),
+        ("Soak: open file descriptors", "open_fds", "fds"),
+        ("Soak: p99 latency per window (non-login)", "p99_ms", "ms"),
+    ] {
+        let series = soak_series(&named, |sample| sample[key].as_f64());
+        if !series.is_empty() {
+            page.push_str(&lines(title, "s", unit, &series));
+        }
+    }
+    let errors = soak_series(&named, |sample| {
+        Some(sample["errors"]["non_2xx"].as_f64()? + sample["errors"]["io"].as_f64()?)
+    });
+    if !errors.is_empty() {
+        page.push_str(&lines("Soak: errors per window (non-2xx and I/O)", "s", "errors", &errors));
+    }
     page.push_str("<h2>Runs</h2><table><tr><th>result</th><th>commit</th><th>machine</th><th>command</th></tr>");
     for (name, value) in &named {
         let _ = write!(
@@ -224,4 +240,16 @@ mod tests {
         assert!(page.contains("wrk &lt;x&gt;") && !page.contains("wrk <x>"));
         assert!(!page.contains("<script"), "nothing runs, nothing is fetched");
     }
+}
+
+/// One line per soak result: (time, value) for each sample `value` reads.
+fn soak_series(named: &[(String, &Value)], value: impl Fn(&Value) -> Option<f64>) -> Vec<(String, Vec<(f64, f64)>)> {
+    named
+        .iter()
+        .filter_map(|(n, v)| {
+            let samples = v["soak"]["samples"].as_array()?;
+            let points = samples.iter().filter_map(|s| Some((s["t_s"].as_f64()?, value(s)?))).collect();
+            Some((n.clone(), points))
+        })
+        .collect()
 }
