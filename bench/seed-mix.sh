@@ -27,6 +27,9 @@ enabled = $enabled
 # The mix logs in on purpose (0.1%) from one client IP: no throttling in the benchmark.
 login_rate_per_minute = 1000000
 login_burst = 1000000
+[rate_limit.auth]
+rate = 1000000.0
+burst = 1000000
 [log]
 level = "warn"
 TOML

@@ -199,7 +199,12 @@ pub fn render(results: &[(String, Value)]) -> String {
         Some(sample["errors"]["non_2xx"].as_f64()? + sample["errors"]["io"].as_f64()?)
     });
     if !errors.is_empty() {
-        page.push_str(&lines("Soak: errors per window (non-2xx and I/O)", "s", "errors", &errors));
+        page.push_str(&lines(
+            "Soak: errors per window (non-2xx and I/O)",
+            "s",
+            "errors",
+            &errors,
+        ));
     }
     page.push_str("<h2>Runs</h2><table><tr><th>result</th><th>commit</th><th>machine</th><th>command</th></tr>");
     for (name, value) in &named {
@@ -214,6 +219,21 @@ pub fn render(results: &[(String, Value)]) -> String {
     }
     page.push_str("</table></body></html>\n");
     page
+}
+
+/// One line per soak result: (time, value) for each sample `value` reads.
+fn soak_series(named: &[(String, &Value)], value: impl Fn(&Value) -> Option<f64>) -> Vec<(String, Vec<(f64, f64)>)> {
+    named
+        .iter()
+        .filter_map(|(n, v)| {
+            let samples = v["soak"]["samples"].as_array()?;
+            let points = samples
+                .iter()
+                .filter_map(|s| Some((s["t_s"].as_f64()?, value(s)?)))
+                .collect();
+            Some((n.clone(), points))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -240,16 +260,4 @@ mod tests {
         assert!(page.contains("wrk &lt;x&gt;") && !page.contains("wrk <x>"));
         assert!(!page.contains("<script"), "nothing runs, nothing is fetched");
     }
-}
-
-/// One line per soak result: (time, value) for each sample `value` reads.
-fn soak_series(named: &[(String, &Value)], value: impl Fn(&Value) -> Option<f64>) -> Vec<(String, Vec<(f64, f64)>)> {
-    named
-        .iter()
-        .filter_map(|(n, v)| {
-            let samples = v["soak"]["samples"].as_array()?;
-            let points = samples.iter().filter_map(|s| Some((s["t_s"].as_f64()?, value(s)?))).collect();
-            Some((n.clone(), points))
-        })
-        .collect()
 }

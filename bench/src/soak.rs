@@ -63,7 +63,9 @@ pub fn soak(options: &SoakOptions) -> Result<Value, String> {
         paced: None,
         paced_connections: options.paced_connections,
     })?;
-    let saturation_rps = saturation["wrk"]["requests_per_s"].as_f64().ok_or("the saturation run measured no rate")?;
+    let saturation_rps = saturation["wrk"]["requests_per_s"]
+        .as_f64()
+        .ok_or("the saturation run measured no rate")?;
     let rate = (saturation_rps * options.share).max(1.0);
     let mix = Mix::SeedMix(Seeded::load(&options.tokens)?);
     let addr = options.base.trim_start_matches("http://").to_string();
@@ -114,7 +116,11 @@ pub fn soak(options: &SoakOptions) -> Result<Value, String> {
             "errors": window["errors"],
         }));
         if rss_kib == 0 {
-            return Err(format!("the server (pid {}) is gone after {:.0} s", options.server_pid, began.elapsed().as_secs_f64()));
+            return Err(format!(
+                "the server (pid {}) is gone after {:.0} s",
+                options.server_pid,
+                began.elapsed().as_secs_f64()
+            ));
         }
     }
     done.store(true, Ordering::Relaxed);

@@ -20,6 +20,7 @@ pub struct Config {
     pub identity: Identity,
     pub api: Api,
     pub cache: Cache,
+    pub rate_limit: crate::rate_limit::Settings,
     /// `[jobs]`, `[email]`, `[webhooks]`: defined with the workers that use them.
     pub jobs: percore_workers::jobs::config::Jobs,
     pub email: percore_workers::jobs::config::Email,
@@ -45,6 +46,27 @@ pub struct Server {
     pub detect_stalls: bool,
     /// Over this resident memory, API requests get 503 until it falls below 90% of it.
     pub rss_bytes_max: u64,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Server {
+    /// `trusted_proxies` as networks; a bare address is its own /32 or /128.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, (String, String)> {
+        self.trusted_proxies
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        (
+                            "server.trusted_proxies".to_string(),
+                            format!("{text:?} is not an address or CIDR range"),
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 impl Default for Server {
@@ -59,6 +81,7 @@ impl Default for Server {
             accept_error_backoff_ms: 100,
             detect_stalls: false,
             rss_bytes_max: 4 << 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -427,6 +450,8 @@ impl Config {
         )?;
         at_least("server.heartbeat_interval_ms", s.heartbeat_interval_ms, 10)?;
         at_least("server.rss_bytes_max", s.rss_bytes_max, 1 << 20)?;
+        s.trusted_proxy_nets()?;
+        self.rate_limit.validate()?;
         let h = &self.http;
         at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
         at_least(

@@ -15,6 +15,7 @@ pub mod deadlines;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rate_limit;
 pub mod redis;
 pub mod router;
 pub mod runtime;

@@ -58,6 +58,8 @@ pub struct Shard {
     /// Read deadlines of this shard's connections.
     pub deadlines: Sweeper,
     pub login_throttle: RefCell<Throttle>,
+    /// Per-client rate limits by route class.
+    pub limiter: crate::rate_limit::Limiter,
     pub cache: crate::cache::Cache,
     /// xorshift64* state for the benchmark routes' random row ids (not for secrets).
     pub random: Cell<u64>,
@@ -116,10 +118,14 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         cache: crate::cache::Cache::new(&config.cache, id, redis.clone(), metrics),
         random: Cell::new(seed_random()),
         login_throttle: RefCell::new(Throttle::new(
-            config.identity.login_rate_per_minute,
+            f64::from(config.identity.login_rate_per_minute) / 60.0,
             config.identity.login_burst,
             config.identity.login_tracked_max,
         )),
+        limiter: crate::rate_limit::Limiter::new(
+            &config.rate_limit,
+            config.server.trusted_proxy_nets().expect("validated at start-up"),
+        ),
     });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     let _ = bound.send(Ok(()));

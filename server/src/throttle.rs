@@ -1,4 +1,5 @@
-//! Login throttling: a token bucket per client IP and per email, owned by one shard.
+//! Token buckets owned by one shard: login throttling (per client IP and per email) and
+//! the per-client rate limits (`rate_limit`).
 //!
 //! Per shard, so it costs no lock and no cross-core traffic; a client whose connections
 //! land on several shards gets each shard's allowance (documented in tuning.toml).
@@ -14,6 +15,8 @@ pub enum Key {
     Ip(IpAddr),
     /// Lower-cased, as emails compare case-insensitively.
     Email(String),
+    /// A bearer token's hash: a signed-in client's session.
+    Token([u8; 32]),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -30,19 +33,19 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn new(rate_per_minute: u32, burst: u32, tracked_max: usize) -> Throttle {
-        assert!(rate_per_minute > 0 && burst > 0 && tracked_max > 0);
+    pub fn new(per_second: f64, burst: u32, tracked_max: usize) -> Throttle {
+        assert!(per_second > 0.0 && burst > 0 && tracked_max > 0);
         Throttle {
             buckets: HashMap::new(),
             burst: f64::from(burst),
-            per_second: f64::from(rate_per_minute) / 60.0,
+            per_second,
             tracked_max,
         }
     }
 
-    /// Takes one attempt for every key, or none: `Err(seconds)` until the first refused
-    /// key has a token again.
-    pub fn attempt(&mut self, keys: &[Key], now: Instant) -> Result<(), u64> {
+    /// Takes one attempt for every key, or none: `Ok(tokens left)` (of the last key), or
+    /// `Err(seconds)` until the first refused key has a token again.
+    pub fn attempt(&mut self, keys: &[Key], now: Instant) -> Result<u64, u64> {
         for key in keys {
             let tokens = self.buckets.get(key).map_or(self.burst, |b| self.refilled(b, now));
             if tokens < 1.0 {
@@ -50,21 +53,32 @@ impl Throttle {
                 return Err(wait_s.max(1));
             }
         }
+        let mut left = 0.0;
         for key in keys {
             if !self.buckets.contains_key(key) && self.buckets.len() >= self.tracked_max {
                 self.forget(now);
             }
             let tokens = self.buckets.get(key).map_or(self.burst, |b| self.refilled(b, now));
+            left = tokens - 1.0;
             self.buckets.insert(
                 key.clone(),
                 Bucket {
-                    tokens: tokens - 1.0,
+                    tokens: left,
                     updated: now,
                 },
             );
         }
         debug_assert!(self.buckets.len() <= self.tracked_max);
-        Ok(())
+        Ok(left.max(0.0) as u64)
+    }
+
+    pub fn burst(&self) -> u64 {
+        self.burst as u64
+    }
+
+    /// Seconds until a bucket emptied now is full again.
+    pub fn refill_s(&self) -> u64 {
+        (self.burst / self.per_second).ceil() as u64
     }
 
     fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
@@ -80,7 +94,7 @@ impl Throttle {
         });
         if self.buckets.len() >= self.tracked_max {
             log::warn!(
-                "login throttle: {} clients all mid-limit; forgetting them (identity.login_tracked_max)",
+                "throttle: {} clients all mid-limit; forgetting them (the tracked_max bound)",
                 self.buckets.len()
             );
             self.buckets.clear();
@@ -103,19 +117,24 @@ mod tests {
 
     #[test]
     fn burst_then_refusal_then_refill() {
-        let mut throttle = Throttle::new(60, 3, 100);
+        let mut throttle = Throttle::new(1.0, 3, 100);
         let t0 = Instant::now();
         for _ in 0..3 {
             throttle.attempt(&[ip(1)], t0).unwrap();
         }
         assert_eq!(throttle.attempt(&[ip(1)], t0), Err(1));
+        assert_eq!(
+            throttle.attempt(&[ip(3)], t0),
+            Ok(2),
+            "a fresh client has burst - 1 left"
+        );
         assert!(throttle.attempt(&[ip(2)], t0).is_ok(), "other clients are unaffected");
         throttle.attempt(&[ip(1)], t0 + Duration::from_secs(1)).unwrap();
     }
 
     #[test]
     fn a_refused_key_charges_no_other_key() {
-        let mut throttle = Throttle::new(1, 1, 100);
+        let mut throttle = Throttle::new(1.0 / 60.0, 1, 100);
         let t0 = Instant::now();
         let email = Key::Email("a@b.c".into());
         throttle.attempt(&[ip(1), email.clone()], t0).unwrap();
@@ -125,7 +144,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded() {
-        let mut throttle = Throttle::new(60, 2, 16);
+        let mut throttle = Throttle::new(1.0, 2, 16);
         let t0 = Instant::now();
         for n in 0..200u8 {
             throttle.attempt(&[ip(n)], t0).unwrap();

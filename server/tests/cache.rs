@@ -213,7 +213,14 @@ fn load_thread(
 #[test]
 fn with_redis_stopped_then_killed_requests_keep_succeeding_and_hits_return_after() {
     let mut services = Services::start();
-    let server = Server::start(&services, "");
+    // Six threads on one session: far past the default per-client read limit.
+    let port = common::free_port();
+    let text = common::Tuning {
+        extra: "[rate_limit.read]\nrate = 1000000.0\nburst = 1000000",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
     wait_subscribed(&server, 2);
     let (id, token) = server.sign_up("Outage");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -167,7 +167,7 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     ctx.shard
         .login_throttle
         .borrow_mut()
-        .attempt(&[Key::Ip(ctx.request.peer), email_key], Instant::now())
+        .attempt(&[Key::Ip(ctx.client_ip), email_key], Instant::now())
         .map_err(|wait_s| ApiError::too_many("too many login attempts; retry later", wait_s))?;
     if input.email.len() > EMAIL_BYTES_MAX || input.email.contains('\0') || input.password.len() > PASSWORD_BYTES_MAX {
         // Cannot match any account; still costs the same verification below.

@@ -12,6 +12,7 @@ mod events;
 pub mod extract;
 pub mod identity;
 mod jobs;
+mod limits;
 mod ops;
 mod public_users;
 mod techempower;
@@ -31,6 +32,8 @@ pub struct Ctx<'a> {
     pub shard: &'a Shard,
     pub request: &'a Request<'a>,
     pub sql: Sql<'a>,
+    /// The client's address: the peer, or `X-Forwarded-For` from a trusted proxy.
+    pub client_ip: std::net::IpAddr,
 }
 
 /// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
@@ -87,7 +90,13 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard),
             Access::Public | Access::User => Sql::new(shard),
         },
+        client_ip: shard.limiter.client_ip(request),
     };
+    if let Some(class) = crate::rate_limit::Class::of(endpoint)
+        && let Err(refused) = limits::admit(&ctx, class, principal.as_ref()).await
+    {
+        return (endpoint, Ok(limits::too_many(&refused, body)));
+    }
     let answer = match (endpoint, &principal) {
         (Endpoint::Healthz, _) => ops::healthz(body),
         (Endpoint::Readyz, _) => ops::readyz(shard, &ctx.sql, body).await,
