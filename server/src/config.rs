@@ -21,6 +21,7 @@ pub struct Config {
     pub api: Api,
     pub cache: Cache,
     pub rate_limit: crate::rate_limit::Settings,
+    pub cluster: Cluster,
     /// `[jobs]`, `[email]`, `[webhooks]`: defined with the workers that use them.
     pub jobs: percore_workers::jobs::config::Jobs,
     pub email: percore_workers::jobs::config::Email,
@@ -318,6 +319,20 @@ impl Default for Cache {
     }
 }
 
+/// `[cluster]`: facts about the deployment one instance cannot see for itself.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Instances sharing the database: each start-up checks they all fit its connections.
+    pub expected_instances: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { expected_instances: 1 }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bench {
@@ -452,6 +467,7 @@ impl Config {
         at_least("server.rss_bytes_max", s.rss_bytes_max, 1 << 20)?;
         s.trusted_proxy_nets()?;
         self.rate_limit.validate()?;
+        at_least("cluster.expected_instances", self.cluster.expected_instances, 1)?;
         let h = &self.http;
         at_least("http.request_line_bytes_max", h.request_line_bytes_max as u64, 64)?;
         at_least(

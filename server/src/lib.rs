@@ -8,6 +8,7 @@
 //! with a `blocking-ok` comment.
 
 pub mod api;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod db;

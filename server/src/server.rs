@@ -145,6 +145,19 @@ fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), 
     }
 }
 
+/// Refuses to start when `[cluster] expected_instances` like this one would exhaust the
+/// database's connections. An unreachable database is not checked (start-up goes on, as
+/// for the schema).
+fn check_connection_budget(config: &Config, shards: usize) -> Result<(), String> {
+    match schema_client(&config.database) {
+        Ok(mut client) => crate::budget::check_server(&mut client, config, shards),
+        Err(e) => {
+            log::warn!("connection budget not checked: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// Shards bind with SO_REUSEPORT, which would let a second percore (or anything else with
 /// SO_REUSEPORT, same user) share the port and silently take half the connections. So
 /// start-up refuses an address some socket already listens on, as the kernel lists them
@@ -205,6 +218,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
     let dev_database = resolve_services(&mut config, &placement.worker_cpus)?;
     ensure_schema(&config.database, config.database.auto_migrate.unwrap_or(dev_database))?;
+    check_connection_budget(&config, placement.shard_cpus.len())?;
     let db_target = db::Target::resolve(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 

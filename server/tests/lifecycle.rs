@@ -224,3 +224,27 @@ fn a_second_percore_on_the_same_port_refuses_to_start() {
     assert!(stderr.contains("already in use"), "{stderr}");
     assert_eq!(first.get("/healthz").status, 200, "the first keeps serving");
 }
+
+#[test]
+fn a_deployment_that_would_exhaust_max_connections_refuses_to_start() {
+    let services = Services::start();
+    // The test Postgres allows 200 connections (3 reserved). Two shards × 6 + 13 job
+    // threads + 2 = 27 per instance: 7 instances fit (189), 50 do not (1,350).
+    let config = |instances: u64, port: u16| {
+        common::Tuning {
+            extra: &format!("[cluster]\nexpected_instances = {instances}\n"),
+            ..common::Tuning::new(port, &services)
+        }
+        .render()
+    };
+    let refused = run_with_config(&config(50, common::free_port()), &["--config"]);
+    assert!(!refused.status.success(), "started anyway");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("connection budget") && stderr.contains("expected_instances = 50") && stderr.contains("1350"),
+        "{stderr}"
+    );
+    let port = common::free_port();
+    let fits = Server::start_with_config(port, &config(7, port), &[]);
+    assert_eq!(fits.get("/healthz").status, 200);
+}

@@ -1,0 +1,104 @@
+//! The connection budget: how many Postgres connections one percore opens, and whether
+//! `[cluster] expected_instances` of them fit in what the server allows. Checked once at
+//! start-up, so that the fourth instance of a deployment refuses to start with the sums in
+//! its message instead of starving the other three at run time.
+//!
+//! Blocking: start-up only, before any shard exists.
+
+use crate::config::Config;
+
+/// One instance's connections to one Postgres server, by who holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerInstance {
+    pub shards: u64,
+    /// Read plus write connections of one shard.
+    pub per_shard: u64,
+    /// Job worker threads' pool (one per thread, plus the maintenance thread's and one spare).
+    pub workers: u64,
+}
+
+impl PerInstance {
+    pub fn of(config: &Config, shards: usize) -> PerInstance {
+        let jobs = &config.jobs;
+        let job_threads: usize = if jobs.run {
+            jobs.queues.values().map(|q| q.threads).sum()
+        } else {
+            0
+        };
+        PerInstance {
+            shards: shards as u64,
+            per_shard: (config.database.connections_per_shard + config.database.write_connections_per_shard) as u64,
+            workers: job_threads as u64 + 2,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.shards * self.per_shard + self.workers
+    }
+}
+
+/// `Err(message)` when `instances` × `per_instance` exceeds `max_connections` less the
+/// slots Postgres keeps for superusers.
+pub fn check(per_instance: PerInstance, instances: u64, max_connections: u64, reserved: u64) -> Result<(), String> {
+    let need = instances * per_instance.total();
+    let available = max_connections.saturating_sub(reserved);
+    if need <= available {
+        return Ok(());
+    }
+    Err(format!(
+        "connection budget: cluster.expected_instances = {instances} instances × {} connections each \
+         ({} shards × {} (database.connections_per_shard + database.write_connections_per_shard) + {} for job workers) \
+         = {need}, but the database allows {available} (max_connections {max_connections} less {reserved} reserved); \
+         lower those settings or raise max_connections",
+        per_instance.total(),
+        per_instance.shards,
+        per_instance.per_shard,
+        per_instance.workers,
+    ))
+}
+
+/// Asks the server its limits and checks the budget against them.
+pub fn check_server(client: &mut postgres::Client, config: &Config, shards: usize) -> Result<(), String> {
+    let setting = |client: &mut postgres::Client, name: &str| -> Result<u64, String> {
+        let row = client
+            .query_one("SELECT setting::int8 FROM pg_settings WHERE name = $1", &[&name])
+            .map_err(|e| format!("connection budget: reading {name}: {e}"))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    };
+    let max_connections = setting(client, "max_connections")?;
+    let reserved = setting(client, "superuser_reserved_connections")?;
+    let per_instance = PerInstance::of(config, shards);
+    check(
+        per_instance,
+        config.cluster.expected_instances,
+        max_connections,
+        reserved,
+    )?;
+    log::info!(
+        "connection budget: {} instance(s) × {} connections of {} allowed",
+        config.cluster.expected_instances,
+        per_instance.total(),
+        max_connections - reserved.min(max_connections)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_shards_groups_and_workers_against_the_reserve() {
+        let one = PerInstance {
+            shards: 4,
+            per_shard: 6,
+            workers: 15,
+        };
+        assert_eq!(one.total(), 39);
+        assert!(check(one, 2, 100, 3).is_ok(), "78 of 97");
+        let refused = check(one, 3, 100, 3).unwrap_err();
+        assert!(refused.contains("117") && refused.contains("97"), "{refused}");
+        assert!(refused.contains("cluster.expected_instances = 3"), "{refused}");
+        assert!(check(one, 1, 39, 0).is_ok(), "exactly full fits");
+    }
+}
