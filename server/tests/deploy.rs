@@ -5,73 +5,83 @@
 mod common;
 use std::process::Command;
 
-#[test]
-fn systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/percore.service")).unwrap();
-    for directive in [
-        "Type=notify",
-        "WatchdogSec=",
-        "Restart=on-failure",
-        "LimitNOFILE=",
-        "LimitMEMLOCK=",
-        "TimeoutStopSec=",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "PrivateTmp=yes",
-        "User=percore",
-    ] {
-        assert!(unit.contains(directive), "the unit lacks {directive}");
+/// A shipped unit's text, after checking it has each of `directives`.
+fn shipped_unit(file: &str, directives: &[&str]) -> String {
+    let unit = std::fs::read_to_string(format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    for directive in directives {
+        assert!(unit.contains(directive), "{file} lacks {directive}");
     }
+    unit
+}
+
+/// Runs `systemd-analyze verify` on `verified` (a unit, or an instance of a template)
+/// with `unit` written as `file`; returns its complaints about our units.
+fn systemd_verify(unit: &str, file: &str, verified: &str) -> Vec<String> {
     // verify checks that ExecStart exists: point it at the binary under test.
-    let dir = std::env::temp_dir().join(format!("percore-unit-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("percore-unit-{}-{file}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("percore.service");
     std::fs::write(
-        &path,
+        dir.join(file),
         unit.replace("/usr/local/bin/percore", env!("CARGO_BIN_EXE_percore")),
     )
     .unwrap();
     let output = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&path)
+        .arg(dir.join(verified))
         .output()
         .expect("systemd-analyze (apt-get install systemd)");
     let _ = std::fs::remove_dir_all(&dir);
-    let complaints = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "systemd-analyze verify: {complaints}");
-    let own: Vec<&str> = complaints.lines().filter(|l| l.contains("percore.service")).collect();
-    assert!(own.is_empty(), "systemd-analyze complains about the unit: {own:?}");
+    let complaints = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify {verified}: {complaints}"
+    );
+    complaints
+        .lines()
+        .filter(|l| l.contains("percore"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = shipped_unit(
+        "percore.service",
+        &[
+            "Type=notify",
+            "WatchdogSec=",
+            "Restart=on-failure",
+            "LimitNOFILE=",
+            "LimitMEMLOCK=",
+            "TimeoutStopSec=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "User=percore",
+        ],
+    );
+    let complaints = systemd_verify(&unit, "percore.service", "percore.service");
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze complains about the unit: {complaints:?}"
+    );
 }
 
 #[test]
 fn the_template_unit_verifies_for_an_instance() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/percore@.service")).unwrap();
-    for directive in [
-        "--config /etc/percore/%i.toml",
-        "StateDirectory=percore/%i",
-        "Type=notify",
-        "WatchdogSec=",
-    ] {
-        assert!(unit.contains(directive), "the template lacks {directive}");
-    }
-    let dir = std::env::temp_dir().join(format!("percore-template-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("percore@.service"),
-        unit.replace("/usr/local/bin/percore", env!("CARGO_BIN_EXE_percore")),
-    )
-    .unwrap();
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(dir.join("percore@a.service"))
-        .output()
-        .expect("systemd-analyze (apt-get install systemd)");
-    let _ = std::fs::remove_dir_all(&dir);
-    let complaints = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "systemd-analyze verify: {complaints}");
+    let unit = shipped_unit(
+        "percore@.service",
+        &[
+            "--config /etc/percore/%i.toml",
+            "StateDirectory=percore/%i",
+            "Type=notify",
+            "WatchdogSec=",
+        ],
+    );
+    let complaints = systemd_verify(&unit, "percore@.service", "percore@a.service");
     assert!(
-        !complaints.contains("percore@"),
-        "systemd-analyze complains: {complaints}"
+        complaints.is_empty(),
+        "systemd-analyze complains about the template: {complaints:?}"
     );
 }
 
