@@ -60,6 +60,45 @@ impl Postgres {
         ))
     }
 
+    /// A streaming replica of this server: `pg_basebackup -R` into a directory of its own,
+    /// started on a second port (hot standby, read-only). Only for a server of our own.
+    pub fn replica(&self) -> Postgres {
+        self.start_replica()
+            .unwrap_or_else(|e| panic!("starting a streaming replica: {e}"))
+    }
+
+    fn start_replica(&self) -> Result<Postgres, String> {
+        if self.dir.is_none() {
+            return Err("TEST_DATABASE_URL servers get no replica: it needs a server of our own".into());
+        }
+        let user = process::unprivileged_user();
+        let dir = process::temp_dir("percore-pg-replica");
+        process::chown_recursive(&dir, user)?;
+        let mut command = Command::new(process::postgres_binary("pg_basebackup")?);
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-D"])
+            .arg(dir.join("data"))
+            // -R writes standby.signal and primary_conninfo: it starts as a streaming replica.
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .stdin(Stdio::null());
+        configure(&mut command, user, true);
+        let output = command.output().map_err(|e| format!("running pg_basebackup: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let port = process::free_port();
+        let child = spawn_server(&dir, port)?;
+        Ok(Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            child: Some(child),
+            dir: Some(dir),
+        })
+    }
+
     /// Starts the server again on the same port and data after `kill`.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill");
@@ -120,7 +159,8 @@ fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
 }
 
 fn log_says_ready(log: &Path) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|text| text.contains("ready to accept connections"))
+    // A primary says "ready to accept connections", a standby "… read-only connections".
+    std::fs::read_to_string(log).is_ok_and(|text| text.contains("ready to accept"))
 }
 
 /// One initdb per machine and PostgreSQL version, reused by copying: initdb costs seconds,
