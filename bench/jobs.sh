@@ -19,6 +19,10 @@ smtp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 config=$(mktemp --suffix=.toml)
 server_tuning "$shards" > "$config"
 cat >> "$config" <<TOML
+# The driver enqueues from one session: no per-client limit in the benchmark.
+[rate_limit.jobs]
+rate = 1000000.0
+burst = 1000000
 [jobs]
 poll_interval_ms = 200
 [jobs.queues.email]

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 pub const FAST: &str =
     "poll_interval_ms = 50\nlease_ms = 2000\nheartbeat_ms = 400\nbackoff_ms_min = 200\nbackoff_ms_max = 5000";
 
+/// Per-client rate limits out of the way, for tests that load the server from one client.
+pub const UNLIMITED: &str = "[rate_limit.write]\nrate = 1000000.0\nburst = 1000000\n\
+                             [rate_limit.jobs]\nrate = 1000000.0\nburst = 1000000\n";
+
 pub fn queues(reports_threads: usize, reports_max_depth: u64) -> String {
     format!(
         "[jobs.queues.email]\nkinds = [\"email\"]\nthreads = 2\nmax_depth = 10000\n\
@@ -18,7 +22,8 @@ pub fn queues(reports_threads: usize, reports_max_depth: u64) -> String {
 }
 
 pub fn config(port: u16, services: &Services, jobs: &str, more: &str) -> String {
-    let extra = format!("[jobs]\n{jobs}\n{more}\n[webhooks]\nallow_private = true\n");
+    // One client posts jobs and events as fast as the tests can: no per-client limit.
+    let extra = format!("[jobs]\n{jobs}\n{more}\n[webhooks]\nallow_private = true\n{UNLIMITED}");
     Tuning {
         server: "shards = 2\nshutdown_timeout_ms = 1500",
         extra: &extra,
