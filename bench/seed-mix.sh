@@ -19,20 +19,7 @@ for cache in $cache_states; do
   enabled=$([ "$cache" = on ] && echo true || echo false)
   out="bench/results/seed-mix-${shards}shard-cache-${cache}.json"
   config=$(mktemp --suffix=.toml)
-  server_tuning "$shards" > "$config"
-  cat >> "$config" <<TOML
-[cache]
-enabled = $enabled
-[identity]
-# The mix logs in on purpose (0.1%) from one client IP: no throttling in the benchmark.
-login_rate_per_minute = 1000000
-login_burst = 1000000
-[rate_limit.auth]
-rate = 1000000.0
-burst = 1000000
-[log]
-level = "warn"
-TOML
+  { server_tuning "$shards"; printf '[cache]\nenabled = %s\n' "$enabled"; seed_mix_tuning; } > "$config"
   ./target/release/percore --config "$config" & pid=$!
   # A failed run must not leave the server holding the port.
   trap 'kill "$pid" 2>/dev/null || true' EXIT

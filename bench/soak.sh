@@ -12,18 +12,7 @@ duration=${DURATION:-30m} fault_every=${FAULT_EVERY:-5m} share=${SHARE:-0.7} sha
 unset PERCORE_DATABASE_URL PERCORE_REDIS_URL
 source bench/lib.sh
 config=$(mktemp --suffix=.toml)
-server_tuning "$shards" > "$config"
-cat >> "$config" <<TOML
-[identity]
-# The mix logs in on purpose (0.1%) from one client IP: no throttling in the benchmark.
-login_rate_per_minute = 1000000
-login_burst = 1000000
-[rate_limit.auth]
-rate = 1000000.0
-burst = 1000000
-[log]
-level = "warn"
-TOML
+{ server_tuning "$shards"; seed_mix_tuning; } > "$config"
 ./target/release/percore --config "$config" 2>bench/results/soak-server.log & pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -fs http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done

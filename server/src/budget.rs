@@ -6,6 +6,7 @@
 //! Blocking: start-up only, before any shard exists.
 
 use crate::config::Config;
+use postgres::Client as BlockingClient; // blocking-ok: start-up only, before any shard exists
 
 /// One instance's connections to one Postgres server, by who holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +59,8 @@ pub fn check(per_instance: PerInstance, instances: u64, max_connections: u64, re
 }
 
 /// Asks the server its limits and checks the budget against them.
-pub fn check_server(client: &mut postgres::Client, config: &Config, shards: usize) -> Result<(), String> {
-    let setting = |client: &mut postgres::Client, name: &str| -> Result<u64, String> {
+pub fn check_server(client: &mut BlockingClient, config: &Config, shards: usize) -> Result<(), String> {
+    let setting = |client: &mut BlockingClient, name: &str| -> Result<u64, String> {
         let row = client
             .query_one("SELECT setting::int8 FROM pg_settings WHERE name = $1", &[&name])
             .map_err(|e| format!("connection budget: reading {name}: {e}"))?;
