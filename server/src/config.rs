@@ -590,6 +590,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn trusted_proxies_take_addresses_and_ranges_and_name_the_key_otherwise() {
+        let mut config = Config::default();
+        config.server.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into(), "::1".into()];
+        assert_eq!(config.server.trusted_proxy_nets().unwrap().len(), 3);
+        assert!(config.validate().is_ok());
+        config.server.trusted_proxies.push("10.0.0.0/33".into());
+        assert_eq!(config.validate().unwrap_err().0, "server.trusted_proxies");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_section() {
         let (key, reason) = Config::parse("[server]\nshardz = 3\n").unwrap_err();
         assert_eq!(key, "server.shardz");
