@@ -186,6 +186,24 @@ pub struct Database {
     /// Apply pending migrations at start-up. Unset: on for the dev database under ./var/,
     /// off for a configured one (run `percore migrate` in the deploy step instead).
     pub auto_migrate: Option<bool>,
+    /// Streaming replicas of `url`: reads that check no session may run on them
+    /// (`replicas.rs`). Each shard opens `connections_per_shard` to each.
+    pub replicas: Vec<String>,
+    /// A replica whose replay trails the primary by more than this is skipped.
+    pub max_replica_lag_ms: u64,
+    /// After a client's write, its reads stay on the primary until a replica has replayed
+    /// past the write, or for this long at most.
+    pub sticky_primary_ms: u64,
+    /// How often each shard samples the primary's WAL position and each replica's replay
+    /// position: the granularity of "has replayed past".
+    pub replica_check_interval_ms: u64,
+    /// Slots of the process-wide table of clients' last writes. Clients sharing a slot
+    /// share a time, which only sends more reads to the primary.
+    pub recent_writers_slots: usize,
+    /// Cache invalidations each shard remembers (key and time) so that a fill from a
+    /// replica never reads from before one. Past this the oldest are folded into one time
+    /// that applies to every key, which only sends more fills to the primary.
+    pub recent_invalidations_max: usize,
 }
 
 impl Default for Database {
@@ -203,6 +221,12 @@ impl Default for Database {
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
             auto_migrate: None,
+            replicas: Vec::new(),
+            max_replica_lag_ms: 1_000,
+            sticky_primary_ms: 1_000,
+            replica_check_interval_ms: 10,
+            recent_writers_slots: 65_536,
+            recent_invalidations_max: 16_384,
         }
     }
 }
@@ -523,6 +547,44 @@ impl Config {
         if !d.url.is_empty() && d.url.parse::<tokio_postgres::Config>().is_err() {
             return Err(("database.url".into(), "is not a valid postgres:// URL".into()));
         }
+        if d.replicas.len() > crate::replicas::REPLICAS_MAX {
+            return Err((
+                "database.replicas".into(),
+                format!(
+                    "lists {} replicas; at most {}",
+                    d.replicas.len(),
+                    crate::replicas::REPLICAS_MAX
+                ),
+            ));
+        }
+        // By position, not by text: a URL may carry a password.
+        if let Some(bad) = d
+            .replicas
+            .iter()
+            .position(|url| url.parse::<tokio_postgres::Config>().is_err())
+        {
+            return Err((
+                "database.replicas".into(),
+                format!("entry {bad} is not a valid postgres:// URL"),
+            ));
+        }
+        at_least("database.max_replica_lag_ms", d.max_replica_lag_ms, 1)?;
+        at_least("database.replica_check_interval_ms", d.replica_check_interval_ms, 1)?;
+        if d.replica_check_interval_ms >= d.max_replica_lag_ms {
+            return Err((
+                "database.replica_check_interval_ms".into(),
+                format!(
+                    "must be below database.max_replica_lag_ms ({}): a replica is judged by samples this far apart",
+                    d.max_replica_lag_ms
+                ),
+            ));
+        }
+        at_least("database.recent_writers_slots", d.recent_writers_slots as u64, 1)?;
+        at_least(
+            "database.recent_invalidations_max",
+            d.recent_invalidations_max as u64,
+            1,
+        )?;
         let r = &self.redis;
         at_least("redis.command_timeout_ms", r.command_timeout_ms, 1)?;
         at_least("redis.in_flight_max", r.in_flight_max as u64, 1)?;

@@ -12,6 +12,7 @@ use crate::sql::{Kind, Stmt};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -39,13 +40,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses the URL and resolves its host. Blocking: call only before shards start.
+    /// The primary's target. Blocking: call only before shards start.
     pub fn resolve(settings: &Database) -> Result<Target, String> {
-        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
+        Target::resolve_url(&settings.url, "database.url", settings)
+    }
+
+    /// Each replica's target, in `database.replicas` order. Blocking, as `resolve`.
+    pub fn resolve_replicas(settings: &Database) -> Result<Vec<Target>, String> {
+        (settings.replicas.iter().enumerate())
+            .map(|(i, url)| Target::resolve_url(url, &format!("database.replicas[{i}]"), settings))
+            .collect()
+    }
+
+    /// Parses `url` (the setting `key`) and resolves its host.
+    fn resolve_url(url: &str, key: &str, settings: &Database) -> Result<Target, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{key}: {e}"))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(_) => {
-                return Err("database.url: unix-socket hosts are not supported; use host=127.0.0.1".into());
+                return Err(format!(
+                    "{key}: unix-socket hosts are not supported; use host=127.0.0.1"
+                ));
             }
             None => "localhost".into(),
         };
@@ -53,9 +68,9 @@ impl Target {
         use std::net::ToSocketAddrs;
         let addr = (host.as_str(), port) // blocking-ok: start-up, before any shard exists
             .to_socket_addrs()
-            .map_err(|e| format!("database.url: cannot resolve {host}: {e}"))?
+            .map_err(|e| format!("{key}: cannot resolve {host}: {e}"))?
             .next()
-            .ok_or_else(|| format!("database.url: {host} has no address"))?;
+            .ok_or_else(|| format!("{key}: {host} has no address"))?;
         config.options(format!(
             "-c statement_timeout={} -c client_connection_check_interval={}",
             settings.statement_timeout_ms, settings.client_check_interval_ms
@@ -123,11 +138,29 @@ impl std::ops::Deref for Lease {
     }
 }
 
+/// Which server a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    /// `database.replicas[i]`: reads only, so no write connections.
+    Replica(usize),
+}
+
 impl Pool {
     /// Creates the pool and spawns one supervisor per connection on the current shard.
-    pub fn start(target: Target, settings: &Database, shard_id: usize, metrics: &'static ShardMetrics) -> Rc<Pool> {
+    pub fn start(
+        target: Target,
+        settings: &Database,
+        role: Role,
+        shard_id: usize,
+        metrics: &'static ShardMetrics,
+    ) -> Rc<Pool> {
         let readers = settings.connections_per_shard;
-        let total = readers + settings.write_connections_per_shard;
+        let writers = match role {
+            Role::Primary => settings.write_connections_per_shard,
+            Role::Replica(_) => 0,
+        };
+        let total = readers + writers;
         let depth = settings.pipeline_depth_max;
         let pool = Rc::new(Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
@@ -137,17 +170,25 @@ impl Pool {
             queued_max: settings.queued_max,
         });
         for slot in 0..total {
+            let (up, failures) = match role {
+                Role::Primary => (&metrics.db_connections_up, &metrics.db_connect_failures),
+                Role::Replica(i) => (
+                    &metrics.replicas[i].connections_up,
+                    &metrics.replicas[i].connect_failures,
+                ),
+            };
             let supervisor = Supervisor {
                 pool: pool.clone(),
                 slot,
                 target: target.clone(),
                 settings: settings.clone(),
-                metrics,
+                up,
+                failures,
                 // Operators (and tests) tell the groups apart in pg_stat_activity.
-                application_name: if slot < readers {
-                    format!("percore-shard-{shard_id}")
-                } else {
-                    format!("percore-shard-{shard_id}-writes")
+                application_name: match role {
+                    Role::Replica(i) => format!("percore-shard-{shard_id}-replica-{i}"),
+                    Role::Primary if slot < readers => format!("percore-shard-{shard_id}"),
+                    Role::Primary => format!("percore-shard-{shard_id}-writes"),
                 },
             };
             runtime::spawn(supervisor.run());
@@ -206,6 +247,14 @@ impl Pool {
         }
     }
 
+    /// Whether any connection is usable now: a replica without one is skipped at once
+    /// rather than waited for.
+    pub fn is_up(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.borrow().as_ref().is_some_and(|c| !c.client.is_closed()))
+    }
+
     /// The group's next live connection, round robin.
     fn pick(&self, group: &Group) -> Option<Rc<Conn>> {
         let (start, n) = (group.slots.start, group.slots.len());
@@ -226,7 +275,9 @@ struct Supervisor {
     slot: usize,
     target: Target,
     settings: Database,
-    metrics: &'static ShardMetrics,
+    /// This pool's gauge of usable connections and counter of failed attempts.
+    up: &'static AtomicU64,
+    failures: &'static AtomicU64,
     application_name: String,
 }
 
@@ -256,21 +307,21 @@ impl Supervisor {
                             backoff = min;
                             failures_logged = 0;
                             *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(Conn { client, statements }));
-                            ShardMetrics::add(&self.metrics.db_connections_up, 1);
+                            ShardMetrics::add(self.up, 1);
                             if let Err(e) = connection.await {
                                 log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
                             }
                             self.pool.slots[self.slot].borrow_mut().take();
-                            ShardMetrics::sub(&self.metrics.db_connections_up, 1);
+                            ShardMetrics::sub(self.up, 1);
                         }
                         Err(e) => {
-                            ShardMetrics::add(&self.metrics.db_connect_failures, 1);
+                            ShardMetrics::add(self.failures, 1);
                             log::warn!("{}: preparing statements failed: {e}", self.application_name);
                         }
                     }
                 }
                 Err(e) => {
-                    ShardMetrics::add(&self.metrics.db_connect_failures, 1);
+                    ShardMetrics::add(self.failures, 1);
                     // One line per outage per connection, not one per retry.
                     if failures_logged == 0 {
                         log::warn!(

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod rate_limit;
 pub mod redis;
+pub mod replicas;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -93,6 +93,24 @@ pub struct ShardMetrics {
     pub cache_breaker_open: AtomicU64,
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
+    /// By `database.replicas` position; slots past the configured ones stay zero.
+    pub replicas: [ReplicaMetrics; crate::replicas::REPLICAS_MAX],
+    /// Reads that could have used a replica but ran on the primary, by
+    /// `replicas::OnPrimary` (in `OnPrimary::ALL` order).
+    pub replica_eligible_on_primary: [AtomicU64; crate::replicas::OnPrimary::ALL.len()],
+}
+
+/// One replica as one shard sees it.
+#[derive(Default)]
+pub struct ReplicaMetrics {
+    pub connections_up: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// How far behind the newest primary sample the replica's replay is, in time;
+    /// `u64::MAX` while unknown (down, or not a standby).
+    pub lag_ms: AtomicU64,
+    /// 1 while reads may go to it: up and within `max_replica_lag_ms`.
+    pub usable: AtomicU64,
+    pub reads: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -143,6 +161,8 @@ pub struct Globals {
     pub worker_threads_busy: u64,
     pub worker_completed: u64,
     pub db_connections_per_shard: u64,
+    /// How many of `ShardMetrics::replicas` are configured.
+    pub replicas: u64,
 }
 
 /// Renders every family in the Prometheus text format, version 0.0.4.
@@ -284,6 +304,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {}", get(shard).load(Relaxed));
         }
     }
+    render_replicas(shards, globals.replicas as usize, out);
     #[rustfmt::skip]
     let global: [(&str, &str, &str, u64); 6] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
@@ -296,6 +317,55 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
     for (name, kind, help, value) in global {
         family(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+/// Per shard and replica: its connections, lag and reads; and the reads kept on the primary.
+fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) {
+    if replicas == 0 {
+        return;
+    }
+    #[rustfmt::skip]
+    let families: [(&str, &str, &str, ReplicaCounter); 5] = [
+        ("percore_db_replica_connections_up", "gauge", "Connections to the replica currently usable.", |r| &r.connections_up),
+        ("percore_db_replica_connect_failures_total", "counter", "Failed connection attempts to the replica.", |r| &r.connect_failures),
+        ("percore_db_replica_lag_milliseconds", "gauge", "How long ago the newest primary position the replica has replayed was sampled (NaN: unknown, e.g. down).", |r| &r.lag_ms),
+        ("percore_db_replica_usable", "gauge", "1 while reads may go to the replica: up and within database.max_replica_lag_ms.", |r| &r.usable),
+        ("percore_db_replica_reads_total", "counter", "Reads the replica served.", |r| &r.reads),
+    ];
+    for (name, kind, help, get) in families {
+        family(out, name, kind, help);
+        for (id, shard) in shards.iter().enumerate() {
+            for (replica, metrics) in shard.replicas.iter().take(replicas).enumerate() {
+                let value = get(metrics).load(Relaxed);
+                let value = if value == u64::MAX {
+                    "NaN".to_string()
+                } else {
+                    value.to_string()
+                };
+                let _ = writeln!(out, "{name}{{shard=\"{id}\",replica=\"{replica}\"}} {value}");
+            }
+        }
+    }
+    let name = "percore_db_replica_eligible_reads_on_primary_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Reads a replica could have served that ran on the primary, by why.",
+    );
+    for (id, shard) in shards.iter().enumerate() {
+        for (why, count) in crate::replicas::OnPrimary::ALL
+            .iter()
+            .zip(&shard.replica_eligible_on_primary)
+        {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{id}\",reason=\"{}\"}} {}",
+                why.label(),
+                count.load(Relaxed)
+            );
+        }
     }
 }
 
@@ -323,6 +393,9 @@ pub fn render_jobs(jobs: &percore_workers::jobs::Handle, out: &mut String) {
 
 /// One queue's value, picked out of its handle.
 type QueueValue = fn(&percore_workers::jobs::QueueHandle) -> u64;
+
+/// One replica's counter, picked out of its metrics.
+type ReplicaCounter = fn(&ReplicaMetrics) -> &AtomicU64;
 
 /// One route's counter, picked out of its metrics.
 type RouteCounter = fn(&RouteMetrics) -> &AtomicU64;
@@ -356,7 +429,10 @@ mod tests {
             worker_threads_busy: 0,
             worker_completed: 0,
             db_connections_per_shard: 2,
+            replicas: 1,
         };
+        metrics.replicas[0].lag_ms.store(u64::MAX, Relaxed);
+        metrics.replicas[0].reads.store(7, Relaxed);
         let mut out = String::new();
         render(&[&metrics], &globals, &mut out);
         assert!(out.contains("percore_http_requests_total{shard=\"0\",route=\"healthz\",status=\"200\"} 2\n"));
@@ -365,6 +441,9 @@ mod tests {
         assert!(out.contains("route=\"healthz\",le=\"0.005\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"10\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("percore_db_replica_lag_milliseconds{shard=\"0\",replica=\"0\"} NaN\n"));
+        assert!(out.contains("percore_db_replica_reads_total{shard=\"0\",replica=\"0\"} 7\n"));
+        assert!(!out.contains("replica=\"1\""), "only configured replicas");
         assert!(out.contains("percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"));
     }
 }

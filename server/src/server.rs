@@ -149,13 +149,25 @@ fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), 
 /// database's connections. An unreachable database is not checked (start-up goes on, as
 /// for the schema).
 fn check_connection_budget(config: &Config, shards: usize) -> Result<(), String> {
+    use crate::budget::{PerInstance, check_server};
+    let instances = config.cluster.expected_instances;
     match schema_client(&config.database) {
-        Ok(mut client) => crate::budget::check_server(&mut client, config, shards),
-        Err(e) => {
-            log::warn!("connection budget not checked: {e}");
-            Ok(())
+        Ok(mut client) => check_server(&mut client, "the primary", PerInstance::of(config, shards), instances)?,
+        Err(e) => log::warn!("connection budget not checked: {e}"),
+    }
+    for (i, url) in config.database.replicas.iter().enumerate() {
+        let server = format!("database.replicas[{i}]");
+        let replica = crate::config::Database {
+            url: url.clone(),
+            ..config.database.clone()
+        };
+        // A replica that is down now is skipped at run time; it does not stop start-up.
+        match schema_client(&replica) {
+            Ok(mut client) => check_server(&mut client, &server, PerInstance::of_replica(config, shards), instances)?,
+            Err(e) => log::warn!("connection budget of {server} not checked: {e}"),
         }
     }
+    Ok(())
 }
 
 /// Shards bind with SO_REUSEPORT, which would let a second percore (or anything else with
@@ -220,6 +232,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     ensure_schema(&config.database, config.database.auto_migrate.unwrap_or(dev_database))?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
     let db_target = db::Target::resolve(&config.database)?;
+    let replica_targets = db::Target::resolve_replicas(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 
     if placement.worker_cpus.is_empty() {
@@ -263,6 +276,8 @@ pub fn run(mut config: Config) -> Result<(), String> {
         workers: pool.handle(),
         jobs: jobs.handle(),
         db_target,
+        replica_targets,
+        recent_writers: crate::replicas::RecentWriters::new(config.database.recent_writers_slots),
         redis_target,
         dummy_password_hash,
         shutdown: AtomicBool::new(false),

@@ -26,6 +26,10 @@ pub struct Shared {
     /// The durable job queues: shards admit jobs against their depth and wake them.
     pub jobs: percore_workers::jobs::Handle,
     pub db_target: db::Target,
+    /// `database.replicas`, resolved, in order.
+    pub replica_targets: Vec<db::Target>,
+    /// Clients' last writes, for read-your-writes across shards.
+    pub recent_writers: crate::replicas::RecentWriters,
     pub redis_target: RedisTarget,
     /// An Argon2 hash of nothing anyone knows, made at start-up with the configured cost: a
     /// login for an unknown email verifies against it, so it costs what a real one does.
@@ -48,6 +52,8 @@ pub struct Shard {
     pub metrics: &'static ShardMetrics,
     pub date: DateCache,
     pub db: Rc<db::Pool>,
+    /// Pools to `database.replicas` and what each has replayed.
+    pub replicas: Rc<crate::replicas::Replicas>,
     pub redis: Rc<RedisClient>,
     /// Shutting down: finish what was read, answer with `Connection: close`.
     pub draining: Cell<bool>,
@@ -104,18 +110,27 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         }
     };
     let redis = RedisClient::start(shared.redis_target.clone(), &config.redis, metrics);
+    let db = db::Pool::start(
+        shared.db_target.clone(),
+        &config.database,
+        db::Role::Primary,
+        id,
+        metrics,
+    );
+    let replicas = crate::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
     let shard = Rc::new(Shard {
         id,
         shared,
         metrics,
         date: DateCache::default(),
-        db: db::Pool::start(shared.db_target.clone(), &config.database, id, metrics),
+        db,
+        replicas,
         redis: redis.clone(),
         draining: Cell::new(false),
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
-        cache: crate::cache::Cache::new(&config.cache, id, redis.clone(), metrics),
+        cache: crate::cache::Cache::new(&config.cache, &config.database, id, redis.clone(), metrics),
         random: Cell::new(seed_random()),
         login_throttle: RefCell::new(Throttle::new(
             f64::from(config.identity.login_rate_per_minute) / 60.0,

@@ -14,10 +14,14 @@
 //!
 //! Runs on a shard: never blocks.
 
+use crate::cache::{FillFreshness, Key};
 use crate::db::Unavailable;
 use crate::http::ApiError;
+use crate::metrics::ShardMetrics;
+use crate::replicas::OnPrimary;
 use crate::shard::Shard;
 use std::cell::Cell;
+use std::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -115,10 +119,18 @@ pub enum Stmt {
     /// $1 token hash → the session's user; no row: not a live session. Run only to decide
     /// between 401 and a handler's input error (`api::handle`).
     SessionLive,
+    /// The primary's WAL flush position: with `synchronous_commit` on (the default; percore
+    /// never turns it off), every commit that has returned ends at or before it, and no
+    /// standby has more (`replicas.rs`). Not the insert position: after a record that
+    /// fills its page exactly, that one points past the next page's header, where no
+    /// replay position ever lands, and an idle primary would leave every replica behind.
+    WalFlushLsn,
+    /// A standby's replay position (NULL on a server that is not one).
+    WalReplayLsn,
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 28] = [
+    pub const ALL: [Stmt; 30] = [
         Stmt::Ping,
         Stmt::Register,
         Stmt::LoginLookup,
@@ -147,6 +159,8 @@ impl Stmt {
         Stmt::WebhookDelete,
         Stmt::WebhookDeliveries,
         Stmt::SessionLive,
+        Stmt::WalFlushLsn,
+        Stmt::WalReplayLsn,
     ];
 
     pub fn kind(self) -> Kind {
@@ -168,7 +182,9 @@ impl Stmt {
             | Stmt::JobsList
             | Stmt::WebhooksList
             | Stmt::WebhookDeliveries
-            | Stmt::SessionLive => Kind::Read,
+            | Stmt::SessionLive
+            | Stmt::WalFlushLsn
+            | Stmt::WalReplayLsn => Kind::Read,
             Stmt::Register
             | Stmt::SessionInsert
             | Stmt::Logout
@@ -348,6 +364,8 @@ impl Stmt {
                 live_session!()
             ),
             Stmt::SessionLive => concat!("SELECT s.user_id FROM sessions s WHERE ", live_session!()),
+            Stmt::WalFlushLsn => "SELECT pg_current_wal_flush_lsn()",
+            Stmt::WalReplayLsn => "SELECT pg_last_wal_replay_lsn()",
             Stmt::WorldById => "SELECT id, randomnumber FROM world WHERE id = $1",
             Stmt::FortunesAll => "SELECT id, message FROM fortune",
             Stmt::WorldUpdate => {
@@ -385,23 +403,27 @@ pub struct Sql<'a> {
     writes: Cell<u32>,
     /// The TechEmpower routes run one statement per row by the benchmark's rules.
     budgeted: bool,
+    /// Who is asking (`replicas::client_id`): its writes are recorded so that its reads
+    /// on any shard see them.
+    client: u64,
 }
 
 impl<'a> Sql<'a> {
-    pub fn new(shard: &'a Shard) -> Sql<'a> {
+    pub fn new(shard: &'a Shard, client: u64) -> Sql<'a> {
         Sql {
             shard,
             reads: Cell::new(0),
             writes: Cell::new(0),
             budgeted: true,
+            client,
         }
     }
 
     /// For the benchmark routes, which the query budget does not cover (still counted).
-    pub fn unbudgeted(shard: &'a Shard) -> Sql<'a> {
+    pub fn unbudgeted(shard: &'a Shard, client: u64) -> Sql<'a> {
         Sql {
             budgeted: false,
-            ..Sql::new(shard)
+            ..Sql::new(shard, client)
         }
     }
 
@@ -413,35 +435,97 @@ impl<'a> Sql<'a> {
         self.writes.get()
     }
 
-    /// Runs `stmt` and returns its rows.
+    /// Runs `stmt` on the primary and returns its rows.
     pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
-        let conn = self.conn_for(stmt).await?;
-        conn.client
-            .query(conn.statement(stmt), params)
-            .await
-            .map_err(|e| database_error(self.shard, stmt, e))
-    }
-
-    /// Runs `stmt` and returns the rows it affected.
-    pub async fn execute(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ApiError> {
-        let conn = self.conn_for(stmt).await?;
-        conn.client
-            .execute(conn.statement(stmt), params)
-            .await
-            .map_err(|e| database_error(self.shard, stmt, e))
-    }
-
-    /// Counts `stmt` against the budget and picks a connection of its kind.
-    async fn conn_for(&self, stmt: Stmt) -> Result<crate::db::Lease, ApiError> {
         self.count(stmt);
-        // The request's first statement decides its admission; later ones (or concurrent
-        // siblings, which reach here before it finishes) are already in.
-        let admitted = self.reads.get() + self.writes.get() > 1;
-        self.shard
-            .db
-            .conn(stmt.kind(), admitted, self.shard.metrics)
+        let conn = self.lease(&self.shard.db, stmt.kind()).await?;
+        let rows = conn.client.query(conn.statement(stmt), params).await;
+        self.wrote(stmt);
+        rows.map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    /// Runs `stmt` on the primary and returns the rows it affected.
+    pub async fn execute(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ApiError> {
+        self.count(stmt);
+        let conn = self.lease(&self.shard.db, stmt.kind()).await?;
+        let affected = conn.client.execute(conn.statement(stmt), params).await;
+        self.wrote(stmt);
+        affected.map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    /// Runs `stmt`, a read that checks no session, on a replica that has replayed past what
+    /// it must see: the client's last write (for `sticky_primary_ms` at most) and the last
+    /// invalidation of `fills`, the cache keys its rows will be stored under. Else, or when
+    /// the replica fails mid-read, on the primary. See `replicas.rs`.
+    pub async fn query_replica(
+        &self,
+        fills: &[Key],
+        stmt: Stmt,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, ApiError> {
+        debug_assert_eq!(stmt.kind(), Kind::Read, "{stmt:?} may not leave the primary");
+        let replicas = &self.shard.replicas;
+        if replicas.is_empty() {
+            return self.query(stmt, params).await;
+        }
+        let now = Instant::now();
+        let picked = match self.shard.cache.fill_freshness(fills) {
+            FillFreshness::Unknowable => Err(OnPrimary::CacheUnsubscribed),
+            FillFreshness::Since(keys_since) => {
+                let last_write = self.shard.shared.recent_writers.last(self.client);
+                let since = replicas.sticky_since(last_write, now).max(keys_since);
+                replicas.pick(since, now)
+            }
+        };
+        let metrics = self.shard.metrics;
+        let why = match picked {
+            Ok((index, pool)) => {
+                self.count(stmt);
+                if let Ok(conn) = pool.conn(Kind::Read, self.admitted(), metrics).await {
+                    match conn.client.query(conn.statement(stmt), params).await {
+                        Ok(rows) => {
+                            ShardMetrics::add(&metrics.replicas[index].reads, 1);
+                            return Ok(rows);
+                        }
+                        // A timeout or a bad value would fail the same way on the primary.
+                        Err(e) if is_final(&e) => return Err(database_error(self.shard, stmt, e)),
+                        // Reads are safe to repeat: down, or cancelled by a recovery conflict.
+                        Err(e) => log::debug!("shard {}: {stmt:?} on replica {index}: {e}", self.shard.id),
+                    }
+                }
+                ShardMetrics::add(
+                    &metrics.replica_eligible_on_primary[OnPrimary::ReplicaFailed as usize],
+                    1,
+                );
+                let conn = self.lease(&self.shard.db, Kind::Read).await?;
+                return (conn.client.query(conn.statement(stmt), params).await)
+                    .map_err(|e| database_error(self.shard, stmt, e));
+            }
+            Err(why) => why,
+        };
+        ShardMetrics::add(&metrics.replica_eligible_on_primary[why as usize], 1);
+        self.query(stmt, params).await
+    }
+
+    /// A connection of `pool` for a statement of `kind`, already counted.
+    async fn lease(&self, pool: &crate::db::Pool, kind: Kind) -> Result<crate::db::Lease, ApiError> {
+        pool.conn(kind, self.admitted(), self.shard.metrics)
             .await
             .map_err(unavailable)
+    }
+
+    /// The request's first statement decides its admission; later ones (or concurrent
+    /// siblings, which reach here before it finishes) are already in.
+    fn admitted(&self) -> bool {
+        self.reads.get() + self.writes.get() > 1
+    }
+
+    /// After a write statement, done or failed (a lost answer may still have committed):
+    /// the client's next reads must see it.
+    fn wrote(&self, stmt: Stmt) {
+        if stmt.kind() == Kind::Write && !self.shard.replicas.is_empty() {
+            self.shard.shared.recent_writers.note(self.client, Instant::now());
+        }
     }
 
     fn count(&self, stmt: Stmt) {
@@ -458,6 +542,13 @@ impl<'a> Sql<'a> {
             "query budget exceeded at {stmt:?}"
         );
     }
+}
+
+/// An error a replica read would meet on the primary too: not worth a second try.
+fn is_final(error: &tokio_postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| *code == tokio_postgres::error::SqlState::QUERY_CANCELED || code.code().starts_with("22"))
 }
 
 fn unavailable(why: Unavailable) -> ApiError {

@@ -115,7 +115,9 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
             .cache
             .get_or_load(Key::Events(user_id), || async move {
                 let fetch = page_max + 1;
-                let rows = ctx.sql.query(Stmt::EventsNewestById, &[&user_id, &fetch]).await?;
+                let rows = (ctx.sql)
+                    .query_replica(&[Key::Events(user_id)], Stmt::EventsNewestById, &[&user_id, &fetch])
+                    .await?;
                 let mut events = page_events(&rows)?;
                 let more = events.len() as i64 > page_max;
                 events.truncate(page_max as usize);

@@ -83,14 +83,16 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         },
         Access::Public | Access::Bench | Access::DebugBuild => None,
     };
+    let client_ip = shard.limiter.client_ip(request);
+    let client = crate::replicas::client_id(&crate::rate_limit::client_key(principal.as_ref(), client_ip));
     let ctx = Ctx {
         shard,
         request,
         sql: match access {
-            Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard),
-            Access::Public | Access::User => Sql::new(shard),
+            Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard, client),
+            Access::Public | Access::User => Sql::new(shard, client),
         },
-        client_ip: shard.limiter.client_ip(request),
+        client_ip,
     };
     if let Some(class) = crate::rate_limit::Class::of(endpoint)
         && let Err(refused) = limits::admit(&ctx, class, principal.as_ref()).await

@@ -72,6 +72,7 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         worker_completed: workers.stats().completed.load(Relaxed),
         db_connections_per_shard: (shard.config().database.connections_per_shard
             + shard.config().database.write_connections_per_shard) as u64,
+        replicas: shard.config().database.replicas.len() as u64,
     };
     let shards: Vec<_> = shard.shared.metrics.iter().collect();
     let mut text = String::with_capacity(16 * 1024);

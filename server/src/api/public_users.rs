@@ -45,7 +45,10 @@ pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &m
     if auth::cached_user(ctx, principal).is_some() {
         let loaded = cache
             .get_or_load(Key::User(id), || async move {
-                let rows = ctx.sql.query(Stmt::UserPublicById, &[&id]).await?;
+                let rows = ctx
+                    .sql
+                    .query_replica(&[Key::User(id)], Stmt::UserPublicById, &[&id])
+                    .await?;
                 Ok(rows.first().and_then(view).map(|(_, json)| Cached::Json(json)))
             })
             .await?;
@@ -105,7 +108,10 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         if from_db.is_empty() {
             Vec::new()
         } else {
-            ctx.sql.query(Stmt::UsersPublicByIds, &[&from_db]).await?
+            let fills: Vec<Key> = from_db.iter().map(|id| Key::User(*id)).collect();
+            ctx.sql
+                .query_replica(&fills, Stmt::UsersPublicByIds, &[&from_db])
+                .await?
         }
     } else {
         let rows = ctx

@@ -56,10 +56,15 @@ struct World {
     random_number: i32,
 }
 
-/// One random `world` row by its own statement.
-async fn random_world(ctx: &Ctx<'_>) -> Result<World, ApiError> {
+/// One random `world` row by its own statement, from a replica when `from_replica` (reads
+/// that no update follows) and one is usable.
+async fn random_world(ctx: &Ctx<'_>, from_replica: bool) -> Result<World, ApiError> {
     let id = ctx.shard.random_up_to(WORLD_ROWS) as i32;
-    let rows = ctx.sql.query(Stmt::WorldById, &[&id]).await?;
+    let rows = if from_replica {
+        ctx.sql.query_replica(&[], Stmt::WorldById, &[&id]).await?
+    } else {
+        ctx.sql.query(Stmt::WorldById, &[&id]).await?
+    };
     let row = rows.first().ok_or_else(unseeded)?;
     Ok(World {
         id: row.get(0),
@@ -77,7 +82,7 @@ fn unseeded() -> ApiError {
 
 /// `/db`: one random row, as an object.
 pub async fn db(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
-    let world = random_world(ctx).await?;
+    let world = random_world(ctx, true).await?;
     serde_json::to_writer(&mut *body, &world).expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }
@@ -86,7 +91,7 @@ pub async fn db(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
 /// are issued together and pipelined on the shard's connections.
 pub async fn queries(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     let count = row_count(ctx, &["queries", "q"]);
-    let worlds = try_join_all((0..count).map(|_| random_world(ctx))).await?;
+    let worlds = try_join_all((0..count).map(|_| random_world(ctx, true))).await?;
     serde_json::to_writer(&mut *body, &worlds).expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }
@@ -96,7 +101,7 @@ pub async fn queries(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
 /// requests lock rows in one order and cannot deadlock) before answering.
 pub async fn updates(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     let count = row_count(ctx, &["queries", "q"]);
-    let mut worlds = try_join_all((0..count).map(|_| random_world(ctx))).await?;
+    let mut worlds = try_join_all((0..count).map(|_| random_world(ctx, false))).await?;
     for world in &mut worlds {
         // A new number that differs from the old one, so every row read really changes.
         let old = world.random_number as u64;
@@ -133,7 +138,7 @@ struct Fortunes {
 /// `/fortunes`: every row plus one added at request time, sorted by message in code,
 /// rendered by an HTML-escaping template.
 pub async fn fortunes(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
-    let rows = ctx.sql.query(Stmt::FortunesAll, &[]).await?;
+    let rows = ctx.sql.query_replica(&[], Stmt::FortunesAll, &[]).await?;
     let mut fortunes: Vec<(i32, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     fortunes.push((0, "Additional fortune added at request time.".into()));
     fortunes.sort_unstable_by(|a, b| a.1.cmp(&b.1));
@@ -154,7 +159,10 @@ pub async fn cached_queries(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
             .shard
             .cache
             .get_or_load(Key::World(id), || async move {
-                let rows = ctx.sql.query(Stmt::WorldById, &[&id]).await?;
+                let rows = ctx
+                    .sql
+                    .query_replica(&[Key::World(id)], Stmt::WorldById, &[&id])
+                    .await?;
                 Ok(rows.first().map(|row| {
                     let (id, number): (i32, i32) = (row.get(0), row.get(1));
                     Cached::Json(format!("{{\"id\":{id},\"randomNumber\":{number}}}").into_bytes().into())

@@ -63,7 +63,10 @@ pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Ans
     if let Some(user_id) = auth::cached_user(ctx, principal) {
         let loaded = cache
             .get_or_load(Key::Me(user_id), || async move {
-                let rows = ctx.sql.query(Stmt::MeById, &[&user_id]).await?;
+                let rows = ctx
+                    .sql
+                    .query_replica(&[Key::Me(user_id)], Stmt::MeById, &[&user_id])
+                    .await?;
                 Ok(rows.first().map(|row| Cached::Json(me_json(row).into())))
             })
             .await?;

@@ -15,6 +15,7 @@
 
 pub mod bus;
 pub mod l2;
+pub mod recent;
 
 use crate::config;
 use crate::http::ApiError;
@@ -120,6 +121,17 @@ struct Entry {
     loaded: Instant,
 }
 
+/// What a replica must have replayed before it may serve a load that fills the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillFreshness {
+    /// Everything committed before this time: the keys' last invalidation (`None`: none
+    /// this shard remembers, so any usable replica will do).
+    Since(Option<Instant>),
+    /// Unknowable: this shard cannot hear invalidations now, yet the fill could reach L2.
+    /// The primary only.
+    Unknowable,
+}
+
 /// One load in progress, shared by every request that misses the same key meanwhile.
 #[derive(Default)]
 struct Flight {
@@ -141,6 +153,8 @@ pub struct Cache {
     /// write must not re-insert what the write replaced. Such writes (logout, profile
     /// changes) are rare next to reads, so this costs few hits.
     epochs: [Cell<u64>; KINDS],
+    /// When keys were invalidated, for deciding whether a replica may fill them.
+    recent: RefCell<recent::RecentInvalidations>,
     pub bus: bus::Bus,
     pub l2: Rc<l2::L2>,
     metrics: &'static ShardMetrics,
@@ -149,6 +163,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(
         settings: &config::Cache,
+        database: &config::Database,
         shard_id: usize,
         redis: Rc<crate::redis::RedisClient>,
         metrics: &'static ShardMetrics,
@@ -159,6 +174,10 @@ impl Cache {
             l1_ttl: config::ms(settings.l1_ttl_ms),
             flights: RefCell::new(HashMap::new()),
             epochs: Default::default(),
+            recent: RefCell::new(recent::RecentInvalidations::new(
+                database.recent_invalidations_max,
+                config::ms(database.max_replica_lag_ms),
+            )),
             bus: bus::Bus::new(settings, shard_id),
             l2: Rc::new(l2::L2::new(settings, redis, metrics)),
             metrics,
@@ -277,11 +296,26 @@ impl Cache {
         }
     }
 
+    /// How fresh a load of `keys` must be: what a replica serving it must have replayed.
+    pub fn fill_freshness(&self, keys: &[Key]) -> FillFreshness {
+        if keys.is_empty() || !self.enabled {
+            return FillFreshness::Since(None);
+        }
+        if !self.bus.subscribed() {
+            return FillFreshness::Unknowable;
+        }
+        let recent = self.recent.borrow();
+        FillFreshness::Since(keys.iter().filter_map(|key| recent.last(key)).max())
+    }
+
     /// Drops `keys` from L1 and spoils any load of them in progress.
     pub fn evict(&self, keys: &[Key]) {
         let mut l1 = self.l1.borrow_mut();
         let flights = self.flights.borrow();
+        let now = Instant::now();
+        let mut recent = self.recent.borrow_mut();
         for key in keys {
+            recent.note(key, now);
             let epoch = &self.epochs[key.kind()];
             epoch.set(epoch.get() + 1);
             l1.remove(key);
@@ -294,6 +328,7 @@ impl Cache {
     /// Forgets everything: the subscription went down or came back.
     pub fn clear(&self) {
         self.l1.borrow_mut().clear();
+        self.recent.borrow_mut().note_all(Instant::now());
         for epoch in &self.epochs {
             epoch.set(epoch.get() + 1);
         }
