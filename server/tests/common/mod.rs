@@ -43,6 +43,8 @@ pub struct Tuning<'a> {
     pub server: &'a str,
     pub http: &'a str,
     pub workers: &'a str,
+    /// More `[database]` keys, e.g. "replicas = [\"postgres://…\"]".
+    pub database: &'a str,
     /// Whole extra sections, e.g. "[identity]\nlogin_burst = 3".
     pub extra: &'a str,
 }
@@ -57,6 +59,7 @@ impl<'a> Tuning<'a> {
             http: "",
             // Cheap Argon2 so tests that hash stay fast.
             workers: "threads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1",
+            database: "",
             extra: "",
         }
     }
@@ -69,11 +72,12 @@ impl<'a> Tuning<'a> {
             server,
             http,
             workers,
+            database,
             extra,
         } = self;
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[http]\n{http}\n\
-             [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\nauto_migrate = true\n\
+             [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\nauto_migrate = true\n{database}\n\
              [redis]\nurl = \"{redis_url}\"\n[workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n{extra}\n"
         )
     }

@@ -1,0 +1,224 @@
+//! Read replicas against a real streaming replica of the throwaway primary: which reads
+//! land where (counted by each server's own pg_stat_statements), read-your-writes while
+//! the replica's replay is paused (so a stale read would show), and a replica that goes
+//! down and comes back.
+
+mod common;
+
+use common::{Server, Services, Tuning, free_port, metric_sum};
+use percore_testkit::Postgres;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Matches the text pg_stat_statements keeps of `Stmt::UserPublicById` and of no other
+/// statement percore runs.
+const USER_BY_ID: &str = "%LEFT JOIN profiles p ON p.user_id = u.id%WHERE u.id = $1";
+
+fn connect(server: &Postgres) -> postgres::Client {
+    postgres::Client::connect(&server.url, postgres::NoTls).unwrap()
+}
+
+/// Calls of `pattern` this server has run since its statistics began.
+fn calls(client: &mut postgres::Client, pattern: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements WHERE query LIKE $1",
+            &[&pattern],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn register(server: &Server, name: &str) -> i64 {
+    let email = common::unique_email(name);
+    let body = json!({"email": email, "password": "correct horse battery", "name": name});
+    let created = server.call("POST", "/v1/auth/register", None, Some(&body));
+    assert_eq!(created.status, 201, "{}", created.text());
+    created.json()["id"].as_i64().unwrap()
+}
+
+fn metrics(server: &Server) -> String {
+    server.get("/metrics").text()
+}
+
+fn wait_usable(server: &Server, usable: bool) {
+    let ok = percore_testkit::wait_until(Duration::from_secs(20), || {
+        metric_sum(&metrics(server), "percore_db_replica_usable{", "") == u64::from(usable)
+    });
+    assert!(ok, "replica usable = {usable}: {}", metrics(server));
+}
+
+/// A primary of our own with pg_stat_statements, a replica of it, and percore on both.
+fn start(database: &str) -> Option<(Services, Postgres, Server)> {
+    if std::env::var("TEST_DATABASE_URL").is_ok() {
+        return None; // a replica needs a primary of our own
+    }
+    let services = Services::start();
+    connect(&services.postgres)
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .unwrap();
+    let replica = services.postgres.replica();
+    let port = free_port();
+    let database = format!(
+        "replicas = [\"{}\"]\nreconnect_backoff_ms_max = 200\n{database}",
+        replica.url
+    );
+    let text = Tuning {
+        server: "shards = 1\nshutdown_timeout_ms = 5000",
+        database: &database,
+        // The tests register users faster than a client may by default.
+        extra: "[rate_limit.auth]\nrate = 1000\nburst = 1000",
+        ..Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    wait_usable(&server, true);
+    Some((services, replica, server))
+}
+
+#[test]
+fn reads_land_on_the_replica_and_every_client_reads_its_own_writes() {
+    // A long max lag keeps the paused replica usable; a short sticky bound is tested too.
+    let Some((services, replica, server)) = start("max_replica_lag_ms = 60000\nsticky_primary_ms = 1500") else {
+        return;
+    };
+    let (_, reader) = server.sign_up("Reader");
+    let (writer_id, writer) = server.sign_up("Writer");
+    let others: Vec<i64> = (0..8).map(|i| register(&server, &format!("Other{i}"))).collect();
+    // Their sessions, checked once on the primary, are known to the shard from here on.
+    for token in [&reader, &writer] {
+        assert_eq!(server.call("GET", "/v1/me", Some(token), None).status, 200);
+    }
+    let mut on_primary = connect(&services.postgres);
+    let mut on_replica = connect(&replica);
+    let get_user = |token: &str, id: i64| {
+        let got = server.call("GET", &format!("/v1/users/{id}"), Some(token), None);
+        assert_eq!(got.status, 200, "{}", got.text());
+        got.json()
+    };
+
+    // By-id reads of an authenticated caller land on the replica, not the primary.
+    let (primary_before, replica_before) = (calls(&mut on_primary, USER_BY_ID), calls(&mut on_replica, USER_BY_ID));
+    for id in &others[..3] {
+        assert_eq!(get_user(&reader, *id)["id"], *id);
+    }
+    assert_eq!(calls(&mut on_replica, USER_BY_ID) - replica_before, 3, "on the replica");
+    assert_eq!(calls(&mut on_primary, USER_BY_ID), primary_before, "not on the primary");
+    assert_eq!(metric_sum(&metrics(&server), "percore_db_replica_reads_total{", ""), 3);
+
+    // Freeze the replica before a write: whatever it serves from now on predates it.
+    on_replica.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    let patched = server.call(
+        "PATCH",
+        "/v1/me/profile",
+        Some(&writer),
+        Some(&json!({"display_name": "after the pause"})),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let (primary_before, replica_before) = (calls(&mut on_primary, USER_BY_ID), calls(&mut on_replica, USER_BY_ID));
+    // The writer sees its write, and so does anyone filling the key it invalidated.
+    let me = server.call("GET", "/v1/me", Some(&writer), None);
+    assert_eq!(me.json()["profile"]["display_name"], "after the pause", "{}", me.text());
+    assert_eq!(get_user(&reader, writer_id)["display_name"], "after the pause");
+    // The writer's read of a key nobody wrote still waits for the replica: its own write.
+    assert_eq!(get_user(&writer, others[3])["id"], others[3]);
+    assert_eq!(
+        calls(&mut on_primary, USER_BY_ID) - primary_before,
+        2,
+        "the writer's two user reads"
+    );
+    // Someone else's read of an untouched key may use the frozen replica.
+    assert_eq!(get_user(&reader, others[4])["id"], others[4]);
+    assert_eq!(
+        calls(&mut on_replica, USER_BY_ID) - replica_before,
+        1,
+        "the reader's untouched key"
+    );
+    let text = metrics(&server);
+    assert!(
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "not_caught_up"
+        ) >= 3,
+        "{text}"
+    );
+    // Past sticky_primary_ms the writer's reads may use the replica again.
+    std::thread::sleep(Duration::from_millis(1600));
+    let replica_before = calls(&mut on_replica, USER_BY_ID);
+    assert_eq!(get_user(&writer, others[5])["id"], others[5]);
+    assert_eq!(
+        calls(&mut on_replica, USER_BY_ID) - replica_before,
+        1,
+        "sticky_primary_ms is a bound"
+    );
+    // The replica holds the old row meanwhile: the reads above could have been stale.
+    let stale: Option<String> = on_replica
+        .query_one("SELECT display_name FROM profiles WHERE user_id = $1", &[&writer_id])
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        stale.as_deref(),
+        Some("after the pause"),
+        "the replica was really behind"
+    );
+    on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+}
+
+#[test]
+fn a_replica_that_goes_down_is_skipped_without_errors_and_used_again_when_back() {
+    let Some((_services, mut replica, server)) = start("max_replica_lag_ms = 1000") else {
+        return;
+    };
+    let (_, token) = server.sign_up("Reader");
+    assert_eq!(server.call("GET", "/v1/me", Some(&token), None).status, 200);
+    let ids: Vec<i64> = (0..60).map(|i| register(&server, &format!("Someone{i}"))).collect();
+    let replica_reads = || metric_sum(&metrics(&server), "percore_db_replica_reads_total{", "");
+    let mut next = ids.iter();
+    let mut read_next = || {
+        let id = next.next().expect("enough users");
+        let got = server.call("GET", &format!("/v1/users/{id}"), Some(&token), None);
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["id"], *id);
+    };
+    for _ in 0..5 {
+        read_next();
+    }
+    assert_eq!(replica_reads(), 5);
+
+    // Killed: every read is answered, from the primary, with no error.
+    replica.kill();
+    let down_at = Instant::now();
+    for _ in 0..20 {
+        read_next();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    wait_usable(&server, false);
+    let reads_while_down = replica_reads();
+    for _ in 0..5 {
+        read_next();
+    }
+    assert_eq!(replica_reads(), reads_while_down, "none while it is down");
+    let text = metrics(&server);
+    assert!(
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "none_usable"
+        ) >= 5,
+        "{text}"
+    );
+    assert!(
+        down_at.elapsed() < Duration::from_secs(10),
+        "no read waited for the dead replica"
+    );
+
+    // Back: reads return to it.
+    replica.restart();
+    wait_usable(&server, true);
+    let before = replica_reads();
+    for _ in 0..5 {
+        read_next();
+    }
+    assert_eq!(replica_reads() - before, 5, "all on the replica again");
+}
