@@ -662,6 +662,37 @@ mod tests {
     }
 
     #[test]
+    fn replica_settings_name_their_key_and_never_echo_a_url() {
+        let parse = |database: &str| {
+            let config = Config::parse(&format!("[database]\n{database}\n")).unwrap();
+            config.validate()
+        };
+        assert!(parse("replicas = [\"postgres://u@10.0.0.2/db\"]").is_ok());
+        let (key, reason) =
+            parse("replicas = [\"postgres://u@h/db\", \"postgres://u:secret@h:notaport/db\"]").unwrap_err();
+        assert_eq!(key, "database.replicas");
+        assert!(reason.contains("entry 1") && !reason.contains("secret"), "{reason}");
+        let nine = vec!["\"postgres://h/db\""; 9].join(", ");
+        assert_eq!(
+            parse(&format!("replicas = [{nine}]")).unwrap_err().0,
+            "database.replicas"
+        );
+        assert_eq!(
+            parse("max_replica_lag_ms = 0").unwrap_err().0,
+            "database.max_replica_lag_ms"
+        );
+        let (key, _) = parse("max_replica_lag_ms = 50\nreplica_check_interval_ms = 50").unwrap_err();
+        assert_eq!(
+            key, "database.replica_check_interval_ms",
+            "samples must come faster than the lag bound"
+        );
+        assert_eq!(
+            parse("recent_writers_slots = 0").unwrap_err().0,
+            "database.recent_writers_slots"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_section() {
         let (key, reason) = Config::parse("[server]\nshardz = 3\n").unwrap_err();
         assert_eq!(key, "server.shardz");
