@@ -672,7 +672,7 @@ mod tests {
             parse("replicas = [\"postgres://u@h/db\", \"postgres://u:secret@h:notaport/db\"]").unwrap_err();
         assert_eq!(key, "database.replicas");
         assert!(reason.contains("entry 1") && !reason.contains("secret"), "{reason}");
-        let nine = vec!["\"postgres://h/db\""; 9].join(", ");
+        let nine = ["\"postgres://h/db\""; 9].join(", ");
         assert_eq!(
             parse(&format!("replicas = [{nine}]")).unwrap_err().0,
             "database.replicas"
