@@ -528,6 +528,14 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// The request's writes so far also count as `client`'s: a client that changes identity
+    /// mid-way (a login turns an address into a token) keeps seeing what it wrote.
+    pub fn wrote_as(&self, client: u64) {
+        if self.writes.get() > 0 && !self.shard.replicas.is_empty() {
+            self.shard.shared.recent_writers.note(client, Instant::now());
+        }
+    }
+
     fn count(&self, stmt: Stmt) {
         let counter = match stmt.kind() {
             Kind::Read => &self.reads,

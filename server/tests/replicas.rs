@@ -134,13 +134,18 @@ fn reads_land_on_the_replica_and_every_client_reads_its_own_writes() {
         1,
         "the reader's untouched key"
     );
+    // Someone who signs up now: registered and logged in as an address, then reading as a
+    // token, it still finds itself.
+    let (newcomer_id, newcomer) = server.sign_up("Newcomer");
+    assert_eq!(server.call("GET", "/v1/me", Some(&newcomer), None).status, 200);
+    assert_eq!(get_user(&newcomer, newcomer_id)["id"], newcomer_id);
     let text = metrics(&server);
     assert!(
         metric_sum(
             &text,
             "percore_db_replica_eligible_reads_on_primary_total{",
             "not_caught_up"
-        ) >= 3,
+        ) >= 4,
         "{text}"
     );
     // Past sticky_primary_ms the writer's reads may use the replica again.

@@ -194,6 +194,10 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         .sql
         .query(Stmt::SessionInsert, &[&token_hash.as_slice(), &user_id, &ttl_s])
         .await?;
+    // From here the client is its token, no longer its address: what it wrote as the
+    // address (its registration, say) must still be what its first reads see.
+    ctx.sql
+        .wrote_as(crate::replicas::client_id(&crate::throttle::Key::Token(token_hash)));
     let expires_at: SystemTime = rows.first().ok_or_else(ApiError::internal)?.get(0);
     write_json(
         body,
