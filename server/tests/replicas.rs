@@ -58,6 +58,12 @@ fn start(database: &str) -> Option<(Services, Postgres, Server)> {
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .unwrap();
     let replica = services.postgres.replica();
+    let server = start_percore(&services, &replica, database);
+    Some((services, replica, server))
+}
+
+/// One percore on `services` reading from `replica`, once the replica is usable.
+fn start_percore(services: &Services, replica: &Postgres, database: &str) -> Server {
     let port = free_port();
     let database = format!(
         "replicas = [\"{}\"]\nreconnect_backoff_ms_max = 200\n{database}",
@@ -68,12 +74,12 @@ fn start(database: &str) -> Option<(Services, Postgres, Server)> {
         database: &database,
         // The tests register users faster than a client may by default.
         extra: "[rate_limit.auth]\nrate = 1000\nburst = 1000",
-        ..Tuning::new(port, &services)
+        ..Tuning::new(port, services)
     }
     .render();
     let server = Server::start_with_config(port, &text, &[]);
     wait_usable(&server, true);
-    Some((services, replica, server))
+    server
 }
 
 #[test]
@@ -226,4 +232,48 @@ fn a_replica_that_goes_down_is_skipped_without_errors_and_used_again_when_back()
         read_next();
     }
     assert_eq!(replica_reads() - before, 5, "all on the replica again");
+}
+
+#[test]
+fn a_write_on_one_instance_is_read_fresh_on_another_while_the_replica_is_behind() {
+    let Some((services, replica, a)) = start("max_replica_lag_ms = 60000") else {
+        return;
+    };
+    let b = start_percore(&services, &replica, "max_replica_lag_ms = 60000");
+    let (user_id, user) = a.sign_up("Writer");
+    let (_, reader) = a.sign_up("Reader");
+    // B knows both sessions and has the writer's documents in its memory.
+    for token in [&user, &reader] {
+        assert_eq!(b.call("GET", "/v1/me", Some(token), None).status, 200);
+    }
+    assert_eq!(
+        b.call("GET", &format!("/v1/users/{user_id}"), Some(&reader), None)
+            .status,
+        200
+    );
+    let mut on_replica = connect(&replica);
+    on_replica.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    let patched = a.call(
+        "PATCH",
+        "/v1/me/profile",
+        Some(&user),
+        Some(&json!({"display_name": "written on A"})),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    // B heard the invalidation before A answered; its refills wait for a replica that
+    // has replayed past it, which the paused one has not, so they come from the primary.
+    let me = b.call("GET", "/v1/me", Some(&user), None);
+    assert_eq!(me.json()["profile"]["display_name"], "written on A", "{}", me.text());
+    let seen = b.call("GET", &format!("/v1/users/{user_id}"), Some(&reader), None);
+    assert_eq!(seen.json()["display_name"], "written on A", "{}", seen.text());
+    let text = metrics(&b);
+    assert!(
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "not_caught_up"
+        ) >= 2,
+        "{text}"
+    );
+    on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
 }
