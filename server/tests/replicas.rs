@@ -121,6 +121,10 @@ fn reads_land_on_the_replica_and_every_client_reads_its_own_writes() {
         Some(&json!({"display_name": "after the pause"})),
     );
     assert_eq!(patched.status, 200, "{}", patched.text());
+    // The write ran on the primary only.
+    const PROFILE_UPDATE: &str = "%UPDATE profiles%";
+    assert_eq!(calls(&mut on_primary, PROFILE_UPDATE), 1);
+    assert_eq!(calls(&mut on_replica, PROFILE_UPDATE), 0);
     let (primary_before, replica_before) = (calls(&mut on_primary, USER_BY_ID), calls(&mut on_replica, USER_BY_ID));
     // The writer sees its write, and so does anyone filling the key it invalidated.
     let me = server.call("GET", "/v1/me", Some(&writer), None);
