@@ -281,3 +281,35 @@ fn a_write_on_one_instance_is_read_fresh_on_another_while_the_replica_is_behind(
     );
     on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
 }
+
+#[test]
+fn a_replica_that_is_not_a_standby_is_never_read_from() {
+    // The primary itself listed as a replica: a configuration mistake that would read
+    // from a server no sample can vouch for.
+    let services = Services::start();
+    let port = free_port();
+    let database = format!("replicas = [\"{}\"]", services.postgres.url);
+    let text = Tuning {
+        server: "shards = 1\nshutdown_timeout_ms = 5000",
+        database: &database,
+        ..Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let (user_id, token) = server.sign_up("Someone");
+    assert_eq!(server.call("GET", "/v1/me", Some(&token), None).status, 200);
+    let warned = percore_testkit::wait_until(Duration::from_secs(10), || server.stderr().contains("is not a standby"));
+    assert!(warned, "{}", server.stderr());
+    let got = server.call("GET", &format!("/v1/users/{user_id}"), Some(&token), None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    let text = metrics(&server);
+    assert_eq!(metric_sum(&text, "percore_db_replica_usable{", ""), 0, "{text}");
+    assert_eq!(metric_sum(&text, "percore_db_replica_reads_total{", ""), 0, "{text}");
+    assert!(
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "none_usable"
+        ) >= 1
+    );
+}
