@@ -1,7 +1,7 @@
 //! Per-client rate limits: a client over its class's rate gets 429 with Retry-After and the
 //! RateLimit fields while another client stays at 200; X-Forwarded-For counts only from
 //! trusted proxies; in global mode two processes enforce one limit through Redis, and fall
-//! back to each shard's own limit when Redis is gone.
+//! back to each shard's own limit when Redis is gone or frozen (at most redis_timeout_ms late).
 
 mod common;
 use common::{Response, Server, Services, Tuning};
@@ -119,4 +119,36 @@ fn in_global_mode_two_processes_enforce_one_limit_and_fall_back_to_their_own() {
     assert!(answered.iter().all(|s| *s == 200 || *s == 429), "{answered:?}");
     assert!(answered.contains(&200), "served from the local buckets: {answered:?}");
     assert!(answered.contains(&429), "still limited locally: {answered:?}");
+}
+
+#[test]
+fn in_global_mode_a_paused_redis_delays_a_request_at_most_redis_timeout_ms() {
+    let services = Services::start();
+    let limits = "[rate_limit]\nmode = \"global\"\nredis_timeout_ms = 150\n[rate_limit.read]\nrate = 0.01\nburst = 3\n";
+    let server = start(&services, "shards = 1", limits);
+    let (_, token) = server.sign_up("patient");
+    let t = Some(token.as_str());
+    let pid = services.redis.pid().expect("our own redis") as i32;
+    // SAFETY: pausing our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // GET /v1/jobs touches no cache: the limiter is its only Redis call. Frozen, Redis holds
+    // each check until redis_timeout_ms; then the shard's own bucket (burst 3) decides.
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let asked = std::time::Instant::now();
+        let status = server.call("GET", "/v1/jobs", t, None).status;
+        let took = asked.elapsed();
+        answered.push(status);
+        assert!(
+            took < Duration::from_millis(150 + 350),
+            "{took:?} for one request with Redis paused"
+        );
+    }
+    // SAFETY: resuming it.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(answered[..3], [200, 200, 200], "{answered:?}");
+    assert!(
+        answered[3..].iter().all(|s| *s == 429),
+        "the local bucket still limits: {answered:?}"
+    );
 }
