@@ -1,18 +1,27 @@
 //! Read replicas: which replica, if any, may serve a read.
 //!
-//! Only reads that check no session and decide nothing about a write may leave the
-//! primary (`Sql::query_replica`: the `…ById` reads of a caller already authenticated, and
-//! the benchmark reads). A session check on a lagging replica would accept a token revoked
-//! a moment ago; those stay on the primary.
+//! What may leave the primary (`sql.rs`): reads whose rows decide no write, namely the
+//! `…ById` reads of a caller already authenticated and the benchmark reads
+//! (`Sql::query_replica`), and the session-checking reads of `GET /v1/me`, the users'
+//! public views and the events pages (`Sql::query_session_replica`). Writes, transactions
+//! and the jobs and webhooks reads stay on the primary.
 //!
 //! "Has replayed past" without a round trip per request: every
 //! `replica_check_interval_ms` each shard asks the primary for its WAL flush position and
 //! then each replica for its replay position. A primary sample taken at time t is at or
 //! past every commit that returned before t (see `Stmt::WalFlushLsn`); a replica that has
-//! replayed past it holds everything committed before t. So each replica carries `caught_up_through`, the start
-//! of the newest primary sample it has replayed past, and a read that must see everything
-//! up to time `since` (the client's last write, or the last invalidation of the cache keys
-//! it fills) may use a replica whose `caught_up_through` is at or after `since`.
+//! replayed past it holds everything committed before t. So each replica carries
+//! `caught_up_through`, the start of the newest primary sample it has replayed past, and a
+//! read that must see everything up to time `since` may use a replica whose
+//! `caught_up_through` is at or after `since`. `since` is the latest of:
+//! - the client's last write (`RecentWriters`, for `sticky_primary_ms` at most);
+//! - the last invalidation this shard heard of each cache key the read fills or shows,
+//!   and, for a session check, of the session itself: a logout is heard by every shard of
+//!   every instance before it answers, so no replica that predates it is asked.
+//!
+//! A session check that finds no live session on a replica is not believed (the session
+//! may be newer than the replica) and the primary decides; rows that turn out to show a
+//! key invalidated after what the replica held are read again on the primary.
 //!
 //! A replica is usable while it has a live connection and `caught_up_through` is within
 //! `max_replica_lag_ms` of now: a replica that is down, lagging, or not a standby at all
@@ -113,14 +122,21 @@ pub enum OnPrimary {
     CacheUnsubscribed,
     /// The read failed on the replica (it went down mid-read, say) and was retried here.
     ReplicaFailed,
+    /// A session check found no live session on the replica: the session may be newer
+    /// than the replica, so the primary decides.
+    NoSessionOnReplica,
+    /// The rows showed keys invalidated after what the replica held: read again here.
+    ChangedAfterReplay,
 }
 
 impl OnPrimary {
-    pub const ALL: [OnPrimary; 4] = [
+    pub const ALL: [OnPrimary; 6] = [
         OnPrimary::NoneUsable,
         OnPrimary::NotCaughtUp,
         OnPrimary::CacheUnsubscribed,
         OnPrimary::ReplicaFailed,
+        OnPrimary::NoSessionOnReplica,
+        OnPrimary::ChangedAfterReplay,
     ];
 
     pub fn label(self) -> &'static str {
@@ -129,8 +145,20 @@ impl OnPrimary {
             OnPrimary::NotCaughtUp => "not_caught_up",
             OnPrimary::CacheUnsubscribed => "cache_unsubscribed",
             OnPrimary::ReplicaFailed => "replica_failed",
+            OnPrimary::NoSessionOnReplica => "no_session_on_replica",
+            OnPrimary::ChangedAfterReplay => "changed_after_replay",
         }
     }
+}
+
+/// The replica a read goes to.
+pub struct Picked {
+    /// Its position in `database.replicas`.
+    pub index: usize,
+    pub pool: Rc<Pool>,
+    /// It held everything committed before this when picked (and holds at least as much
+    /// when the read runs).
+    pub through: Instant,
 }
 
 /// A shard's replicas and its recent primary positions.
@@ -187,7 +215,7 @@ impl Replicas {
     }
 
     /// A replica for a read that must see everything committed before `since`, or why not.
-    pub fn pick(&self, since: Option<Instant>, now: Instant) -> Result<(usize, Rc<Pool>), OnPrimary> {
+    pub fn pick(&self, since: Option<Instant>, now: Instant) -> Result<Picked, OnPrimary> {
         let oldest_usable = now.checked_sub(self.max_lag);
         let n = self.replicas.len();
         let mut any_usable = false;
@@ -203,7 +231,11 @@ impl Replicas {
             any_usable = true;
             if since.is_none_or(|since| through >= since) {
                 self.next.set((index + 1) % n);
-                return Ok((index, replica.pool.clone()));
+                return Ok(Picked {
+                    index,
+                    pool: replica.pool.clone(),
+                    through,
+                });
             }
         }
         Err(if any_usable {

@@ -10,7 +10,8 @@
 //! that hash with the condition below, so validating the session and doing the work cost
 //! one statement. Once a shard's cache knows a session (learned from such a statement, and
 //! evicted everywhere by logout before its 204), reads use the `…ById` variants instead;
-//! writes always check the session in SQL.
+//! writes always check the session in SQL, on the primary. Some reads may run on a read
+//! replica (`query_replica`, `query_session_replica`; the rules are in `replicas.rs`).
 //!
 //! Runs on a shard: never blocks.
 
@@ -211,6 +212,14 @@ impl Stmt {
                 | Stmt::WorldById
                 | Stmt::FortunesAll
         )
+    }
+
+    /// Reads that check the session in SQL and answer no row when it is not live, and
+    /// whose rows decide no write: a replica may run them under `Sql::query_session_replica`'s
+    /// rules. (The jobs and webhooks reads stay on the primary: a job answered 202 on one
+    /// instance must be found on the next request to any other.)
+    pub fn checks_session_on_replica(self) -> bool {
+        matches!(self, Stmt::Me | Stmt::UserPublic | Stmt::UsersPublic | Stmt::EventsPage)
     }
 
     pub fn sql(self) -> &'static str {
@@ -479,12 +488,51 @@ impl<'a> Sql<'a> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ApiError> {
         debug_assert!(stmt.may_run_on_replica(), "{stmt:?} may not leave the primary");
+        let freshness = self.shard.cache.fill_freshness(fills);
+        self.read_on_replica(freshness, false, stmt, params, |_| Vec::new())
+            .await
+    }
+
+    /// Runs `stmt`, a read that checks the session of `token_hash` in SQL, on a replica
+    /// when that is as safe as the primary:
+    /// - the replica has replayed past the session's last invalidation (a logout is heard
+    ///   by every shard before it answers), the client's last write, and the last
+    ///   invalidation of `fills`, the keys the caller knows the rows will show;
+    /// - no rows (no live session there) are not trusted: the session may be newer than the
+    ///   replica, so the primary decides;
+    /// - `shown` names the keys the rows turned out to show (the session's user's, say); if
+    ///   any was invalidated after what the replica held, the read runs again on the primary.
+    ///
+    /// While the shard cannot hear invalidations, the primary runs it.
+    pub async fn query_session_replica(
+        &self,
+        token_hash: &[u8; 32],
+        fills: &[Key],
+        stmt: Stmt,
+        params: &[&(dyn ToSql + Sync)],
+        shown: impl Fn(&[Row]) -> Vec<Key>,
+    ) -> Result<Vec<Row>, ApiError> {
+        debug_assert!(stmt.checks_session_on_replica(), "{stmt:?} may not leave the primary");
+        let mut keys = fills.to_vec();
+        keys.push(Key::Session(*token_hash));
+        let freshness = self.shard.cache.heard_since(&keys);
+        self.read_on_replica(freshness, true, stmt, params, shown).await
+    }
+
+    async fn read_on_replica(
+        &self,
+        freshness: FillFreshness,
+        checks_session: bool,
+        stmt: Stmt,
+        params: &[&(dyn ToSql + Sync)],
+        shown: impl Fn(&[Row]) -> Vec<Key>,
+    ) -> Result<Vec<Row>, ApiError> {
         let replicas = &self.shard.replicas;
         if replicas.is_empty() {
             return self.query(stmt, params).await;
         }
         let now = Instant::now();
-        let picked = match self.shard.cache.fill_freshness(fills) {
+        let picked = match freshness {
             FillFreshness::Unknowable => Err(OnPrimary::CacheUnsubscribed),
             FillFreshness::Since(keys_since) => {
                 let last_write = self.shard.shared.recent_writers.last(self.client);
@@ -492,34 +540,47 @@ impl<'a> Sql<'a> {
                 replicas.pick(since, now)
             }
         };
-        let metrics = self.shard.metrics;
-        let why = match picked {
-            Ok((index, pool)) => {
-                self.count(stmt);
-                if let Ok(conn) = pool.conn(Kind::Read, self.admitted(), metrics).await {
-                    match conn.client.query(conn.statement(stmt), params).await {
-                        Ok(rows) => {
-                            ShardMetrics::add(&metrics.replicas[index].reads, 1);
-                            return Ok(rows);
-                        }
-                        // A timeout or a bad value would fail the same way on the primary.
-                        Err(e) if is_final(&e) => return Err(database_error(self.shard, stmt, e)),
-                        // Reads are safe to repeat: down, or cancelled by a recovery conflict.
-                        Err(e) => log::debug!("shard {}: {stmt:?} on replica {index}: {e}", self.shard.id),
-                    }
-                }
-                ShardMetrics::add(
-                    &metrics.replica_eligible_on_primary[OnPrimary::ReplicaFailed as usize],
-                    1,
-                );
-                let conn = self.lease(&self.shard.db, Kind::Read).await?;
-                return (conn.client.query(conn.statement(stmt), params).await)
-                    .map_err(|e| database_error(self.shard, stmt, e));
+        let picked = match picked {
+            Ok(picked) => picked,
+            Err(why) => {
+                self.on_primary(why);
+                return self.query(stmt, params).await;
             }
-            Err(why) => why,
         };
-        ShardMetrics::add(&metrics.replica_eligible_on_primary[why as usize], 1);
-        self.query(stmt, params).await
+        self.count(stmt);
+        let metrics = self.shard.metrics;
+        let why = match picked.pool.conn(Kind::Read, self.admitted(), metrics).await {
+            Err(_) => OnPrimary::ReplicaFailed,
+            Ok(conn) => match conn.client.query(conn.statement(stmt), params).await {
+                Ok(rows) if checks_session && rows.is_empty() => OnPrimary::NoSessionOnReplica,
+                Ok(rows) => {
+                    let shown = shown(&rows);
+                    let fresh = shown.is_empty()
+                        || matches!(self.shard.cache.heard_since(&shown),
+                            FillFreshness::Since(changed) if changed.is_none_or(|at| at <= picked.through));
+                    if fresh {
+                        ShardMetrics::add(&metrics.replicas[picked.index].reads, 1);
+                        return Ok(rows);
+                    }
+                    OnPrimary::ChangedAfterReplay
+                }
+                // A timeout or a bad value would fail the same way on the primary.
+                Err(e) if is_final(&e) => return Err(database_error(self.shard, stmt, e)),
+                // Reads are safe to repeat: down, or cancelled by a recovery conflict.
+                Err(e) => {
+                    log::debug!("shard {}: {stmt:?} on replica {}: {e}", self.shard.id, picked.index);
+                    OnPrimary::ReplicaFailed
+                }
+            },
+        };
+        // Counted once above: the budget is about what the request asked for.
+        self.on_primary(why);
+        let conn = self.lease(&self.shard.db, Kind::Read).await?;
+        (conn.client.query(conn.statement(stmt), params).await).map_err(|e| database_error(self.shard, stmt, e))
+    }
+
+    fn on_primary(&self, why: OnPrimary) {
+        ShardMetrics::add(&self.shard.metrics.replica_eligible_on_primary[why as usize], 1);
     }
 
     /// A connection of `pool` for a statement of `kind`, already counted.
@@ -616,6 +677,15 @@ mod tests {
         for stmt in Stmt::ALL.iter().filter(|stmt| stmt.may_run_on_replica()) {
             assert_eq!(stmt.kind(), Kind::Read, "{stmt:?}");
             assert!(!stmt.sql().contains("sessions"), "{stmt:?} checks a session");
+        }
+    }
+
+    #[test]
+    fn session_checks_a_replica_may_run_are_reads_that_join_sessions() {
+        for stmt in Stmt::ALL.iter().filter(|stmt| stmt.checks_session_on_replica()) {
+            assert_eq!(stmt.kind(), Kind::Read, "{stmt:?}");
+            assert!(stmt.sql().contains("FROM sessions s"), "{stmt:?}");
+            assert!(!stmt.may_run_on_replica(), "{stmt:?} is in both lists");
         }
     }
 

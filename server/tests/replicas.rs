@@ -105,12 +105,14 @@ fn reads_land_on_the_replica_and_every_client_reads_its_own_writes() {
 
     // By-id reads of an authenticated caller land on the replica, not the primary.
     let (primary_before, replica_before) = (calls(&mut on_primary, USER_BY_ID), calls(&mut on_replica, USER_BY_ID));
+    let replica_reads = || metric_sum(&metrics(&server), "percore_db_replica_reads_total{", "");
+    let counted_before = replica_reads();
     for id in &others[..3] {
         assert_eq!(get_user(&reader, *id)["id"], *id);
     }
     assert_eq!(calls(&mut on_replica, USER_BY_ID) - replica_before, 3, "on the replica");
     assert_eq!(calls(&mut on_primary, USER_BY_ID), primary_before, "not on the primary");
-    assert_eq!(metric_sum(&metrics(&server), "percore_db_replica_reads_total{", ""), 3);
+    assert_eq!(replica_reads() - counted_before, 3, "and counted in /metrics");
 
     // Freeze the replica before a write: whatever it serves from now on predates it.
     on_replica.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
@@ -312,4 +314,96 @@ fn a_replica_that_is_not_a_standby_is_never_read_from() {
             "none_usable"
         ) >= 1
     );
+}
+
+/// Registers `name` on `server` and logs in `sessions` times: (user id, one token each).
+fn register_with_sessions(server: &Server, name: &str, sessions: usize) -> (i64, Vec<String>) {
+    let email = common::unique_email(name);
+    let body = json!({"email": email, "password": "correct horse battery", "name": name});
+    let created = server.call("POST", "/v1/auth/register", None, Some(&body));
+    assert_eq!(created.status, 201, "{}", created.text());
+    let tokens = (0..sessions).map(|_| login(server, &email)).collect();
+    (created.json()["id"].as_i64().unwrap(), tokens)
+}
+
+fn login(server: &Server, email: &str) -> String {
+    let body = json!({"email": email, "password": "correct horse battery"});
+    let login = server.call("POST", "/v1/auth/login", None, Some(&body));
+    assert_eq!(login.status, 200, "{}", login.text());
+    login.json()["token"].as_str().unwrap().to_string()
+}
+
+/// Matches the text pg_stat_statements keeps of `Stmt::Me` (the session-checking read of
+/// `GET /v1/me`) and of no other statement.
+const ME_WITH_SESSION: &str = "%q.updated_at, s.expires_at%";
+
+#[test]
+fn session_checks_use_the_replica_only_while_it_is_as_safe_as_the_primary() {
+    let Some((services, replica, a)) = start("max_replica_lag_ms = 60000") else {
+        return;
+    };
+    // B reads, A writes: B's table of recent writers knows nothing of A's clients, so
+    // only what every shard hears (invalidations) and what the rows say can protect B.
+    let b = start_percore(&services, &replica, "max_replica_lag_ms = 60000");
+    let email = common::unique_email("Traveller");
+    let body = json!({"email": email, "password": "correct horse battery", "name": "Traveller"});
+    assert_eq!(a.call("POST", "/v1/auth/register", None, Some(&body)).status, 201);
+    let (first, second) = (login(&a, &email), login(&a, &email));
+    let (_, other) = register_with_sessions(&a, "Bystander", 1);
+    let mut on_primary = connect(&services.postgres);
+    let mut on_replica = connect(&replica);
+    // Everything so far has reached the replica.
+    let ok = percore_testkit::wait_until(Duration::from_secs(10), || {
+        let lsn = |client: &mut postgres::Client, sql: &str| -> String { client.query_one(sql, &[]).unwrap().get(0) };
+        lsn(&mut on_primary, "SELECT pg_current_wal_flush_lsn()::text")
+            == lsn(&mut on_replica, "SELECT pg_last_wal_replay_lsn()::text")
+    });
+    assert!(ok, "the replica caught up");
+    let me = |token: &str| b.call("GET", "/v1/me", Some(token), None);
+    let counts = |on_primary: &mut postgres::Client, on_replica: &mut postgres::Client| {
+        (calls(on_primary, ME_WITH_SESSION), calls(on_replica, ME_WITH_SESSION))
+    };
+
+    // A session B has not seen is checked on the replica.
+    let before = counts(&mut on_primary, &mut on_replica);
+    assert_eq!(me(&first).status, 200);
+    let after = counts(&mut on_primary, &mut on_replica);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1), "(primary, replica)");
+
+    on_replica.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    // A logout on A is honoured on B, though the frozen replica still holds the session.
+    assert_eq!(a.call("POST", "/v1/auth/logout", Some(&first), None).status, 204);
+    let refused = me(&first);
+    assert_eq!(refused.status, 401, "a revoked token: {}", refused.text());
+    // A session newer than the replica: not there, so the primary decides.
+    let third = login(&a, &email);
+    let fresh = me(&third);
+    assert_eq!(fresh.status, 200, "a new token: {}", fresh.text());
+    // A write on A shows through a session the replica does hold: the row it returned
+    // was older than the write's invalidation, so the primary reads it again.
+    let patched = a.call(
+        "PATCH",
+        "/v1/me/profile",
+        Some(&third),
+        Some(&json!({"display_name": "moved on"})),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let via_second = me(&second);
+    assert_eq!(
+        via_second.json()["profile"]["display_name"],
+        "moved on",
+        "{}",
+        via_second.text()
+    );
+    // Someone untouched by all this is still served by the frozen replica.
+    let before = counts(&mut on_primary, &mut on_replica);
+    assert_eq!(me(&other[0]).status, 200);
+    let after = counts(&mut on_primary, &mut on_replica);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1), "(primary, replica)");
+    let text = metrics(&b);
+    for reason in ["no_session_on_replica", "changed_after_replay"] {
+        let counted = metric_sum(&text, "percore_db_replica_eligible_reads_on_primary_total{", reason);
+        assert!(counted >= 1, "{reason}: {text}");
+    }
+    on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
 }

@@ -135,11 +135,14 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
     // One row more than asked tells whether another page exists.
     let fetch = limit + 1;
     let epoch = ctx.shard.cache.epoch();
-    let rows = ctx
-        .sql
-        .query(
+    let rows = (ctx.sql)
+        .query_session_replica(
+            &principal.token_hash,
+            &[],
             Stmt::EventsPage,
             &[&principal.token_hash(), &before_time, &before_id, &fetch],
+            // Column 4 of every row: the session's user, whose events these are.
+            |rows| rows.first().map(|row| Key::Events(row.get(4))).into_iter().collect(),
         )
         .await?;
     let first = rows.first().ok_or_else(auth::invalid_token)?;

@@ -59,7 +59,15 @@ pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &m
         return Ok(Reply::json(200));
     }
     let epoch = cache.epoch();
-    let rows = ctx.sql.query(Stmt::UserPublic, &[&principal.token_hash(), &id]).await?;
+    let rows = (ctx.sql)
+        .query_session_replica(
+            &principal.token_hash,
+            &[Key::User(id)],
+            Stmt::UserPublic,
+            &[&principal.token_hash(), &id],
+            |_| Vec::new(),
+        )
+        .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     // Columns 4 and 5 of a `UserPublic(s)` row: the session's user and expiry.
     auth::remember_session(ctx, principal, epoch, row.get(4), row.get(5));
@@ -114,9 +122,15 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
                 .await?
         }
     } else {
-        let rows = ctx
-            .sql
-            .query(Stmt::UsersPublic, &[&principal.token_hash(), &ids])
+        let fills: Vec<Key> = ids.iter().map(|id| Key::User(*id)).collect();
+        let rows = (ctx.sql)
+            .query_session_replica(
+                &principal.token_hash,
+                &fills,
+                Stmt::UsersPublic,
+                &[&principal.token_hash(), &ids],
+                |_| Vec::new(),
+            )
             .await?;
         let first = rows.first().ok_or_else(auth::invalid_token)?;
         auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));

@@ -80,7 +80,18 @@ pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Ans
         };
     }
     let epoch = cache.epoch();
-    let rows = ctx.sql.query(Stmt::Me, &[&principal.token_hash()]).await?;
+    let rows = (ctx.sql)
+        .query_session_replica(
+            &principal.token_hash,
+            &[],
+            Stmt::Me,
+            &[&principal.token_hash()],
+            |rows| {
+                // Column 0: the user the document is about.
+                rows.iter().map(|row| Key::Me(row.get(0))).collect()
+            },
+        )
+        .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     auth::remember_session(ctx, principal, epoch, row.get(0), row.get(14));
     body.extend_from_slice(&me_json(row));

@@ -301,7 +301,14 @@ impl Cache {
         if keys.is_empty() || !self.enabled {
             return FillFreshness::Since(None);
         }
-        if !self.bus.subscribed() {
+        self.heard_since(keys)
+    }
+
+    /// When `keys` were last invalidated, as far as this shard knows, even with the cache
+    /// off: `Unknowable` unless the shard hears every invalidation now. A session check on
+    /// a replica relies on this to see a logout (`Sql::query_session_replica`).
+    pub fn heard_since(&self, keys: &[Key]) -> FillFreshness {
+        if !self.usable() {
             return FillFreshness::Unknowable;
         }
         let recent = self.recent.borrow();
