@@ -488,6 +488,9 @@ impl<'a> Sql<'a> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ApiError> {
         debug_assert!(stmt.may_run_on_replica(), "{stmt:?} may not leave the primary");
+        if self.shard.replicas.is_empty() {
+            return self.query(stmt, params).await;
+        }
         let freshness = self.shard.cache.fill_freshness(fills);
         self.read_on_replica(freshness, false, stmt, params, |_| Vec::new())
             .await
@@ -513,6 +516,9 @@ impl<'a> Sql<'a> {
         shown: impl Fn(&[Row]) -> Vec<Key>,
     ) -> Result<Vec<Row>, ApiError> {
         debug_assert!(stmt.checks_session_on_replica(), "{stmt:?} may not leave the primary");
+        if self.shard.replicas.is_empty() {
+            return self.query(stmt, params).await;
+        }
         let mut keys = fills.to_vec();
         keys.push(Key::Session(*token_hash));
         let freshness = self.shard.cache.heard_since(&keys);
@@ -528,9 +534,7 @@ impl<'a> Sql<'a> {
         shown: impl Fn(&[Row]) -> Vec<Key>,
     ) -> Result<Vec<Row>, ApiError> {
         let replicas = &self.shard.replicas;
-        if replicas.is_empty() {
-            return self.query(stmt, params).await;
-        }
+        debug_assert!(!replicas.is_empty());
         let now = Instant::now();
         let picked = match freshness {
             FillFreshness::Unknowable => Err(OnPrimary::CacheUnsubscribed),
