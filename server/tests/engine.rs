@@ -59,7 +59,16 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
         assert_eq!(server.get("/json").status, 200);
         assert_eq!(server.get("/nope").status, 404);
     }
-    let metrics = server.get("/metrics");
+    // Each shard's Postgres connections come up on their own after start-up (each
+    // prepares every statement first): wait for all of them, within a bound.
+    let all_up =
+        |text: &str| (0..2).all(|shard| text.contains(&format!("percore_db_connections_up{{shard=\"{shard}\"}} 6\n")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = server.get("/metrics");
+    while !all_up(&metrics.text()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics = server.get("/metrics");
+    }
     assert_eq!(metrics.status, 200);
     assert!(
         metrics
