@@ -407,3 +407,44 @@ fn session_checks_use_the_replica_only_while_it_is_as_safe_as_the_primary() {
     }
     on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
 }
+
+#[test]
+fn a_replica_lagging_past_max_replica_lag_ms_is_skipped_until_it_catches_up() {
+    let Some((_services, replica, server)) = start("max_replica_lag_ms = 300") else {
+        return;
+    };
+    let (_, token) = server.sign_up("Reader");
+    let ids: Vec<i64> = (0..6).map(|i| register(&server, &format!("Someone{i}"))).collect();
+    assert_eq!(server.call("GET", "/v1/me", Some(&token), None).status, 200);
+    let replica_reads = || metric_sum(&metrics(&server), "percore_db_replica_reads_total{", "");
+    let read = |id: i64| {
+        let got = server.call("GET", &format!("/v1/users/{id}"), Some(&token), None);
+        assert_eq!(got.status, 200, "{}", got.text());
+    };
+    // Idle, a paused replica is still caught up: nothing new to replay. A write moves the
+    // primary on, and from then the replica falls behind by the clock.
+    let mut on_replica = connect(&replica);
+    on_replica.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    register(&server, "Mover");
+    wait_usable(&server, false);
+    let lag = metric_sum(&metrics(&server), "percore_db_replica_lag_milliseconds{", "");
+    assert!(lag > 300, "reported lag {lag} ms");
+    let before = replica_reads();
+    read(ids[0]);
+    read(ids[1]);
+    assert_eq!(replica_reads(), before, "skipped while too far behind");
+    let text = metrics(&server);
+    assert!(
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "none_usable"
+        ) >= 2,
+        "{text}"
+    );
+    on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+    wait_usable(&server, true);
+    let before = replica_reads();
+    read(ids[2]);
+    assert_eq!(replica_reads() - before, 1, "used again once caught up");
+}
