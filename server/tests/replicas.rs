@@ -272,13 +272,17 @@ fn a_write_on_one_instance_is_read_fresh_on_another_while_the_replica_is_behind(
     assert_eq!(me.json()["profile"]["display_name"], "written on A", "{}", me.text());
     let seen = b.call("GET", &format!("/v1/users/{user_id}"), Some(&reader), None);
     assert_eq!(seen.json()["display_name"], "written on A", "{}", seen.text());
+    // Someone who registers on A is found on B, though the replica has not replayed them.
+    let newcomer = register(&a, "Newcomer");
+    let found = b.call("GET", &format!("/v1/users/{newcomer}"), Some(&reader), None);
+    assert_eq!(found.status, 200, "{}", found.text());
     let text = metrics(&b);
     assert!(
         metric_sum(
             &text,
             "percore_db_replica_eligible_reads_on_primary_total{",
             "not_caught_up"
-        ) >= 2,
+        ) >= 3,
         "{text}"
     );
     on_replica.batch_execute("SELECT pg_wal_replay_resume()").unwrap();

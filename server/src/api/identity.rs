@@ -108,8 +108,15 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         return Err(ApiError::new(409, "email_taken", "an account with this email exists"));
     };
     queue.wake();
+    let id: i64 = row.get(0);
+    // A new user is news to every replica: heard by every shard (of every instance) before
+    // this answers, so no shard asks a replica that has not replayed it for this user
+    // (`replicas.rs`); a 404 for a user who exists would follow otherwise.
+    if !ctx.shard.replicas.is_empty() {
+        crate::cache::bus::invalidate(ctx.shard, &[crate::cache::Key::User(id)]).await;
+    }
     let user = User {
-        id: row.get(0),
+        id,
         email: row.get(1),
         name: row.get(2),
         created_at: timestamp(row.get(3)),
