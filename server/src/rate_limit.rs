@@ -178,7 +178,7 @@ impl Limiter {
     }
 
     /// The shard's own decision for one request of `client` in `class`.
-    pub fn check_local(&self, class: Class, client: &Key, now: Instant) -> Result<u64, Refused> {
+    pub fn check_local(&self, class: Class, client: &Key, now: Instant) -> Result<(), Refused> {
         let mut throttle = self.classes[class as usize].borrow_mut();
         throttle
             .attempt(std::slice::from_ref(client), now)

@@ -43,9 +43,9 @@ impl Throttle {
         }
     }
 
-    /// Takes one attempt for every key, or none: `Ok(tokens left)` (of the last key), or
-    /// `Err(seconds)` until the first refused key has a token again.
-    pub fn attempt(&mut self, keys: &[Key], now: Instant) -> Result<u64, u64> {
+    /// Takes one attempt for every key, or none: `Err(seconds)` until the first refused
+    /// key has a token again.
+    pub fn attempt(&mut self, keys: &[Key], now: Instant) -> Result<(), u64> {
         for key in keys {
             let tokens = self.buckets.get(key).map_or(self.burst, |b| self.refilled(b, now));
             if tokens < 1.0 {
@@ -53,32 +53,25 @@ impl Throttle {
                 return Err(wait_s.max(1));
             }
         }
-        let mut left = 0.0;
         for key in keys {
             if !self.buckets.contains_key(key) && self.buckets.len() >= self.tracked_max {
                 self.forget(now);
             }
             let tokens = self.buckets.get(key).map_or(self.burst, |b| self.refilled(b, now));
-            left = tokens - 1.0;
             self.buckets.insert(
                 key.clone(),
                 Bucket {
-                    tokens: left,
+                    tokens: tokens - 1.0,
                     updated: now,
                 },
             );
         }
         debug_assert!(self.buckets.len() <= self.tracked_max);
-        Ok(left.max(0.0) as u64)
+        Ok(())
     }
 
     pub fn burst(&self) -> u64 {
         self.burst as u64
-    }
-
-    /// Seconds until a bucket emptied now is full again.
-    pub fn refill_s(&self) -> u64 {
-        (self.burst / self.per_second).ceil() as u64
     }
 
     fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
@@ -123,9 +116,13 @@ mod tests {
             throttle.attempt(&[ip(1)], t0).unwrap();
         }
         assert_eq!(throttle.attempt(&[ip(1)], t0), Err(1));
+        // A fresh client has burst - 1 left after its first attempt: two more, then none.
+        for attempt in 0..3 {
+            assert_eq!(throttle.attempt(&[ip(3)], t0), Ok(()), "attempt {attempt}");
+        }
         assert_eq!(
             throttle.attempt(&[ip(3)], t0),
-            Ok(2),
+            Err(1),
             "a fresh client has burst - 1 left"
         );
         assert!(throttle.attempt(&[ip(2)], t0).is_ok(), "other clients are unaffected");

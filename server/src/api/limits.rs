@@ -2,22 +2,21 @@
 //! handler runs, and the 429 it answers with (`rate_limit` holds the buckets).
 
 use super::Ctx;
-use super::auth::Principal;
 use crate::http::{ApiError, Reply};
-use crate::rate_limit::{Class, GLOBAL_BUCKET_LUA, Mode, Refused, client_key, redis_key};
+use crate::rate_limit::{Class, GLOBAL_BUCKET_LUA, Mode, Refused, redis_key};
 use std::time::Instant;
 
 /// Takes a token from the client's bucket in `class`, or says how long to wait.
-pub async fn admit(ctx: &Ctx<'_>, class: Class, principal: Option<&Principal>) -> Result<(), Refused> {
+pub async fn admit(ctx: &Ctx<'_>, class: Class) -> Result<(), Refused> {
     let limiter = &ctx.shard.limiter;
-    let client = client_key(principal, ctx.client_ip);
+    let client = &ctx.client;
     if limiter.mode() == Mode::Global {
         let limit = limiter.limit(class);
         let mut script = redis::cmd("EVAL");
         script
             .arg(GLOBAL_BUCKET_LUA)
             .arg(1)
-            .arg(redis_key(class, &client))
+            .arg(redis_key(class, client))
             .arg(limit.rate)
             .arg(limit.burst);
         let answer = ctx.shard.redis.query_within(&script, limiter.redis_timeout()).await;
@@ -40,7 +39,7 @@ pub async fn admit(ctx: &Ctx<'_>, class: Class, principal: Option<&Principal>) -
         }
         // Redis down, slow or strange: this shard's own bucket decides.
     }
-    limiter.check_local(class, &client, Instant::now()).map(|_| ())
+    limiter.check_local(class, client, Instant::now())
 }
 
 /// 429 with `Retry-After` and the RateLimit fields (draft-ietf-httpapi-ratelimit-headers).

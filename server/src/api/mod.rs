@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub sql: Sql<'a>,
     /// The client's address: the peer, or `X-Forwarded-For` from a trusted proxy.
     pub client_ip: std::net::IpAddr,
+    /// Who the request counts as (`rate_limit::client_key`): its session, else its address.
+    pub client: crate::throttle::Key,
 }
 
 /// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
@@ -84,18 +86,20 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         Access::Public | Access::Bench | Access::DebugBuild => None,
     };
     let client_ip = shard.limiter.client_ip(request);
-    let client = crate::replicas::client_id(&crate::rate_limit::client_key(principal.as_ref(), client_ip));
+    let client = crate::rate_limit::client_key(principal.as_ref(), client_ip);
+    let client_id = crate::replicas::client_id(&client);
     let ctx = Ctx {
         shard,
         request,
         sql: match access {
-            Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard, client),
-            Access::Public | Access::User => Sql::new(shard, client),
+            Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard, client_id),
+            Access::Public | Access::User => Sql::new(shard, client_id),
         },
         client_ip,
+        client,
     };
     if let Some(class) = crate::rate_limit::Class::of(endpoint)
-        && let Err(refused) = limits::admit(&ctx, class, principal.as_ref()).await
+        && let Err(refused) = limits::admit(&ctx, class).await
     {
         return (endpoint, Ok(limits::too_many(&refused, body)));
     }
