@@ -178,6 +178,10 @@ pub struct Database {
     pub queued_max: usize,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    /// A statement unanswered for `statement_timeout_ms` plus this has met a silent server
+    /// or network (Postgres would have cancelled it): it fails with 503 and its connection
+    /// is replaced.
+    pub deadline_margin_ms: u64,
     /// Sent as client_connection_check_interval: a statement whose client (a shard) is
     /// gone is cancelled rather than run to commit. 0: Postgres never checks.
     pub client_check_interval_ms: u64,
@@ -217,6 +221,7 @@ impl Default for Database {
             queued_max: 65_536,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
+            deadline_margin_ms: 1_000,
             client_check_interval_ms: 1_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
@@ -538,14 +543,17 @@ impl Config {
         let d = &self.database;
         at_least("database.connections_per_shard", d.connections_per_shard as u64, 1)?;
         at_least("database.pool_wait_ms", d.pool_wait_ms, 1)?;
+        at_least("database.deadline_margin_ms", d.deadline_margin_ms, 1)?;
         at_least("database.pipeline_depth_max", d.pipeline_depth_max as u64, 1)?;
         at_least(
             "database.reconnect_backoff_ms_max",
             d.reconnect_backoff_ms_max,
             d.reconnect_backoff_ms_min,
         )?;
-        if !d.url.is_empty() && d.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(("database.url".into(), "is not a valid postgres:// URL".into()));
+        if !d.url.is_empty()
+            && let Err(why) = percore_pg::Config::parse(&d.url)
+        {
+            return Err(("database.url".into(), format!("is not a valid postgres:// URL: {why}")));
         }
         if d.replicas.len() > crate::replicas::REPLICAS_MAX {
             return Err((
@@ -558,15 +566,13 @@ impl Config {
             ));
         }
         // By position, not by text: a URL may carry a password.
-        if let Some(bad) = d
-            .replicas
-            .iter()
-            .position(|url| url.parse::<tokio_postgres::Config>().is_err())
-        {
-            return Err((
-                "database.replicas".into(),
-                format!("entry {bad} is not a valid postgres:// URL"),
-            ));
+        for (i, url) in d.replicas.iter().enumerate() {
+            if let Err(why) = percore_pg::Config::parse(url) {
+                return Err((
+                    "database.replicas".into(),
+                    format!("entry {i} is not a valid postgres:// URL: {why}"),
+                ));
+            }
         }
         at_least("database.max_replica_lag_ms", d.max_replica_lag_ms, 1)?;
         at_least("database.replica_check_interval_ms", d.replica_check_interval_ms, 1)?;

@@ -1,42 +1,42 @@
-//! Postgres on a shard: `connections_per_shard` tokio-postgres connections for reads (and
+//! Postgres on a shard: `connections_per_shard` percore-pg connections for reads (and
 //! `write_connections_per_shard` more for writes) over glommio sockets, each kept alive by
-//! a supervisor task that reconnects with backoff.
+//! a supervisor task that reconnects with backoff and replaces a connection whose server
+//! has gone silent past the statement deadline.
 //!
-//! Runs on a shard: never blocks. The server address is resolved once at start-up, before
+//! Runs on a shard: never blocks. Server addresses are resolved once at start-up, before
 //! any shard exists, because name resolution is a blocking call.
 
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{self, Semaphore, StaticPermit, TcpStream};
 use crate::sql::{Kind, Stmt};
+use percore_pg::{Client, Statement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, Statement};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// How often a request waiting for a connection looks again, while none is up.
 const POOL_POLL_MS: u64 = 5;
 
-/// One open connection and its prepared statements (`sql::Stmt`), indexed by `Stmt as usize`.
+/// One open connection; its prepared statements (`sql::Stmt`) are indexed by `Stmt as usize`.
 pub struct Conn {
     pub client: Client,
-    statements: Vec<Statement>,
 }
 
 impl Conn {
     pub fn statement(&self, stmt: Stmt) -> &Statement {
-        &self.statements[stmt as usize]
+        self.client.statement(stmt as usize)
     }
 }
 
 /// Everything a shard needs to open its connections; built once in `main`.
 #[derive(Clone)]
 pub struct Target {
-    pub config: tokio_postgres::Config,
-    pub addr: SocketAddr,
+    pub config: percore_pg::Config,
+    /// One address per host of the URL, in its order: a multi-host URL is tried in turn.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Target {
@@ -52,30 +52,25 @@ impl Target {
             .collect()
     }
 
-    /// Parses `url` (the setting `key`) and resolves its host.
+    /// Parses `url` (the setting `key`) and resolves its hosts.
     fn resolve_url(url: &str, key: &str, settings: &Database) -> Result<Target, String> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{key}: {e}"))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(_) => {
-                return Err(format!(
-                    "{key}: unix-socket hosts are not supported; use host=127.0.0.1"
-                ));
-            }
-            None => "localhost".into(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let mut config = percore_pg::Config::parse(url).map_err(|e| format!("{key}: {e}"))?;
         use std::net::ToSocketAddrs;
-        let addr = (host.as_str(), port) // blocking-ok: start-up, before any shard exists
-            .to_socket_addrs()
-            .map_err(|e| format!("{key}: cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{key}: {host} has no address"))?;
-        config.options(format!(
-            "-c statement_timeout={} -c client_connection_check_interval={}",
-            settings.statement_timeout_ms, settings.client_check_interval_ms
-        ));
-        Ok(Target { config, addr })
+        let addrs = (config.hosts.iter())
+            .map(|host| {
+                (host.name.as_str(), host.port) // blocking-ok: start-up, before any shard exists
+                    .to_socket_addrs()
+                    .map_err(|e| format!("{key}: cannot resolve {}: {e}", host.name))?
+                    .next()
+                    .ok_or_else(|| format!("{key}: {} has no address", host.name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        config.set_param("statement_timeout", &settings.statement_timeout_ms.to_string());
+        config.set_param(
+            "client_connection_check_interval",
+            &settings.client_check_interval_ms.to_string(),
+        );
+        Ok(Target { config, addrs })
     }
 }
 
@@ -290,44 +285,25 @@ impl Supervisor {
         loop {
             match self.connect().await {
                 Ok((client, connection)) => {
-                    // The connection future drives the socket; it runs beside the
-                    // preparation below and until the server or network drops it.
-                    let mut connection = std::pin::pin!(connection);
-                    let prepared = {
-                        let prepare = std::pin::pin!(prepare_all(&client));
-                        match futures::future::select(prepare, connection.as_mut()).await {
-                            futures::future::Either::Left((prepared, _)) => prepared,
-                            futures::future::Either::Right((ended, _)) => {
-                                Err(format!("closed while preparing: {ended:?}"))
-                            }
-                        }
-                    };
-                    match prepared {
-                        Ok(statements) => {
-                            backoff = min;
-                            failures_logged = 0;
-                            *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(Conn { client, statements }));
-                            ShardMetrics::add(self.up, 1);
-                            if let Err(e) = connection.await {
-                                log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
-                            }
-                            self.pool.slots[self.slot].borrow_mut().take();
-                            ShardMetrics::sub(self.up, 1);
-                        }
-                        Err(e) => {
-                            ShardMetrics::add(self.failures, 1);
-                            log::warn!("{}: preparing statements failed: {e}", self.application_name);
-                        }
+                    backoff = min;
+                    failures_logged = 0;
+                    *self.pool.slots[self.slot].borrow_mut() = Some(Rc::new(Conn { client: client.clone() }));
+                    ShardMetrics::add(self.up, 1);
+                    let ended = self.serve(&client, connection).await;
+                    if let Err(e) = ended {
+                        log::warn!("{}: postgres connection {} lost: {e}", self.application_name, self.slot);
                     }
+                    self.pool.slots[self.slot].borrow_mut().take();
+                    ShardMetrics::sub(self.up, 1);
                 }
                 Err(e) => {
                     ShardMetrics::add(self.failures, 1);
                     // One line per outage per connection, not one per retry.
                     if failures_logged == 0 {
                         log::warn!(
-                            "{}: cannot connect to postgres at {}: {e}; retrying",
+                            "{}: cannot connect to postgres at {:?}: {e}; retrying",
                             self.application_name,
-                            self.target.addr
+                            self.target.addrs
                         );
                     }
                     failures_logged += 1;
@@ -338,40 +314,67 @@ impl Supervisor {
         }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            Client,
-            tokio_postgres::Connection<tokio_util::compat::Compat<TcpStream>, tokio_postgres::tls::NoTlsStream>,
-        ),
-        String,
-    > {
-        let connect_timeout = ms(self.settings.connect_timeout_ms);
-        let attempt = async {
-            let stream = TcpStream::connect(self.target.addr).await.map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            let mut config = self.target.config.clone();
-            config.application_name(&self.application_name);
-            config
-                .connect_raw(stream.compat(), NoTls)
-                .await
-                .map_err(|e| e.to_string())
+    /// Drives the connection until it ends, or until its server has left a statement
+    /// unanswered past `statement_timeout_ms` + `deadline_margin_ms`: Postgres enforces
+    /// the statement timeout itself, so only a silent server or network gets that far.
+    /// Then every pending statement fails with a timeout and the connection is replaced.
+    async fn serve(&self, client: &Client, connection: percore_pg::Connection<TcpStream>) -> Result<(), percore_pg::Error> {
+        let deadline = ms(self.settings.statement_timeout_ms + self.settings.deadline_margin_ms);
+        let check = ms((self.settings.deadline_margin_ms / 2).max(10));
+        let watch = async {
+            loop {
+                runtime::sleep(check).await;
+                if client.waiting_since().is_some_and(|since| since.elapsed() > deadline) {
+                    client.abort();
+                    return;
+                }
+            }
         };
-        runtime::timeout(connect_timeout, attempt)
-            .await
-            .unwrap_or_else(|| Err("connect timed out".into()))
+        let mut connection = std::pin::pin!(connection);
+        match futures::future::select(connection.as_mut(), std::pin::pin!(watch)).await {
+            futures::future::Either::Left((ended, _)) => ended,
+            // Aborted: the driver fails what is pending and ends at its next poll.
+            futures::future::Either::Right(((), _)) => connection.await,
+        }
+    }
+
+    /// Logs in to the first host of the URL that accepts (and, with
+    /// `target_session_attrs=read-write`, takes writes), and prepares every statement.
+    async fn connect(&self) -> Result<(Client, percore_pg::Connection<TcpStream>), String> {
+        let connect_timeout = ms(self.settings.connect_timeout_ms);
+        let mut config = self.target.config.clone();
+        config.set_param("application_name", &self.application_name);
+        let statements: Vec<&str> = Stmt::ALL.iter().map(|stmt| stmt.sql()).collect();
+        let mut errors = Vec::new();
+        for addr in &self.target.addrs {
+            let attempt = async {
+                let stream = TcpStream::connect(*addr).await.map_err(|e| e.to_string())?;
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                percore_pg::connect(stream, &config, &statements)
+                    .await
+                    .map_err(|e| match e.as_db() {
+                        // A statement that does not prepare names itself by position.
+                        Some(db) => prepare_error(db),
+                        None => e.to_string(),
+                    })
+            };
+            match runtime::timeout(connect_timeout, attempt).await {
+                Some(Ok(connected)) => return Ok(connected),
+                Some(Err(e)) => errors.push(format!("{addr}: {e}")),
+                None => errors.push(format!("{addr}: connect timed out")),
+            }
+        }
+        Err(errors.join("; "))
     }
 }
 
-/// Prepares every statement, all in flight at once on the connection (one round trip's
-/// wait, not one per statement), in `Stmt::ALL` order.
-async fn prepare_all(client: &Client) -> Result<Vec<Statement>, String> {
-    let preparing = Stmt::ALL.iter().map(|stmt| async move {
-        client.prepare(stmt.sql()).await.map_err(|e| match e.as_db_error() {
-            Some(db) => format!("{stmt:?}: {}", db.message()),
-            None => format!("{stmt:?}: {e}"),
-        })
-    });
-    futures::future::try_join_all(preparing).await
+/// "statement N: message" from percore-pg, with the statement's name for N.
+fn prepare_error(db: &percore_pg::DbError) -> String {
+    let named = (db.message.strip_prefix("statement "))
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(n, message)| Some((Stmt::ALL.get(n.parse::<usize>().ok()?)?, message)));
+    match named {
+        Some((stmt, message)) => format!("preparing {stmt:?}: {message}"),
+        None => format!("{}: {}", db.severity, db.message),
+    }
 }

@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio_postgres::types::PgLsn;
+use percore_pg::types::PgLsn;
 
 /// The most replicas one percore reads from: metrics keep a fixed slot per replica.
 pub const REPLICAS_MAX: usize = 8;
@@ -306,8 +306,8 @@ impl Replicas {
 async fn position(pool: &Pool, stmt: Stmt, metrics: &ShardMetrics) -> Option<Option<u64>> {
     // Already admitted: a sample is never refused for a full queue, only waits its turn.
     let conn = pool.conn(Kind::Read, true, metrics).await.ok()?;
-    let row = conn.client.query_one(conn.statement(stmt), &[]).await.ok()?;
-    let lsn: Option<PgLsn> = row.try_get(0).ok()?;
+    let rows = conn.client.query(conn.statement(stmt), &[]).await.ok()?;
+    let lsn: Option<PgLsn> = rows.first()?.try_get(0).ok()?;
     Some(lsn.map(u64::from))
 }
 

@@ -23,8 +23,8 @@ use crate::replicas::OnPrimary;
 use crate::shard::Shard;
 use std::cell::Cell;
 use std::time::Instant;
-use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use percore_pg::Rows;
+use percore_pg::types::ToSql;
 
 /// The live-session condition on `sessions s`, for the token hash in `$1`.
 macro_rules! live_session {
@@ -460,7 +460,7 @@ impl<'a> Sql<'a> {
     }
 
     /// Runs `stmt` on the primary and returns its rows.
-    pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
+    pub async fn query(&self, stmt: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Rows, ApiError> {
         self.count(stmt);
         let conn = self.lease(&self.shard.db, stmt.kind()).await?;
         let rows = conn.client.query(conn.statement(stmt), params).await;
@@ -486,7 +486,7 @@ impl<'a> Sql<'a> {
         fills: &[Key],
         stmt: Stmt,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Rows, ApiError> {
         debug_assert!(stmt.may_run_on_replica(), "{stmt:?} may not leave the primary");
         if self.shard.replicas.is_empty() {
             return self.query(stmt, params).await;
@@ -513,8 +513,8 @@ impl<'a> Sql<'a> {
         fills: &[Key],
         stmt: Stmt,
         params: &[&(dyn ToSql + Sync)],
-        shown: impl Fn(&[Row]) -> Vec<Key>,
-    ) -> Result<Vec<Row>, ApiError> {
+        shown: impl Fn(&Rows) -> Vec<Key>,
+    ) -> Result<Rows, ApiError> {
         debug_assert!(stmt.checks_session_on_replica(), "{stmt:?} may not leave the primary");
         if self.shard.replicas.is_empty() {
             return self.query(stmt, params).await;
@@ -531,8 +531,8 @@ impl<'a> Sql<'a> {
         checks_session: bool,
         stmt: Stmt,
         params: &[&(dyn ToSql + Sync)],
-        shown: impl Fn(&[Row]) -> Vec<Key>,
-    ) -> Result<Vec<Row>, ApiError> {
+        shown: impl Fn(&Rows) -> Vec<Key>,
+    ) -> Result<Rows, ApiError> {
         let replicas = &self.shard.replicas;
         debug_assert!(!replicas.is_empty());
         let now = Instant::now();
@@ -633,10 +633,11 @@ impl<'a> Sql<'a> {
 }
 
 /// An error a replica read would meet on the primary too: not worth a second try.
-fn is_final(error: &tokio_postgres::Error) -> bool {
-    error
-        .code()
-        .is_some_and(|code| *code == tokio_postgres::error::SqlState::QUERY_CANCELED || code.code().starts_with("22"))
+fn is_final(error: &percore_pg::Error) -> bool {
+    matches!(error, percore_pg::Error::Timeout)
+        || error
+            .code()
+            .is_some_and(|code| code == percore_pg::QUERY_CANCELED || code.starts_with("22"))
 }
 
 fn unavailable(why: Unavailable) -> ApiError {
@@ -648,28 +649,31 @@ fn unavailable(why: Unavailable) -> ApiError {
     }
 }
 
-fn database_error(shard: &Shard, stmt: Stmt, error: tokio_postgres::Error) -> ApiError {
-    // 57014: query_canceled, which is how statement_timeout ends a statement.
-    if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
-        return ApiError::unavailable(
-            "database_timeout",
-            "the database did not answer in time; retry later",
-            1,
-        );
+fn database_error(shard: &Shard, stmt: Stmt, error: percore_pg::Error) -> ApiError {
+    let timeout = || ApiError::unavailable("database_timeout", "the database did not answer in time; retry later", 1);
+    match &error {
+        // 57014: query_canceled, which is how statement_timeout ends a statement.
+        percore_pg::Error::Db(db) if db.code == percore_pg::QUERY_CANCELED => timeout(),
+        // Class 22, data exception: a value Postgres cannot store (a NUL in text, say) that
+        // validation should have caught. The client's input, not our failure.
+        percore_pg::Error::Db(db) if db.code.starts_with("22") => {
+            log::warn!("shard {}: {stmt:?}: unvalidated bad value: {}", shard.id, db.message);
+            ApiError::new(422, "invalid_value", "a value cannot be stored")
+        }
+        // Silent past the client-side deadline: the connection is being replaced.
+        percore_pg::Error::Timeout => {
+            log::warn!("shard {}: {stmt:?}: {error}", shard.id);
+            timeout()
+        }
+        percore_pg::Error::Closed(_) => {
+            log::warn!("shard {}: {stmt:?}: {error}", shard.id);
+            unavailable(Unavailable::Down)
+        }
+        _ => {
+            log::error!("shard {}: {stmt:?} failed: {error}", shard.id);
+            ApiError::internal()
+        }
     }
-    // Class 22, data exception: a value Postgres cannot store (a NUL in text, say) that
-    // validation should have caught. The client's input, not our failure.
-    if let Some(db) = error.as_db_error().filter(|db| db.code().code().starts_with("22")) {
-        log::warn!("shard {}: {stmt:?}: unvalidated bad value: {}", shard.id, db.message());
-        return ApiError::new(422, "invalid_value", "a value cannot be stored");
-    }
-    let io = std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
-    if error.is_closed() || io {
-        log::warn!("shard {}: {stmt:?}: {error}", shard.id);
-        return unavailable(Unavailable::Down);
-    }
-    log::error!("shard {}: {stmt:?} failed: {error}", shard.id);
-    ApiError::internal()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 pub mod dev;
 mod postgres;
 mod process;
+pub mod proxy;
 mod redis;
 
 pub use postgres::Postgres;

@@ -32,6 +32,24 @@ impl Postgres {
         Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
     }
 
+    /// Always a server of our own, even when `TEST_DATABASE_URL` is set: for tests that
+    /// change the server itself (its pg_hba.conf, promotion, a kill).
+    pub fn own() -> Postgres {
+        Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
+    }
+
+    /// Puts `lines` before the server's pg_hba.conf entries (the first match wins) and
+    /// reloads it. Only for a server of our own.
+    pub fn prepend_hba(&self, lines: &str) {
+        let dir = self.dir.as_ref().expect("pg_hba.conf of a server of our own");
+        let hba = dir.join("data").join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+        std::fs::write(&hba, format!("{lines}\n{old}")).expect("writing pg_hba.conf");
+        let child = self.child.as_ref().expect("a running server");
+        // SAFETY: signalling our own child by pid; SIGHUP makes postgres reload its files.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    }
+
     fn start() -> Result<Postgres, String> {
         let template = template()?;
         let user = process::unprivileged_user();

@@ -153,7 +153,7 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
 
 /// Events from (id, kind, payload, created_at) rows, newest first, each serialized once;
 /// the all-NULL row of an empty `EventsPage` is skipped.
-fn page_events(rows: &[tokio_postgres::Row]) -> Result<Vec<PageEvent>, ApiError> {
+fn page_events(rows: &percore_pg::Rows) -> Result<Vec<PageEvent>, ApiError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(id) = row.get::<_, Option<i64>>(0) else {

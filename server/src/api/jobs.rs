@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::time::SystemTime;
-use tokio_postgres::Row;
+use percore_pg::Row;
 
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 const LIST_DEFAULT: i64 = 20;
@@ -165,7 +165,7 @@ fn idempotency_key<'a>(ctx: &Ctx<'a>) -> Result<Option<&'a str>, ApiError> {
     }
 }
 
-fn job_of(row: &Row) -> Result<Option<Job>, ApiError> {
+fn job_of(row: Row<'_>) -> Result<Option<Job>, ApiError> {
     let Some(id) = row.get::<_, Option<i64>>(1) else {
         return Ok(None);
     };

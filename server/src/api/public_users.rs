@@ -11,7 +11,7 @@ use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
 use serde::Serialize;
 use std::rc::Rc;
-use tokio_postgres::Row;
+use percore_pg::Row;
 
 #[derive(Serialize)]
 struct PublicUser {
@@ -23,7 +23,7 @@ struct PublicUser {
 
 /// The user's id and view as JSON; `None` for the row with a NULL id a LEFT JOIN yields
 /// when nothing matched.
-fn view(row: &Row) -> Option<(i64, Rc<[u8]>)> {
+fn view(row: Row<'_>) -> Option<(i64, Rc<[u8]>)> {
     let user = PublicUser {
         id: row.get::<_, Option<i64>>(0)?,
         name: row.get(1),
@@ -114,12 +114,14 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
             }
         }
         if from_db.is_empty() {
-            Vec::new()
+            None
         } else {
             let fills: Vec<Key> = from_db.iter().map(|id| Key::User(*id)).collect();
-            ctx.sql
-                .query_replica(&fills, Stmt::UsersPublicByIds, &[&from_db])
-                .await?
+            Some(
+                ctx.sql
+                    .query_replica(&fills, Stmt::UsersPublicByIds, &[&from_db])
+                    .await?,
+            )
         }
     } else {
         let fills: Vec<Key> = ids.iter().map(|id| Key::User(*id)).collect();
@@ -134,10 +136,10 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
             .await?;
         let first = rows.first().ok_or_else(auth::invalid_token)?;
         auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));
-        rows
+        Some(rows)
     };
     let mut stores = Vec::new();
-    for (id, json) in rows.iter().filter_map(view) {
+    for (id, json) in rows.iter().flat_map(|rows| rows.iter()).filter_map(view) {
         cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
         if let Some((_, generation)) = generations.iter().find(|(asked, _)| *asked == id) {
             stores.push((Key::User(id), generation.clone(), Cached::Json(json.clone())));

@@ -9,7 +9,7 @@ use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
+use percore_pg::Row;
 
 pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
 pub const BIO_CHARS_MAX: usize = 2000;
@@ -25,7 +25,7 @@ struct Profile {
 }
 
 impl Profile {
-    fn from_row(row: &Row, at: usize) -> Profile {
+    fn from_row(row: Row<'_>, at: usize) -> Profile {
         Profile {
             display_name: row.get(at),
             bio: row.get(at + 1),
@@ -45,7 +45,7 @@ struct Prefs {
 }
 
 impl Prefs {
-    fn from_row(row: &Row, at: usize) -> Prefs {
+    fn from_row(row: Row<'_>, at: usize) -> Prefs {
         Prefs {
             locale: row.get(at),
             timezone: row.get(at + 1),
@@ -99,7 +99,7 @@ pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Ans
 }
 
 /// `{user, profile, prefs}` from a `Me` or `MeById` row.
-fn me_json(row: &Row) -> Vec<u8> {
+fn me_json(row: Row<'_>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Me {
         user: super::identity::User,
