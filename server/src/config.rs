@@ -138,6 +138,9 @@ pub struct Workers {
     /// CPUs the worker threads may run on; empty means every CPU no shard uses (or unpinned).
     pub cpus: Vec<usize>,
     pub queue_depth_max: usize,
+    /// A task that waited longer than this for a worker is not run: 503 with Retry-After
+    /// at once, so a backlog bounds what a login waits. 0: never shed.
+    pub wait_ms_max: u64,
     pub retry_after_s: u64,
     /// Niceness of worker threads (0-19), so shards win shared cores.
     pub nice: i32,
@@ -152,8 +155,9 @@ impl Default for Workers {
             threads: 2,
             cpus: Vec::new(),
             queue_depth_max: 1024,
+            wait_ms_max: 250,
             retry_after_s: 1,
-            nice: 10,
+            nice: 0,
             // OWASP's Argon2id minimum: 19 MiB, 2 iterations, 1 lane.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,

@@ -158,6 +158,7 @@ pub struct Globals {
     pub worker_queue_depth: u64,
     pub worker_queue_capacity: u64,
     pub worker_rejected: u64,
+    pub worker_shed: u64,
     pub worker_threads_busy: u64,
     pub worker_completed: u64,
     pub db_connections_per_shard: u64,
@@ -306,10 +307,11 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
     }
     render_replicas(shards, globals.replicas as usize, out);
     #[rustfmt::skip]
-    let global: [(&str, &str, &str, u64); 6] = [
+    let global: [(&str, &str, &str, u64); 7] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
         ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
         ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
+        ("percore_worker_shed_total", "counter", "Tasks not run because they waited past workers.wait_ms_max (answered 503).", globals.worker_shed),
         ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
         ("percore_worker_tasks_completed_total", "counter", "Tasks the worker pool finished (e.g. password hashes and verifications).", globals.worker_completed),
         ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard, read and write.", globals.db_connections_per_shard),
@@ -426,6 +428,7 @@ mod tests {
             worker_queue_depth: 0,
             worker_queue_capacity: 1,
             worker_rejected: 0,
+            worker_shed: 0,
             worker_threads_busy: 0,
             worker_completed: 0,
             db_connections_per_shard: 2,

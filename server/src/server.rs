@@ -246,6 +246,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         cpus: placement.worker_cpus.clone(),
         queue_depth_max: config.workers.queue_depth_max,
         nice: config.workers.nice,
+        wait_ms_max: config.workers.wait_ms_max,
     })
     .map_err(|e| format!("starting the worker pool: {e}"))?;
 

@@ -119,7 +119,8 @@ fn sigterm_answers_every_request_already_read_and_exits_0() {
     let port = common::free_port();
     let text = common::Tuning {
         server: "shards = 2\nshutdown_timeout_ms = 8000",
-        workers: "threads = 2\nargon2_memory_kib = 65536\nargon2_iterations = 4",
+        // No shedding: the queued hashes are the in-flight work this test needs.
+        workers: "threads = 2\nwait_ms_max = 0\nargon2_memory_kib = 65536\nargon2_iterations = 4",
         ..common::Tuning::new(port, &services)
     }
     .render();

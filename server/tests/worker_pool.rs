@@ -26,7 +26,8 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
     // One shard alone on CPU 1; the worker, the hash load and the clients share CPU 0.
     let text = common::Tuning {
         server: "shards = 1\ncpus = [1]",
-        workers: "threads = 1\ncpus = [0]\nargon2_memory_kib = 65536\nargon2_iterations = 3",
+        // No shedding: four hashers keep the one worker busy on purpose.
+        workers: "threads = 1\ncpus = [0]\nwait_ms_max = 0\nargon2_memory_kib = 65536\nargon2_iterations = 3",
         ..common::Tuning::new(port, &services)
     }
     .render();
@@ -136,7 +137,8 @@ fn a_full_worker_queue_answers_503_with_retry_after() {
     let port = common::free_port();
     let text = common::Tuning {
         server: "shards = 1",
-        workers: "threads = 1\nqueue_depth_max = 1\nretry_after_s = 3\nargon2_memory_kib = 65536\nargon2_iterations = 6",
+        // No shedding: refusals here are the full queue's alone.
+        workers: "threads = 1\nqueue_depth_max = 1\nwait_ms_max = 0\nretry_after_s = 3\nargon2_memory_kib = 65536\nargon2_iterations = 6",
         ..common::Tuning::new(port, &services)
     }
     .render();
@@ -171,4 +173,57 @@ fn a_full_worker_queue_answers_503_with_retry_after() {
         metrics.contains(&format!("percore_worker_rejected_total {refused}")),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_hash_that_waited_past_wait_ms_max_is_shed_with_a_fast_503() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let services = Services::start();
+    let port = common::free_port();
+    let text = common::Tuning {
+        server: "shards = 1",
+        workers: "threads = 1\nqueue_depth_max = 64\nwait_ms_max = 150\nretry_after_s = 2\nargon2_memory_kib = 65536\nargon2_iterations = 3",
+        ..common::Tuning::new(port, &services)
+    }
+    .render();
+    let server = Server::start_with_config(port, &text, &[]);
+    let one = Instant::now();
+    assert_eq!(server.call("POST", "/bench/hash", None, None).status, 200);
+    let hash_time = one.elapsed();
+    // Twelve at once on one thread: the queue has room for all, but the ones that wait
+    // past 150 ms are not hashed; they are answered 503 when a worker reaches them.
+    let started = Instant::now();
+    let streams: Vec<_> = (0..12)
+        .map(|_| {
+            let stream = server.connect();
+            (&stream)
+                .write_all(b"POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let (mut hashed, mut shed) = (0, 0);
+    for stream in &streams {
+        let response = ResponseReader::new(stream).next(false).unwrap();
+        match response.status {
+            200 => hashed += 1,
+            503 => {
+                assert_eq!(response.error_code(), "workers_busy");
+                assert_eq!(response.header("Retry-After"), Some("2"));
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    let all = started.elapsed();
+    // Without the bound all twelve hash one after another (12 × hash_time); with it, the
+    // last answer comes within the bound plus the few hashes it lets through.
+    assert!(hashed >= 1 && shed >= 6, "hashed {hashed}, shed {shed} (one hash {hash_time:?})");
+    assert!(
+        all < Duration::from_millis(150) + hash_time * (hashed + 2),
+        "{all:?} for {hashed} hashes of {hash_time:?}"
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains(&format!("percore_worker_shed_total {shed}")), "{metrics}");
+    assert!(metrics.contains("percore_worker_rejected_total 0"), "none refused for a full queue");
 }

@@ -27,6 +27,10 @@ pub struct PoolConfig {
     /// Scheduling niceness for the threads (0-19): where workers share cores with shards,
     /// a positive value lets the shards win the CPU whenever they have work.
     pub nice: i32,
+    /// A task that waited longer than this in the queue is not run: its caller gets
+    /// `TaskFailed::Shed` at once (and answers 503 with Retry-After), so a backlog costs
+    /// callers a bounded wait instead of growing without limit. 0: never shed.
+    pub wait_ms_max: u64,
 }
 
 #[derive(Default, Debug)]
@@ -35,6 +39,8 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub panicked: AtomicU64,
     pub completed: AtomicU64,
+    /// Tasks dropped unrun because they waited past `wait_ms_max`.
+    pub shed: AtomicU64,
 }
 
 /// Owns the threads. Dropping every [`Handle`] and then calling [`Pool::join`] stops them
@@ -50,15 +56,21 @@ pub struct Handle {
     sender: Sender<Task>,
     stats: Arc<Stats>,
     capacity: usize,
+    wait_max: Option<std::time::Duration>,
 }
 
 /// The queue is at `queue_depth_max`; retry later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// The task panicked (its worker thread lives on) or the pool is shutting down.
+/// Why a queued task gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskLost;
+pub enum TaskFailed {
+    /// The task panicked (its worker thread lives on) or the pool is shutting down.
+    Lost,
+    /// It waited in the queue past `wait_ms_max` and was not run: retry later.
+    Shed,
+}
 
 impl Pool {
     pub fn start(config: &PoolConfig) -> std::io::Result<Pool> {
@@ -82,6 +94,7 @@ impl Pool {
                 sender,
                 stats,
                 capacity: config.queue_depth_max,
+                wait_max: (config.wait_ms_max > 0).then(|| std::time::Duration::from_millis(config.wait_ms_max)),
             },
             threads,
         })
@@ -111,7 +124,7 @@ fn run_worker(receiver: Receiver<Task>, stats: Arc<Stats>, cpu: Option<usize>, n
     // Blocking here is the point of this thread.
     while let Ok(task) = receiver.recv() {
         stats.busy.fetch_add(1, Relaxed);
-        // A panicking task loses its answer (the caller sees TaskLost), not the thread.
+        // A panicking task loses its answer (the caller sees TaskFailed::Lost), not the thread.
         if catch_unwind(AssertUnwindSafe(task)).is_err() {
             stats.panicked.fetch_add(1, Relaxed);
         }
@@ -133,23 +146,30 @@ pub(crate) fn set_nice(nice: i32) {
 }
 
 impl Handle {
-    /// Queues `work` without blocking. The returned future resolves to its result.
-    pub fn submit<R, F>(&self, work: F) -> Result<impl Future<Output = Result<R, TaskLost>> + use<R, F>, QueueFull>
+    /// Queues `work` without blocking. The returned future resolves to its result, or to
+    /// `Shed` at once when a worker reaches it after it waited past `wait_ms_max`.
+    pub fn submit<R, F>(&self, work: F) -> Result<impl Future<Output = Result<R, TaskFailed>> + use<R, F>, QueueFull>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
         let (reply, answer) = futures::channel::oneshot::channel();
         let stats = self.stats.clone();
+        let (queued, wait_max) = (std::time::Instant::now(), self.wait_max);
         let task: Task = Box::new(move || {
+            if wait_max.is_some_and(|max| queued.elapsed() > max) {
+                stats.shed.fetch_add(1, Relaxed);
+                let _ = reply.send(Err(TaskFailed::Shed));
+                return;
+            }
             let result = work();
             // Counted before the answer goes out, so whoever sees the answer sees the count.
             stats.completed.fetch_add(1, Relaxed);
             // The caller may have gone away (its request timed out); that is fine.
-            let _ = reply.send(result);
+            let _ = reply.send(Ok(result));
         });
         match self.sender.try_send(task) {
-            Ok(()) => Ok(async move { answer.await.map_err(|_| TaskLost) }),
+            Ok(()) => Ok(async move { answer.await.unwrap_or(Err(TaskFailed::Lost)) }),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.rejected.fetch_add(1, Relaxed);
                 Err(QueueFull)
@@ -181,6 +201,7 @@ mod tests {
             cpus: vec![],
             queue_depth_max: depth,
             nice: 0,
+            wait_ms_max: 0,
         })
         .unwrap()
     }
@@ -222,9 +243,37 @@ mod tests {
             .handle()
             .submit(|| -> u32 { panic!("task failure under test") })
             .unwrap();
-        assert_eq!(futures::executor::block_on(lost), Err(TaskLost));
+        assert_eq!(futures::executor::block_on(lost), Err(TaskFailed::Lost));
         let next = pool.handle().submit(|| 1).unwrap();
         assert_eq!(futures::executor::block_on(next), Ok(1));
+        pool.join();
+    }
+
+    #[test]
+    fn a_task_that_waited_past_the_bound_is_shed_unrun() {
+        let pool = Pool::start(&PoolConfig {
+            threads: 1,
+            cpus: vec![],
+            queue_depth_max: 8,
+            nice: 0,
+            wait_ms_max: 50,
+        })
+        .unwrap();
+        let handle = pool.handle();
+        let blocker = handle.submit(|| std::thread::sleep(Duration::from_millis(200))).unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let late = handle.submit(move || flag.store(true, Relaxed)).unwrap();
+        futures::executor::block_on(async {
+            blocker.await.unwrap();
+            assert_eq!(late.await, Err(TaskFailed::Shed));
+        });
+        assert!(!ran.load(Relaxed), "a shed task never runs");
+        assert_eq!(handle.stats().shed.load(Relaxed), 1);
+        // A task that waits less than the bound runs.
+        let prompt = handle.submit(|| 7).unwrap();
+        assert_eq!(futures::executor::block_on(prompt), Ok(7));
+        drop(handle);
         pool.join();
     }
 }

@@ -21,7 +21,7 @@ pub async fn hash(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> A
         .workers
         .submit(move || password::hash(params, &secret))
         .map_err(|_| workers_busy(shard))?;
-    let phc = pending.await.map_err(|_| ApiError::internal())?;
+    let phc = pending.await.map_err(|e| super::task_failed(shard, e))?;
     serde_json::to_writer(&mut *body, &serde_json::json!({ "hash": phc })).expect("writing JSON to a Vec cannot fail");
     Ok(Reply::json(200))
 }

@@ -88,7 +88,7 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         .workers
         .submit(move || password::hash(params, &secret))
         .map_err(|_| workers_busy(ctx.shard))?;
-    let phc = hashing.await.map_err(|_| ApiError::internal())?;
+    let phc = hashing.await.map_err(|e| super::task_failed(ctx.shard, e))?;
     // The welcome e-mail is a job committed with the user (the write-up's send_email.delay).
     let queue = super::job_queue(ctx.shard, "email");
     let welcome = serde_json::json!({
@@ -192,7 +192,7 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         .workers
         .submit(move || password::verify(&phc, &secret))
         .map_err(|_| workers_busy(ctx.shard))?;
-    if !verifying.await.map_err(|_| ApiError::internal())? {
+    if !verifying.await.map_err(|e| super::task_failed(ctx.shard, e))? {
         return Err(invalid_credentials());
     }
     let (token, token_hash) = auth::new_token()?;
@@ -225,10 +225,11 @@ async fn spend_verification(shard: &Shard, password: String) -> ApiError {
         .workers
         .submit(move || password::verify(&dummy, password.as_bytes()))
     {
-        Ok(verifying) => {
-            let _ = verifying.await;
-            invalid_credentials()
-        }
+        // Answered as a real verification would be: shed alike, else a wrong password.
+        Ok(verifying) => match verifying.await {
+            Err(percore_workers::TaskFailed::Shed) => super::task_failed(shard, percore_workers::TaskFailed::Shed),
+            _ => invalid_credentials(),
+        },
         Err(_) => workers_busy(shard),
     }
 }

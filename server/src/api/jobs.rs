@@ -275,7 +275,7 @@ pub async fn job_result(ctx: &Ctx<'_>, principal: &Principal, param: &str, body:
         .workers
         .submit(read)
         .map_err(|_| workers_busy(ctx.shard))?;
-    match reading.await.map_err(|_| ApiError::internal())? {
+    match reading.await.map_err(|e| super::task_failed(ctx.shard, e))? {
         Ok(bytes) => body.extend_from_slice(&bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::new(410, "artifact_gone", "the artifact is no longer stored"));

@@ -207,6 +207,19 @@ pub fn workers_busy(shard: &Shard) -> ApiError {
     )
 }
 
+/// A worker-pool task that gave no answer: shed after waiting past `workers.wait_ms_max`
+/// (503, retry), or lost to a panic (500).
+pub fn task_failed(shard: &Shard, failed: percore_workers::TaskFailed) -> ApiError {
+    match failed {
+        percore_workers::TaskFailed::Shed => ApiError::unavailable(
+            "workers_busy",
+            "the worker pool is behind; retry later",
+            shard.config().workers.retry_after_s,
+        ),
+        percore_workers::TaskFailed::Lost => ApiError::internal(),
+    }
+}
+
 /// Serializes a response body; our types always serialize.
 pub fn write_json(body: &mut Vec<u8>, value: &impl serde::Serialize) {
     serde_json::to_writer(body, value).expect("response types serialize to a Vec without fail");

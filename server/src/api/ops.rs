@@ -68,6 +68,7 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         worker_queue_depth: workers.queue_depth() as u64,
         worker_queue_capacity: workers.capacity() as u64,
         worker_rejected: workers.stats().rejected.load(Relaxed),
+        worker_shed: workers.stats().shed.load(Relaxed),
         worker_threads_busy: workers.stats().busy.load(Relaxed),
         worker_completed: workers.stats().completed.load(Relaxed),
         db_connections_per_shard: (shard.config().database.connections_per_shard
