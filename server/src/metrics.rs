@@ -115,16 +115,22 @@ pub struct ReplicaMetrics {
 
 impl ShardMetrics {
     pub fn record(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
+        self.record_many(endpoint, status, elapsed, 1);
+    }
+
+    /// `count` responses of one route and status that took `elapsed` each: a pipelined
+    /// batch read and flushed together is recorded once, not once per request.
+    pub fn record_many(&self, endpoint: Endpoint, status: u16, elapsed: Duration, count: u64) {
         let route = &self.routes[endpoint as usize];
         let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUS_SLOTS - 1);
-        bump(&route.by_status[slot], 1);
+        bump(&route.by_status[slot], count);
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = BUCKETS_US
             .iter()
             .position(|bound| micros <= *bound)
             .unwrap_or(BUCKETS_US.len());
-        bump(&route.latency_buckets[bucket], 1);
-        bump(&route.latency_sum_us, micros);
+        bump(&route.latency_buckets[bucket], count);
+        bump(&route.latency_sum_us, micros * count);
     }
 
     /// One request's SQL statements, by route.

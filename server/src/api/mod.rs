@@ -1,7 +1,7 @@
 //! Handlers: extract, call the domain, answer. They never name the runtime, and write
 //! their response body into the buffer they are given.
 //!
-//! `handle` is the core API's one hop: it routes, applies the auth middleware to every
+//! `dispatch` then `handle` are the core API's one hop: they route, apply the auth middleware to every
 //! route the table marks `Access::User`, hands the handler a statement-counting `Sql`, and
 //! records the statements each route ran.
 
@@ -41,8 +41,23 @@ pub struct Ctx<'a> {
 /// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
-/// Routes one request and runs its handler. Returns the endpoint for metrics.
-pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) -> (Endpoint, Answer) {
+/// A routed request whose handler must be awaited.
+pub struct Routed<'r> {
+    endpoint: Endpoint,
+    access: Access,
+    param: Option<&'r str>,
+}
+
+/// What routing decided without waiting: an answer already (a routing error, or one of
+/// the handlers that never wait), or a handler to run with `handle`.
+pub enum Dispatch<'r> {
+    Answered(Endpoint, Answer),
+    Pending(Routed<'r>),
+}
+
+/// Routes one request. Handlers that never wait and check nothing per client (probes,
+/// the benchmark's plaintext and json) answer here, with no future built for them.
+pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) -> Dispatch<'r> {
     let (endpoint, access, param) = match router::resolve(request.method, request.path, shard.config().bench.routes) {
         Resolved::Found {
             endpoint,
@@ -61,13 +76,11 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
             );
             let mut reply = crate::http::error::error_reply(&error, body);
             reply.headers.push(("Allow", allow));
-            return (Endpoint::MethodNotAllowed, Ok(reply));
+            return Dispatch::Answered(Endpoint::MethodNotAllowed, Ok(reply));
         }
         Resolved::NotFound => {
-            return (
-                Endpoint::NotFound,
-                Err(ApiError::new(404, "not_found", "no such route")),
-            );
+            let error = ApiError::new(404, "not_found", "no such route");
+            return Dispatch::Answered(Endpoint::NotFound, Err(error));
         }
     };
     // Over server.rss_bytes_max: shed the work that allocates, keep what operators watch.
@@ -75,8 +88,42 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         && !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics)
     {
         let error = ApiError::unavailable("memory_pressure", "the server is over its memory bound; retry later", 1);
-        return (endpoint, Err(error));
+        return Dispatch::Answered(endpoint, Err(error));
     }
+    // No rate class and no session: nothing but the handler itself to run.
+    debug_assert!(crate::rate_limit::Class::of(endpoint).is_none() || !is_immediate(endpoint));
+    match endpoint {
+        Endpoint::Healthz => Dispatch::Answered(endpoint, ops::healthz(body)),
+        Endpoint::Metrics => Dispatch::Answered(endpoint, ops::metrics(shard, body)),
+        Endpoint::OpenApi => {
+            body.extend_from_slice(OPENAPI_JSON.as_bytes());
+            Dispatch::Answered(endpoint, Ok(Reply::json(200)))
+        }
+        Endpoint::Plaintext => Dispatch::Answered(endpoint, techempower::plaintext(body)),
+        Endpoint::Json => Dispatch::Answered(endpoint, techempower::json(body)),
+        _ => Dispatch::Pending(Routed {
+            endpoint,
+            access,
+            param,
+        }),
+    }
+}
+
+/// The endpoints `dispatch` answers itself.
+fn is_immediate(endpoint: Endpoint) -> bool {
+    matches!(
+        endpoint,
+        Endpoint::Healthz | Endpoint::Metrics | Endpoint::OpenApi | Endpoint::Plaintext | Endpoint::Json
+    )
+}
+
+/// Runs the handler of a routed request. Returns the endpoint for metrics.
+pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, body: &mut Vec<u8>) -> (Endpoint, Answer) {
+    let Routed {
+        endpoint,
+        access,
+        param,
+    } = routed;
     // The auth middleware: once, here, for every route that needs it.
     let principal = match access {
         Access::User => match auth::authenticate(request) {
@@ -87,7 +134,8 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
     };
     let client_ip = shard.limiter.client_ip(request);
     let client = crate::rate_limit::client_key(principal.as_ref(), client_ip);
-    let client_id = crate::replicas::client_id(&client);
+    // Only replica routing reads it (a client's own writes): no hashing without replicas.
+    let client_id = if shard.replicas.is_empty() { 0 } else { crate::replicas::client_id(&client) };
     let ctx = Ctx {
         shard,
         request,
@@ -104,13 +152,7 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         return (endpoint, Ok(limits::too_many(&refused, body)));
     }
     let answer = match (endpoint, &principal) {
-        (Endpoint::Healthz, _) => ops::healthz(body),
         (Endpoint::Readyz, _) => ops::readyz(shard, &ctx.sql, body).await,
-        (Endpoint::Metrics, _) => ops::metrics(shard, body),
-        (Endpoint::OpenApi, _) => {
-            body.extend_from_slice(OPENAPI_JSON.as_bytes());
-            Ok(Reply::json(200))
-        }
         (Endpoint::Register, _) => identity::register(&ctx, body).await,
         (Endpoint::Login, _) => identity::login(&ctx, body).await,
         (Endpoint::Logout, Some(who)) => identity::logout(&ctx, who).await,
@@ -131,8 +173,6 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         (Endpoint::WebhookDeliveries, Some(who)) => {
             webhooks::deliveries(&ctx, who, param.unwrap_or_default(), body).await
         }
-        (Endpoint::Plaintext, _) => techempower::plaintext(body),
-        (Endpoint::Json, _) => techempower::json(body),
         (Endpoint::Db, _) => techempower::db(&ctx, body).await,
         (Endpoint::Queries, _) => techempower::queries(&ctx, body).await,
         (Endpoint::Fortunes, _) => techempower::fortunes(&ctx, body).await,
@@ -162,6 +202,9 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, body: &mut Vec<u8>) ->
         ) => unreachable!("the route table marks {endpoint:?} Access::User"),
         (Endpoint::NotFound | Endpoint::MethodNotAllowed | Endpoint::Malformed, _) => {
             unreachable!("pseudo-endpoints are never routed to")
+        }
+        (Endpoint::Healthz | Endpoint::Metrics | Endpoint::OpenApi | Endpoint::Plaintext | Endpoint::Json, _) => {
+            unreachable!("dispatch answers {endpoint:?} itself")
         }
     };
     let answer = match (answer, &principal) {

@@ -53,6 +53,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         deadline,
         ready_at: Instant::now(),
         encoded: Vec::with_capacity(32),
+        encoder: Encoder::new(SERVER, &shard.date),
         wrote_since_read: false,
         unanswered: 0,
     };
@@ -85,8 +86,10 @@ struct Conn {
     ready_at: Instant,
     /// A flush happened since the last read: the peer is still reading our answer.
     wrote_since_read: bool,
-    /// Responses encoded but not yet flushed: (endpoint, status, ready_at), for metrics.
-    encoded: Vec<(Endpoint, u16, Instant)>,
+    /// Responses encoded but not yet flushed, for metrics: (endpoint, status, ready_at,
+    /// how many in a row share all three).
+    encoded: Vec<(Endpoint, u16, Instant, u64)>,
+    encoder: Encoder,
     /// Requests read whose responses are not flushed yet (counted in `Shard::in_flight`).
     unanswered: usize,
 }
@@ -196,9 +199,20 @@ impl Conn {
                 body,
             );
             self.body_out.clear();
-            let dispatched = AssertUnwindSafe(crate::api::handle(&self.shard, &request, &mut self.body_out))
-                .catch_unwind()
-                .await;
+            // Routed, and answered when the handler never waits, without building a future;
+            // a panic either way becomes a 500 on this connection alone.
+            let routed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                crate::api::dispatch(&self.shard, &request, &mut self.body_out)
+            }));
+            let dispatched = match routed {
+                Ok(crate::api::Dispatch::Answered(endpoint, answer)) => Ok((endpoint, answer)),
+                Ok(crate::api::Dispatch::Pending(routed)) => {
+                    AssertUnwindSafe(crate::api::handle(&self.shard, &request, routed, &mut self.body_out))
+                        .catch_unwind()
+                        .await
+                }
+                Err(panic) => Err(panic),
+            };
             let (endpoint, reply) = match dispatched {
                 Ok((endpoint, Ok(reply))) => (endpoint, reply),
                 Ok((endpoint, Err(error))) => {
@@ -230,18 +244,15 @@ impl Conn {
             } else {
                 Persistence::Default
             };
-            let encoder = Encoder {
-                server: SERVER,
-                date: self.shard.date.get(),
-            };
-            encoder.encode(
+            self.encoder.follow(&self.shard.date);
+            self.encoder.encode(
                 &mut self.write,
                 &reply,
                 &self.body_out,
                 head.method == Method::Head,
                 persistence,
             );
-            self.encoded.push((endpoint, reply.status, self.ready_at));
+            self.note_encoded(endpoint, reply.status);
 
             self.start = request_end;
             if self.start == self.end {
@@ -371,8 +382,8 @@ impl Conn {
         // Latency ends when the response is handed to the kernel; one clock read per flush
         // serves every response of a pipelined batch.
         let flushed_at = Instant::now();
-        for (endpoint, status, ready_at) in self.encoded.drain(..) {
-            self.shard.metrics.record(endpoint, status, flushed_at - ready_at);
+        for (endpoint, status, ready_at, count) in self.encoded.drain(..) {
+            (self.shard.metrics).record_many(endpoint, status, flushed_at - ready_at, count);
         }
         if result.is_ok() {
             ShardMetrics::add(&self.shard.metrics.bytes_sent, self.write.len() as u64);
@@ -383,17 +394,22 @@ impl Conn {
         result
     }
 
+    /// Notes a response for the metrics recorded at the next flush.
+    fn note_encoded(&mut self, endpoint: Endpoint, status: u16) {
+        match self.encoded.last_mut() {
+            Some((e, s, at, count)) if *e == endpoint && *s == status && *at == self.ready_at => *count += 1,
+            _ => self.encoded.push((endpoint, status, self.ready_at, 1)),
+        }
+    }
+
     /// Answers a request that cannot be read further, then closes.
     async fn fail(&mut self, error: HttpError) -> io::Result<()> {
         let error = ApiError::from(error);
         self.body_out.clear();
         let reply = error_reply(&error, &mut self.body_out);
-        let encoder = Encoder {
-            server: SERVER,
-            date: self.shard.date.get(),
-        };
-        encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
-        self.encoded.push((Endpoint::Malformed, reply.status, self.ready_at));
+        self.encoder.follow(&self.shard.date);
+        self.encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
+        self.note_encoded(Endpoint::Malformed, reply.status);
         self.flush().await
     }
 }

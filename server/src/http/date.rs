@@ -42,6 +42,11 @@ impl DateCache {
     pub fn get(&self) -> [u8; DATE_LEN] {
         self.value.get()
     }
+
+    /// The second (since the epoch) the value shows: it changes when the value does.
+    pub fn second(&self) -> u64 {
+        self.rendered_at_s.get()
+    }
 }
 
 #[cfg(test)]
