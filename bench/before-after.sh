@@ -6,7 +6,8 @@
 #   bench/before-after.sh ROUTE BEFORE_BINARY [AFTER_BINARY]
 #     ROUTE: db | fortunes | queries?queries=20 | updates?queries=20 | json | ...
 #   env: ROUNDS (3), AXUM=1 adds axum_pg (built by ../shared/peers/compare into
-#        /tmp/percore-peers-target) with DB_CONNS (2) connections, as percore has.
+#        /tmp/percore-peers-target) with DB_CONNS (2) connections, as percore has;
+#        MAY=1 adds may_minihttp (plaintext and json only), built there too.
 # Build BEFORE from the commit before a change with:
 #   git worktree add /tmp/before COMMIT && cargo build --release --manifest-path /tmp/before/Cargo.toml
 set -euo pipefail
@@ -33,11 +34,15 @@ measure() {
 }
 
 axum=/tmp/percore-peers-target/release/axum_pg
+may=/tmp/percore-peers-target/release/may_hello
 for round in $(seq "$rounds"); do
   echo "round $round: /$route"
   measure before "$before" --config "$tmp/tuning.toml"
   measure after "$after" --config "$tmp/tuning.toml"
   if [ "${AXUM:-0}" = 1 ] && [ -x "$axum" ]; then
     DB_URL=$PERCORE_DATABASE_URL DB_CONNS=${DB_CONNS:-2} measure axum_pg "$axum" 1 8080
+  fi
+  if [ "${MAY:-0}" = 1 ] && [ -x "$may" ]; then
+    measure may_minihttp "$may" 1 8080
   fi
 done

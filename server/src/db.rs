@@ -8,7 +8,8 @@
 
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
-use crate::runtime::{self, Semaphore, StaticPermit, TcpStream};
+use crate::room::{Permit, Room};
+use crate::runtime::{self, TcpStream};
 use crate::sql::{Kind, Stmt};
 use percore_pg::{Client, Statement};
 use std::cell::{Cell, RefCell};
@@ -96,17 +97,15 @@ pub struct Pool {
 struct Group {
     slots: std::ops::Range<usize>,
     next: Cell<usize>,
-    room: Rc<Semaphore>,
-    queued: Cell<usize>,
+    room: Rc<Room>,
 }
 
 impl Group {
-    fn new(slots: std::ops::Range<usize>, pipeline_depth_max: usize) -> Group {
+    fn new(slots: std::ops::Range<usize>, pipeline_depth_max: usize, pool_wait: Duration) -> Group {
         Group {
-            room: Rc::new(Semaphore::new((slots.len() * pipeline_depth_max) as u64)),
+            room: Room::new(slots.len() * pipeline_depth_max, pool_wait),
             slots,
             next: Cell::new(0),
-            queued: Cell::new(0),
         }
     }
 }
@@ -123,7 +122,7 @@ pub enum Unavailable {
 /// A connection and a unit of its group's pipeline room, held while a statement runs.
 pub struct Lease {
     conn: Rc<Conn>,
-    _room: StaticPermit,
+    _room: Permit,
 }
 
 impl std::ops::Deref for Lease {
@@ -159,8 +158,8 @@ impl Pool {
         let depth = settings.pipeline_depth_max;
         let pool = Rc::new(Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
-            reads: Group::new(0..readers, depth),
-            writes: Group::new(readers..total, depth),
+            reads: Group::new(0..readers, depth, ms(settings.pool_wait_ms)),
+            writes: Group::new(readers..total, depth, ms(settings.pool_wait_ms)),
             pool_wait: ms(settings.pool_wait_ms),
             queued_max: settings.queued_max,
         });
@@ -221,21 +220,17 @@ impl Pool {
         group: &Group,
         admitted: bool,
         metrics: &ShardMetrics,
-    ) -> Result<StaticPermit, Unavailable> {
-        if let Ok(room) = group.room.try_acquire_static_permit(1) {
+    ) -> Result<Permit, Unavailable> {
+        if let Some(room) = group.room.try_take() {
             return Ok(room);
         }
-        if !admitted && group.queued.get() >= self.queued_max {
+        if !admitted && group.room.waiting() >= self.queued_max {
             ShardMetrics::add(&metrics.db_queue_full, 1);
             return Err(Unavailable::Busy);
         }
-        group.queued.set(group.queued.get() + 1);
-        let waited = runtime::timeout(self.pool_wait, group.room.acquire_static_permit(1)).await;
-        group.queued.set(group.queued.get() - 1);
-        match waited {
-            Some(Ok(room)) => Ok(room),
-            // Timed out, or the semaphore closed (never: the pool lives as long as the shard).
-            _ => {
+        match group.room.take().await {
+            Some(room) => Ok(room),
+            None => {
                 ShardMetrics::add(&metrics.db_pool_wait_timeouts, 1);
                 Err(Unavailable::Busy)
             }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod redis;
 pub mod replicas;
+pub mod room;
 pub mod router;
 pub mod runtime;
 pub mod server;

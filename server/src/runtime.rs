@@ -39,6 +39,22 @@ pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
     glommio::spawn_local(future).detach();
 }
 
+/// Lets the shard's other ready tasks run before this one goes on.
+pub async fn yield_now() {
+    glommio::executor().yield_task_queue_now().await;
+}
+
+/// Runs `main` on a fresh executor of its own and waits for it: unit tests of shard code.
+#[cfg(test)]
+pub fn run_for_test<G, F>(main: G)
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let executor = glommio::LocalExecutorBuilder::default().spawn(main).expect("a test executor");
+    executor.join().expect("the test's executor ran to the end");
+}
+
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
 }
