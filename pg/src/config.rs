@@ -37,7 +37,12 @@ pub struct Config {
 }
 
 /// Startup settings a URL may carry, besides the connection keys handled by name.
-const SESSION_PARAMS: [&str; 4] = ["application_name", "options", "statement_timeout", "client_connection_check_interval"];
+const SESSION_PARAMS: [&str; 4] = [
+    "application_name",
+    "options",
+    "statement_timeout",
+    "client_connection_check_interval",
+];
 
 const DEFAULT_PORT: u16 = 5432;
 
@@ -84,7 +89,9 @@ impl Config {
                 // the server or client cannot do TLS.
                 "disable" | "allow" | "prefer" => {}
                 "require" | "verify-ca" | "verify-full" => {
-                    return Err(format!("sslmode={value} is not supported yet (no TLS): use sslmode=disable or prefer"));
+                    return Err(format!(
+                        "sslmode={value} is not supported yet (no TLS): use sslmode=disable or prefer"
+                    ));
                 }
                 _ => return Err(format!("sslmode={value} is not a valid sslmode")),
             },
@@ -92,11 +99,17 @@ impl Config {
                 self.target_session_attrs = match value {
                     "any" => TargetSessionAttrs::Any,
                     "read-write" => TargetSessionAttrs::ReadWrite,
-                    _ => return Err(format!("target_session_attrs={value} is not supported: use any or read-write")),
+                    _ => {
+                        return Err(format!(
+                            "target_session_attrs={value} is not supported: use any or read-write"
+                        ));
+                    }
                 }
             }
             "connect_timeout" => {
-                let seconds: u64 = value.parse().map_err(|_| format!("connect_timeout={value} is not a number of seconds"))?;
+                let seconds: u64 = value
+                    .parse()
+                    .map_err(|_| format!("connect_timeout={value} is not a number of seconds"))?;
                 self.connect_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
             }
             _ if SESSION_PARAMS.contains(&key) => self.set_param(key, value),
@@ -130,7 +143,9 @@ fn parse_hosts(list: &str) -> Result<Vec<Host>, String> {
             let (name, port) = match entry.strip_prefix('[') {
                 // [v6]:port
                 Some(v6) => {
-                    let (name, after) = v6.split_once(']').ok_or_else(|| format!("host {entry:?} lacks its ]"))?;
+                    let (name, after) = v6
+                        .split_once(']')
+                        .ok_or_else(|| format!("host {entry:?} lacks its ]"))?;
                     (name, after.strip_prefix(':'))
                 }
                 None => match entry.rsplit_once(':') {
@@ -179,8 +194,14 @@ mod tests {
         assert_eq!(
             config.hosts,
             vec![
-                Host { name: "db1".into(), port: 6000 },
-                Host { name: "db2".into(), port: 5432 }
+                Host {
+                    name: "db1".into(),
+                    port: 6000
+                },
+                Host {
+                    name: "db2".into(),
+                    port: 5432
+                }
             ]
         );
         assert_eq!(config.target_session_attrs, TargetSessionAttrs::ReadWrite);
@@ -204,7 +225,11 @@ mod tests {
         assert!(Config::parse("mysql://h").is_err());
         let error = Config::parse("postgres://u:secret@h:notaport/db").unwrap_err();
         assert!(error.contains("notaport") && !error.contains("secret"), "{error}");
-        assert!(Config::parse("postgres://h/db?colour=blue").unwrap_err().contains("colour"));
+        assert!(
+            Config::parse("postgres://h/db?colour=blue")
+                .unwrap_err()
+                .contains("colour")
+        );
         assert!(Config::parse("postgres://h/db?target_session_attrs=standby").is_err());
         assert!(Config::parse("postgres://%2Fvar%2Frun/db").is_err());
     }
@@ -213,9 +238,21 @@ mod tests {
     fn defaults() {
         let config = Config::parse("postgres://").unwrap();
         assert_eq!(config.user, "postgres");
-        assert_eq!(config.hosts, vec![Host { name: "localhost".into(), port: 5432 }]);
+        assert_eq!(
+            config.hosts,
+            vec![Host {
+                name: "localhost".into(),
+                port: 5432
+            }]
+        );
         assert_eq!(config.target_session_attrs, TargetSessionAttrs::Any);
         let v6 = Config::parse("postgres://u@[::1]:5433/db").unwrap();
-        assert_eq!(v6.hosts, vec![Host { name: "::1".into(), port: 5433 }]);
+        assert_eq!(
+            v6.hosts,
+            vec![Host {
+                name: "::1".into(),
+                port: 5433
+            }]
+        );
     }
 }

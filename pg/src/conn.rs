@@ -182,7 +182,11 @@ impl Client {
     /// Encodes the statement into the write buffer and queues a slot for its answer.
     fn send(&self, statement: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<usize, Error> {
         if statement.generation != self.inner.generation {
-            debug_assert!(false, "statement {} sent on a connection that did not prepare it", statement.name);
+            debug_assert!(
+                false,
+                "statement {} sent on a connection that did not prepare it",
+                statement.name
+            );
             return Err(Error::Encode("statement prepared on another connection".into()));
         }
         if params.len() != statement.params.len() {
@@ -277,7 +281,10 @@ impl State {
 
     /// The front statement's answer is complete (its ReadyForQuery came).
     fn complete_front(&mut self) -> Result<(), Error> {
-        let index = self.pending.pop_front().ok_or_else(|| protocol("ReadyForQuery with nothing pending"))?;
+        let index = self
+            .pending
+            .pop_front()
+            .ok_or_else(|| protocol("ReadyForQuery with nothing pending"))?;
         if !self.pending.is_empty() {
             self.front_since = Instant::now();
         }
@@ -316,7 +323,10 @@ impl State {
     }
 
     fn front(&mut self) -> Result<&mut Slot, Error> {
-        let index = *self.pending.front().ok_or_else(|| protocol("an answer with nothing pending"))?;
+        let index = *self
+            .pending
+            .front()
+            .ok_or_else(|| protocol("an answer with nothing pending"))?;
         Ok(&mut self.slots[index])
     }
 }
@@ -457,7 +467,10 @@ fn handle(state: &mut State, tag: u8, frame: &[u8]) -> Result<(), Error> {
             // "UPDATE 3", "INSERT 0 1", "SELECT 7": the count is the last word.
             let tag = body.strip_suffix(&[0]).unwrap_or(body);
             let count = tag.rsplit(|b| *b == b' ').next().unwrap_or_default();
-            slot.affected = std::str::from_utf8(count).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+            slot.affected = std::str::from_utf8(count)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
         }
         backend::BIND_COMPLETE_TAG | backend::EMPTY_QUERY_RESPONSE_TAG => {
             state.front()?;
@@ -481,7 +494,10 @@ fn handle(state: &mut State, tag: u8, frame: &[u8]) -> Result<(), Error> {
 /// Copies a DataRow's columns into the slot's buffer and notes each column's span.
 fn take_row(slot: &mut Slot, body: &[u8]) -> Result<(), Error> {
     let bad = || protocol("a malformed DataRow");
-    let count = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).ok_or_else(bad)?;
+    let count = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(bad)?;
     if count as usize != slot.columns.len() {
         return Err(protocol("a DataRow whose width differs from the statement's"));
     }
@@ -490,7 +506,10 @@ fn take_row(slot: &mut Slot, body: &[u8]) -> Result<(), Error> {
     slot.buffers.data.extend_from_slice(values);
     let mut at = 0usize;
     for _ in 0..count {
-        let len = values.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(bad)?;
+        let len = values
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(bad)?;
         at += 4;
         slot.buffers.spans.push(Span {
             start: u32::try_from(base + at).map_err(|_| bad())?,
@@ -569,7 +588,9 @@ impl<S> Drop for Connection<S> {
         let mut state = self.client.inner.state.borrow_mut();
         state.driver = None;
         if state.closed.is_none() {
-            state.fail_all("the connection was dropped", || Error::Closed("the connection was dropped".into()));
+            state.fail_all("the connection was dropped", || {
+                Error::Closed("the connection was dropped".into())
+            });
         }
     }
 }

@@ -30,7 +30,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     async fn send(&mut self) -> Result<(), Error> {
         while !self.write.is_empty() {
             let (stream, write) = (&mut self.stream, &self.write);
-            let n = poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, write)).await.map_err(Error::io)?;
+            let n = poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, write))
+                .await
+                .map_err(Error::io)?;
             if n == 0 {
                 return Err(Error::Closed("the server stopped reading".into()));
             }
@@ -49,7 +51,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
             }
             let mut chunk = [0u8; 8192];
             let stream = &mut self.stream;
-            let n = poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut chunk)).await.map_err(Error::io)?;
+            let n = poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut chunk))
+                .await
+                .map_err(Error::io)?;
             if n == 0 {
                 return Err(Error::Closed("the server closed the connection during start-up".into()));
             }
@@ -94,7 +98,11 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     if read_only {
         // Older servers do not report in_hot_standby: ask.
         let answer = simple_query(&mut io, "SHOW transaction_read_only").await?;
-        if answer.first().and_then(|row| row.first()).is_some_and(|v| v.as_deref() == Some("on")) {
+        if answer
+            .first()
+            .and_then(|row| row.first())
+            .is_some_and(|v| v.as_deref() == Some("on"))
+        {
             return Err(Error::ReadOnly);
         }
     }
@@ -131,7 +139,9 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Handshake<S>, 
                     scram |= mechanism == sasl::SCRAM_SHA_256;
                 }
                 if !scram {
-                    return Err(Error::Closed("the server offers no SASL mechanism but SCRAM-SHA-256-PLUS, which needs TLS".into()));
+                    return Err(Error::Closed(
+                        "the server offers no SASL mechanism but SCRAM-SHA-256-PLUS, which needs TLS".into(),
+                    ));
                 }
                 let mut exchange = sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
                 frontend::sasl_initial_response(sasl::SCRAM_SHA_256, exchange.message(), &mut io.write)
@@ -149,7 +159,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Handshake<S>, 
                 exchange.finish(body.data()).map_err(Error::io)?;
                 continue;
             }
-            _ => return Err(Error::Closed("an authentication method percore does not support (use scram-sha-256, md5, password or trust)".into())),
+            _ => {
+                return Err(Error::Closed(
+                    "an authentication method percore does not support (use scram-sha-256, md5, password or trust)"
+                        .into(),
+                ));
+            }
         }
         io.send().await?;
     }
@@ -199,7 +214,11 @@ async fn prepare<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(error);
     }
     if described.len() != statements.len() {
-        return Err(Error::Closed(format!("prepared {} of {} statements", described.len(), statements.len())));
+        return Err(Error::Closed(format!(
+            "prepared {} of {} statements",
+            described.len(),
+            statements.len()
+        )));
     }
     let types = resolve_types(io, &described).await?;
     let lookup = |oid: &u32| types.iter().find(|t| t.oid() == *oid).cloned().expect("resolved above");
@@ -225,7 +244,11 @@ async fn resolve_types<S: AsyncRead + AsyncWrite + Unpin>(
     oids.sort_unstable();
     oids.dedup();
     let mut types: Vec<Type> = oids.iter().filter_map(|oid| Type::from_oid(*oid)).collect();
-    let unknown: Vec<String> = oids.iter().filter(|oid| Type::from_oid(**oid).is_none()).map(u32::to_string).collect();
+    let unknown: Vec<String> = oids
+        .iter()
+        .filter(|oid| Type::from_oid(**oid).is_none())
+        .map(u32::to_string)
+        .collect();
     if unknown.is_empty() {
         return Ok(types);
     }
@@ -235,7 +258,9 @@ async fn resolve_types<S: AsyncRead + AsyncWrite + Unpin>(
     );
     for row in simple_query(io, &sql).await? {
         let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-        let oid = text(0).parse().map_err(|_| Error::Closed("pg_type gave a bad oid".into()))?;
+        let oid = text(0)
+            .parse()
+            .map_err(|_| Error::Closed("pg_type gave a bad oid".into()))?;
         types.push(Type::new(text(1), oid, Kind::Simple, text(2)));
     }
     if types.len() != oids.len() {

@@ -22,7 +22,9 @@ fn on_shard<F: Future<Output = ()> + 'static>(test: impl FnOnce() -> F + Send + 
 async fn connect(url: &str, statements: &[&str]) -> Result<Client, Error> {
     let config = Config::parse(url).expect("url");
     let host = &config.hosts[0];
-    let stream = glommio::net::TcpStream::connect((host.name.as_str(), host.port)).await.map_err(|e| Error::Closed(e.to_string()))?;
+    let stream = glommio::net::TcpStream::connect((host.name.as_str(), host.port))
+        .await
+        .map_err(|e| Error::Closed(e.to_string()))?;
     let (client, connection) = percore_pg::connect(stream, &config, statements).await?;
     glommio::spawn_local(async move {
         let _ = connection.await;
@@ -45,8 +47,19 @@ fn every_type_percore_uses_round_trips() {
         let ids: Vec<i64> = vec![1, -2, i64::MAX];
         let words: Vec<String> = vec!["x".into(), "".into(), "with space".into()];
         let (none_int, none_text) = (None::<i32>, None::<String>);
-        let params: [&(dyn ToSql + Sync); 11] =
-            [&-7i32, &(1i64 << 40), &"héllo", &true, &at, &json, &bytes, &ids, &words, &none_int, &none_text];
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &-7i32,
+            &(1i64 << 40),
+            &"héllo",
+            &true,
+            &at,
+            &json,
+            &bytes,
+            &ids,
+            &words,
+            &none_int,
+            &none_text,
+        ];
         let rows = client.query(client.statement(0), &params).await.unwrap();
         assert_eq!(rows.len(), 1);
         let row = rows.first().unwrap();
@@ -64,8 +77,23 @@ fn every_type_percore_uses_round_trips() {
         // A type that does not convert is an error, not a wrong value.
         assert!(matches!(row.try_get::<_, i64>(0), Err(Error::Decode(_))));
         // And a parameter of the wrong type is refused before anything is sent.
-        let wrong: [&(dyn ToSql + Sync); 11] = [&"not an int", &1i64, &"", &true, &at, &json, &bytes, &ids, &words, &none_int, &none_text];
-        assert!(matches!(client.query(client.statement(0), &wrong).await, Err(Error::Encode(_))));
+        let wrong: [&(dyn ToSql + Sync); 11] = [
+            &"not an int",
+            &1i64,
+            &"",
+            &true,
+            &at,
+            &json,
+            &bytes,
+            &ids,
+            &words,
+            &none_int,
+            &none_text,
+        ];
+        assert!(matches!(
+            client.query(client.statement(0), &wrong).await,
+            Err(Error::Encode(_))
+        ));
         // The connection is still fine after both.
         assert_eq!(client.query(client.statement(0), &params).await.unwrap().len(), 1);
     });
@@ -76,7 +104,9 @@ fn an_error_in_a_pipeline_fails_only_its_own_statement() {
     let postgres = Postgres::throwaway();
     let url = postgres.url.clone();
     on_shard(move || async move {
-        let client = connect(&url, &["SELECT 100 / $1::int4", "SELECT generate_series(1, $1::int4)"]).await.unwrap();
+        let client = connect(&url, &["SELECT 100 / $1::int4", "SELECT generate_series(1, $1::int4)"])
+            .await
+            .unwrap();
         // All encoded before the driver runs: one send, one pipeline.
         let divisors = [1i32, 0, 5, 0, 10];
         let answers = join_all(divisors.iter().map(|d| {
@@ -112,10 +142,20 @@ fn a_terminated_backend_fails_what_is_pending_and_a_new_connection_serves() {
     let postgres = Postgres::throwaway();
     let url = postgres.url.clone();
     on_shard(move || async move {
-        let statements = ["SELECT pg_backend_pid()", "SELECT pg_sleep($1::float8)", "SELECT pg_terminate_backend($1::int4)"];
+        let statements = [
+            "SELECT pg_backend_pid()",
+            "SELECT pg_sleep($1::float8)",
+            "SELECT pg_terminate_backend($1::int4)",
+        ];
         let victim = connect(&url, &statements).await.unwrap();
         let killer = connect(&url, &statements).await.unwrap();
-        let pid: i32 = victim.query(victim.statement(0), &[]).await.unwrap().first().unwrap().get(0);
+        let pid: i32 = victim
+            .query(victim.statement(0), &[])
+            .await
+            .unwrap()
+            .first()
+            .unwrap()
+            .get(0);
         let pending = join_all((0..5).map(|_| {
             let victim = victim.clone();
             async move { victim.query(victim.statement(1), &[&2.0f64]).await }
@@ -126,12 +166,18 @@ fn a_terminated_backend_fails_what_is_pending_and_a_new_connection_serves() {
         };
         let started = Instant::now();
         let (answers, _) = futures::join!(pending, kill);
-        assert!(started.elapsed() < Duration::from_secs(2), "failed at once, not after the sleeps");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "failed at once, not after the sleeps"
+        );
         for answer in answers {
             assert!(matches!(answer, Err(Error::Closed(_))), "{answer:?}");
         }
         assert!(victim.is_closed());
-        assert!(matches!(victim.query(victim.statement(0), &[]).await, Err(Error::Closed(_))));
+        assert!(matches!(
+            victim.query(victim.statement(0), &[]).await,
+            Err(Error::Closed(_))
+        ));
         let again = connect(&url, &statements).await.unwrap();
         assert_eq!(again.query(again.statement(1), &[&0.0f64]).await.unwrap().len(), 1);
     });
@@ -163,10 +209,25 @@ fn scram_md5_and_cleartext_logins_work_and_a_wrong_password_is_named() {
         for i in 0..4 {
             admin.execute(admin.statement(i), &[]).await.unwrap();
         }
-        assert!(admin.query(admin.statement(4), &[]).await.unwrap().first().unwrap().get::<_, bool>(0), "stored as md5");
-        for (user, password) in [("scram_user", "s3cret%20p%40ss"), ("md5_user", "md5%20pass"), ("clear_user", "clear%20pass")] {
+        assert!(
+            admin
+                .query(admin.statement(4), &[])
+                .await
+                .unwrap()
+                .first()
+                .unwrap()
+                .get::<_, bool>(0),
+            "stored as md5"
+        );
+        for (user, password) in [
+            ("scram_user", "s3cret%20p%40ss"),
+            ("md5_user", "md5%20pass"),
+            ("clear_user", "clear%20pass"),
+        ] {
             let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/postgres");
-            let client = connect(&url, &["SELECT current_user::text"]).await.unwrap_or_else(|e| panic!("{user}: {e}"));
+            let client = connect(&url, &["SELECT current_user::text"])
+                .await
+                .unwrap_or_else(|e| panic!("{user}: {e}"));
             let rows = client.query(client.statement(0), &[]).await.unwrap();
             assert_eq!(rows.first().unwrap().get::<_, String>(0), user);
         }
@@ -175,7 +236,11 @@ fn scram_md5_and_cleartext_logins_work_and_a_wrong_password_is_named() {
             match connect(&url, &[]).await {
                 Err(Error::Db(db)) => {
                     assert_eq!(db.code, percore_pg::INVALID_PASSWORD, "{user}");
-                    assert!(db.message.contains("password authentication failed"), "{user}: {}", db.message);
+                    assert!(
+                        db.message.contains("password authentication failed"),
+                        "{user}: {}",
+                        db.message
+                    );
                 }
                 Err(e) => panic!("{user}: {e}"),
                 Ok(_) => panic!("{user}: a wrong password logged in"),
@@ -225,7 +290,10 @@ fn a_silent_server_is_detected_by_the_caller_and_fails_what_is_pending() {
         for answer in answers {
             assert!(matches!(answer, Err(Error::Timeout)), "{answer:?}");
         }
-        assert!(waited >= deadline && waited < deadline + Duration::from_millis(500), "{waited:?}");
+        assert!(
+            waited >= deadline && waited < deadline + Duration::from_millis(500),
+            "{waited:?}"
+        );
         assert!(client.is_closed());
     });
 }
@@ -237,13 +305,30 @@ fn a_standby_is_refused_when_read_write_is_asked_and_accepted_otherwise() {
     let (primary_port, standby_port) = (primary.port, standby.port);
     on_shard(move || async move {
         let sql = ["SELECT pg_is_in_recovery()"];
-        let read_write = format!("postgres://postgres@127.0.0.1:{standby_port}/postgres?target_session_attrs=read-write");
+        let read_write =
+            format!("postgres://postgres@127.0.0.1:{standby_port}/postgres?target_session_attrs=read-write");
         assert!(matches!(connect(&read_write, &sql).await, Err(Error::ReadOnly)));
         let any = format!("postgres://postgres@127.0.0.1:{standby_port}/postgres");
         let client = connect(&any, &sql).await.unwrap();
-        assert!(client.query(client.statement(0), &[]).await.unwrap().first().unwrap().get::<_, bool>(0));
+        assert!(
+            client
+                .query(client.statement(0), &[])
+                .await
+                .unwrap()
+                .first()
+                .unwrap()
+                .get::<_, bool>(0)
+        );
         let primary = format!("postgres://postgres@127.0.0.1:{primary_port}/postgres?target_session_attrs=read-write");
         let client = connect(&primary, &sql).await.unwrap();
-        assert!(!client.query(client.statement(0), &[]).await.unwrap().first().unwrap().get::<_, bool>(0));
+        assert!(
+            !client
+                .query(client.statement(0), &[])
+                .await
+                .unwrap()
+                .first()
+                .unwrap()
+                .get::<_, bool>(0)
+        );
     });
 }

@@ -215,12 +215,7 @@ impl Pool {
     }
 
     /// A unit of `group`'s pipeline room: at once if free, else after waiting in line.
-    async fn room_in(
-        &self,
-        group: &Group,
-        admitted: bool,
-        metrics: &ShardMetrics,
-    ) -> Result<Permit, Unavailable> {
+    async fn room_in(&self, group: &Group, admitted: bool, metrics: &ShardMetrics) -> Result<Permit, Unavailable> {
         if let Some(room) = group.room.try_take() {
             return Ok(room);
         }
@@ -313,7 +308,11 @@ impl Supervisor {
     /// unanswered past `statement_timeout_ms` + `deadline_margin_ms`: Postgres enforces
     /// the statement timeout itself, so only a silent server or network gets that far.
     /// Then every pending statement fails with a timeout and the connection is replaced.
-    async fn serve(&self, client: &Client, connection: percore_pg::Connection<TcpStream>) -> Result<(), percore_pg::Error> {
+    async fn serve(
+        &self,
+        client: &Client,
+        connection: percore_pg::Connection<TcpStream>,
+    ) -> Result<(), percore_pg::Error> {
         let deadline = ms(self.settings.statement_timeout_ms + self.settings.deadline_margin_ms);
         let check = ms((self.settings.deadline_margin_ms / 2).max(10));
         let watch = async {

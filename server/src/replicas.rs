@@ -34,12 +34,12 @@ use crate::db::{Pool, Role, Target};
 use crate::metrics::ShardMetrics;
 use crate::runtime;
 use crate::sql::{Kind, Stmt};
+use percore_pg::types::PgLsn;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use percore_pg::types::PgLsn;
 
 /// The most replicas one percore reads from: metrics keep a fixed slot per replica.
 pub const REPLICAS_MAX: usize = 8;

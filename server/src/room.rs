@@ -180,7 +180,9 @@ impl Future for Take {
             }
             State::Granted => {
                 self.waiter = None;
-                Poll::Ready(Some(Permit { room: self.room.clone() }))
+                Poll::Ready(Some(Permit {
+                    room: self.room.clone(),
+                }))
             }
             State::Gone => {
                 self.waiter = None;
@@ -249,7 +251,10 @@ mod tests {
             let started = Instant::now();
             assert!(room.take().await.is_none(), "no unit within the wait");
             let waited = started.elapsed();
-            assert!(waited >= Duration::from_millis(50) && waited < Duration::from_millis(500), "{waited:?}");
+            assert!(
+                waited >= Duration::from_millis(50) && waited < Duration::from_millis(500),
+                "{waited:?}"
+            );
             // Granted, then dropped before it was polled again: the unit is not lost.
             let pending = room.take();
             drop(held);

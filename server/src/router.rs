@@ -266,10 +266,9 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     let (mut a_words, mut b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words_equal = a_words
-        .by_ref()
-        .zip(b_words.by_ref())
-        .all(|(x, y)| u64::from_ne_bytes(x.try_into().expect("8 bytes")) == u64::from_ne_bytes(y.try_into().expect("8 bytes")));
+    let words_equal = a_words.by_ref().zip(b_words.by_ref()).all(|(x, y)| {
+        u64::from_ne_bytes(x.try_into().expect("8 bytes")) == u64::from_ne_bytes(y.try_into().expect("8 bytes"))
+    });
     words_equal && a_words.remainder().iter().zip(b_words.remainder()).all(|(x, y)| x == y)
 }
 

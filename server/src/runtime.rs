@@ -51,7 +51,9 @@ where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = ()> + 'static,
 {
-    let executor = glommio::LocalExecutorBuilder::default().spawn(main).expect("a test executor");
+    let executor = glommio::LocalExecutorBuilder::default()
+        .spawn(main)
+        .expect("a test executor");
     executor.join().expect("the test's executor ran to the end");
 }
 

@@ -21,10 +21,10 @@ use crate::http::ApiError;
 use crate::metrics::ShardMetrics;
 use crate::replicas::OnPrimary;
 use crate::shard::Shard;
-use std::cell::Cell;
-use std::time::Instant;
 use percore_pg::Rows;
 use percore_pg::types::ToSql;
+use std::cell::Cell;
+use std::time::Instant;
 
 /// The live-session condition on `sessions s`, for the token hash in `$1`.
 macro_rules! live_session {
@@ -650,7 +650,13 @@ fn unavailable(why: Unavailable) -> ApiError {
 }
 
 fn database_error(shard: &Shard, stmt: Stmt, error: percore_pg::Error) -> ApiError {
-    let timeout = || ApiError::unavailable("database_timeout", "the database did not answer in time; retry later", 1);
+    let timeout = || {
+        ApiError::unavailable(
+            "database_timeout",
+            "the database did not answer in time; retry later",
+            1,
+        )
+    };
     match &error {
         // 57014: query_canceled, which is how statement_timeout ends a statement.
         percore_pg::Error::Db(db) if db.code == percore_pg::QUERY_CANCELED => timeout(),

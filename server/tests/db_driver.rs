@@ -46,12 +46,20 @@ fn a_silent_postgres_gets_503_within_the_deadline_and_service_resumes_on_its_own
     let started = Instant::now();
     let ready = server.get("/readyz");
     assert_eq!(ready.status, 503, "{}", ready.text());
-    assert!(started.elapsed() < Duration::from_millis(DEADLINE_MS + 1_000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(DEADLINE_MS + 1_000),
+        "{:?}",
+        started.elapsed()
+    );
 
     proxy.heal();
     let healed = Instant::now();
     while server.get("/db").status != 404 {
-        assert!(healed.elapsed() < Duration::from_secs(10), "no recovery: {}", server.stderr());
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "no recovery: {}",
+            server.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(server.get("/readyz").status, 200);
@@ -61,7 +69,11 @@ fn a_silent_postgres_gets_503_within_the_deadline_and_service_resumes_on_its_own
 fn wait_ready(server: &Server) {
     let started = Instant::now();
     while server.get("/readyz").status != 200 {
-        assert!(started.elapsed() < Duration::from_secs(10), "not ready: {}", server.stderr());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not ready: {}",
+            server.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -110,7 +122,11 @@ fn after_a_failover_writes_resume_through_the_new_primary_without_a_restart() {
             break;
         }
         assert_eq!(created.status, 503, "{}", created.text());
-        assert!(promoted.elapsed() < Duration::from_secs(15), "writes did not resume: {}", server.stderr());
+        assert!(
+            promoted.elapsed() < Duration::from_secs(15),
+            "writes did not resume: {}",
+            server.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!(
@@ -125,7 +141,12 @@ fn after_a_failover_writes_resume_through_the_new_primary_without_a_restart() {
     // Every shard writes there (each shard has its own connections).
     for i in 0..8 {
         let (_, token) = server.sign_up(&format!("shard{i}"));
-        let posted = server.call("POST", "/v1/events", Some(&token), Some(&serde_json::json!({"kind": "k", "payload": {}})));
+        let posted = server.call(
+            "POST",
+            "/v1/events",
+            Some(&token),
+            Some(&serde_json::json!({"kind": "k", "payload": {}})),
+        );
         assert_eq!(posted.status, 201, "{}", posted.text());
     }
 }

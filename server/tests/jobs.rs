@@ -186,7 +186,11 @@ fn a_full_queue_answers_503_and_other_queues_still_accept() {
             .map(|_| {
                 scope.spawn(|| {
                     let response = post_job(&server, &token, &pdf, None);
-                    let code = if response.status == 202 { String::new() } else { response.error_code() };
+                    let code = if response.status == 202 {
+                        String::new()
+                    } else {
+                        response.error_code()
+                    };
                     (response.status, code)
                 })
             })
@@ -195,7 +199,12 @@ fn a_full_queue_answers_503_and_other_queues_still_accept() {
     });
     let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
     assert!((3..=4).contains(&accepted), "{answers:?}");
-    assert!(answers.iter().all(|(s, code)| *s == 202 || (*s == 503 && code == "queue_full")), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, code)| *s == 202 || (*s == 503 && code == "queue_full")),
+        "{answers:?}"
+    );
     let refused = post_job(&server, &token, &pdf, None);
     assert_eq!((refused.status, refused.error_code().as_str()), (503, "queue_full"));
     assert_eq!(refused.header("retry-after"), Some("1"));

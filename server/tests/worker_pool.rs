@@ -218,12 +218,21 @@ fn a_hash_that_waited_past_wait_ms_max_is_shed_with_a_fast_503() {
     let all = started.elapsed();
     // Without the bound all twelve hash one after another (12 × hash_time); with it, the
     // last answer comes within the bound plus the few hashes it lets through.
-    assert!(hashed >= 1 && shed >= 6, "hashed {hashed}, shed {shed} (one hash {hash_time:?})");
+    assert!(
+        hashed >= 1 && shed >= 6,
+        "hashed {hashed}, shed {shed} (one hash {hash_time:?})"
+    );
     assert!(
         all < Duration::from_millis(150) + hash_time * (hashed + 2),
         "{all:?} for {hashed} hashes of {hash_time:?}"
     );
     let metrics = server.get("/metrics").text();
-    assert!(metrics.contains(&format!("percore_worker_shed_total {shed}")), "{metrics}");
-    assert!(metrics.contains("percore_worker_rejected_total 0"), "none refused for a full queue");
+    assert!(
+        metrics.contains(&format!("percore_worker_shed_total {shed}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("percore_worker_rejected_total 0"),
+        "none refused for a full queue"
+    );
 }

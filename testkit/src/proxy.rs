@@ -69,7 +69,11 @@ impl Drop for FaultProxy {
 fn serve(client: TcpStream, target_port: u16, state: Arc<State>) {
     let epoch = state.epoch.load(Ordering::SeqCst);
     let forwarding = !state.blackhole.load(Ordering::SeqCst);
-    let upstream = if forwarding { TcpStream::connect(("127.0.0.1", target_port)).ok() } else { None };
+    let upstream = if forwarding {
+        TcpStream::connect(("127.0.0.1", target_port)).ok()
+    } else {
+        None
+    };
     let Some(upstream) = upstream else {
         // Silent: swallow what the client sends until it gives up.
         swallow(client);

@@ -260,7 +260,9 @@ mod tests {
         })
         .unwrap();
         let handle = pool.handle();
-        let blocker = handle.submit(|| std::thread::sleep(Duration::from_millis(200))).unwrap();
+        let blocker = handle
+            .submit(|| std::thread::sleep(Duration::from_millis(200)))
+            .unwrap();
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
         let late = handle.submit(move || flag.store(true, Relaxed)).unwrap();

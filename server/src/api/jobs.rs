@@ -12,11 +12,11 @@ use super::{Answer, Ctx, extract, workers_busy, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
+use percore_pg::Row;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::time::SystemTime;
-use percore_pg::Row;
 
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 const LIST_DEFAULT: i64 = 20;

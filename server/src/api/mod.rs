@@ -118,7 +118,12 @@ fn is_immediate(endpoint: Endpoint) -> bool {
 }
 
 /// Runs the handler of a routed request. Returns the endpoint for metrics.
-pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, body: &mut Vec<u8>) -> (Endpoint, Answer) {
+pub async fn handle(
+    shard: &Shard,
+    request: &Request<'_>,
+    routed: Routed<'_>,
+    body: &mut Vec<u8>,
+) -> (Endpoint, Answer) {
     let Routed {
         endpoint,
         access,
@@ -135,7 +140,11 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, bo
     let client_ip = shard.limiter.client_ip(request);
     let client = crate::rate_limit::client_key(principal.as_ref(), client_ip);
     // Only replica routing reads it (a client's own writes): no hashing without replicas.
-    let client_id = if shard.replicas.is_empty() { 0 } else { crate::replicas::client_id(&client) };
+    let client_id = if shard.replicas.is_empty() {
+        0
+    } else {
+        crate::replicas::client_id(&client)
+    };
     let ctx = Ctx {
         shard,
         request,

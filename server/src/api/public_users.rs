@@ -9,9 +9,9 @@ use crate::cache::{Cached, Key};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
+use percore_pg::Row;
 use serde::Serialize;
 use std::rc::Rc;
-use percore_pg::Row;
 
 #[derive(Serialize)]
 struct PublicUser {

@@ -8,8 +8,8 @@ use crate::cache::{Cached, Key, bus};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::sql::Stmt;
-use serde::{Deserialize, Serialize};
 use percore_pg::Row;
+use serde::{Deserialize, Serialize};
 
 pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
 pub const BIO_CHARS_MAX: usize = 2000;

@@ -408,7 +408,8 @@ impl Conn {
         self.body_out.clear();
         let reply = error_reply(&error, &mut self.body_out);
         self.encoder.follow(&self.shard.date);
-        self.encoder.encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
+        self.encoder
+            .encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
         self.note_encoded(Endpoint::Malformed, reply.status);
         self.flush().await
     }

@@ -207,7 +207,13 @@ mod tests {
         let encoder = encoder(b"percore");
         for (content_type, body) in [(JSON, &b"{\"a\":1}"[..]), (TEXT, b"Hello, World!"), (TEXT, b"")] {
             let mut fast = Vec::new();
-            encoder.encode(&mut fast, &Reply::new(200, content_type), body, false, Persistence::Default);
+            encoder.encode(
+                &mut fast,
+                &Reply::new(200, content_type),
+                body,
+                false,
+                Persistence::Default,
+            );
             // An extra header takes the field-by-field path; without it, the text must match.
             let mut slow = Vec::new();
             let reply = Reply::new(200, content_type).with_header("X", "y");
@@ -221,6 +227,10 @@ mod tests {
         moved.follow(&date);
         let mut out = Vec::new();
         moved.encode(&mut out, &Reply::new(200, TEXT), b"x", false, Persistence::Default);
-        assert!(String::from_utf8(out).unwrap().contains("Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n")
+        );
     }
 }
