@@ -63,6 +63,8 @@ pub enum Error {
     Decode(String),
     /// `target_session_attrs=read-write` and the server is a standby.
     ReadOnly,
+    /// Statement `index` (in the order given to `connect`) did not prepare.
+    Prepare { index: usize, error: DbError },
 }
 
 impl Error {
@@ -97,6 +99,11 @@ impl fmt::Display for Error {
             Error::Encode(why) => write!(f, "encoding a parameter: {why}"),
             Error::Decode(why) => write!(f, "decoding a column: {why}"),
             Error::ReadOnly => f.write_str("the server is read-only (a standby) and read-write was asked"),
+            Error::Prepare { index, error } => write!(
+                f,
+                "preparing statement {index}: {}: {} ({})",
+                error.severity, error.message, error.code
+            ),
         }
     }
 }

@@ -190,9 +190,11 @@ async fn prepare<S: AsyncRead + AsyncWrite + Unpin>(
         let message = match io.receive().await {
             Ok(message) => message,
             // The statement that failed is the next undescribed one; the server skips to Sync.
-            Err(Error::Db(mut db)) if failed.is_none() => {
-                db.message = format!("statement {}: {}", described.len(), db.message);
-                failed = Some(Error::Db(db));
+            Err(Error::Db(error)) if failed.is_none() => {
+                failed = Some(Error::Prepare {
+                    index: described.len(),
+                    error,
+                });
                 continue;
             }
             Err(e) => return Err(e),

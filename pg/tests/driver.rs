@@ -138,6 +138,28 @@ fn an_error_in_a_pipeline_fails_only_its_own_statement() {
 }
 
 #[test]
+fn a_statement_that_does_not_prepare_is_named_by_its_position() {
+    let postgres = Postgres::throwaway();
+    let url = postgres.url.clone();
+    on_shard(move || async move {
+        let statements = ["SELECT 1", "SELECT 2", "SELECT * FROM no_such_table", "SELECT 4"];
+        match connect(&url, &statements).await {
+            Err(Error::Prepare { index, error }) => {
+                assert_eq!(index, 2);
+                assert_eq!(error.code, "42P01", "undefined_table");
+                assert!(error.message.contains("no_such_table"), "{}", error.message);
+            }
+            Err(other) => panic!("not a prepare error: {other}"),
+            Ok(_) => panic!("a statement on a missing table prepared"),
+        }
+        // The server skipped to Sync after the failure: a new connection prepares fine.
+        let client = connect(&url, &statements[..2]).await.unwrap();
+        let rows = client.query(client.statement(1), &[]).await.unwrap();
+        assert_eq!(rows.first().unwrap().get::<_, i32>(0), 2);
+    });
+}
+
+#[test]
 fn a_terminated_backend_fails_what_is_pending_and_a_new_connection_serves() {
     let postgres = Postgres::throwaway();
     let url = postgres.url.clone();

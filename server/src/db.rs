@@ -155,12 +155,12 @@ impl Pool {
             Role::Replica(_) => 0,
         };
         let total = readers + writers;
-        let depth = settings.pipeline_depth_max;
+        let (depth, pool_wait) = (settings.pipeline_depth_max, ms(settings.pool_wait_ms));
         let pool = Rc::new(Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
-            reads: Group::new(0..readers, depth, ms(settings.pool_wait_ms)),
-            writes: Group::new(readers..total, depth, ms(settings.pool_wait_ms)),
-            pool_wait: ms(settings.pool_wait_ms),
+            reads: Group::new(0..readers, depth, pool_wait),
+            writes: Group::new(readers..total, depth, pool_wait),
+            pool_wait,
             queued_max: settings.queued_max,
         });
         for slot in 0..total {
@@ -346,10 +346,13 @@ impl Supervisor {
                 stream.set_nodelay(true).map_err(|e| e.to_string())?;
                 percore_pg::connect(stream, &config, &statements)
                     .await
-                    .map_err(|e| match e.as_db() {
-                        // A statement that does not prepare names itself by position.
-                        Some(db) => prepare_error(db),
-                        None => e.to_string(),
+                    .map_err(|e| match e {
+                        // A statement that does not prepare, by its name.
+                        percore_pg::Error::Prepare { index, error } => match Stmt::ALL.get(index) {
+                            Some(stmt) => format!("preparing {stmt:?}: {}", error.message),
+                            None => format!("preparing statement {index}: {}", error.message),
+                        },
+                        e => e.to_string(),
                     })
             };
             match runtime::timeout(connect_timeout, attempt).await {
@@ -359,16 +362,5 @@ impl Supervisor {
             }
         }
         Err(errors.join("; "))
-    }
-}
-
-/// "statement N: message" from percore-pg, with the statement's name for N.
-fn prepare_error(db: &percore_pg::DbError) -> String {
-    let named = (db.message.strip_prefix("statement "))
-        .and_then(|rest| rest.split_once(": "))
-        .and_then(|(n, message)| Some((Stmt::ALL.get(n.parse::<usize>().ok()?)?, message)));
-    match named {
-        Some((stmt, message)) => format!("preparing {stmt:?}: {message}"),
-        None => format!("{}: {}", db.severity, db.message),
     }
 }
