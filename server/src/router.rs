@@ -248,7 +248,7 @@ pub enum Resolved<'a> {
 fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     let pattern = route.path.as_bytes();
     if route.is_literal() {
-        return same_bytes(pattern, path.as_bytes()).then_some(None);
+        return (pattern == path.as_bytes()).then_some(None);
     }
     let (prefix, suffix) = (&pattern[..route.param_open], &pattern[route.param_end..]);
     let bytes = path.as_bytes();
@@ -258,18 +258,6 @@ fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     // The prefix and suffix are ASCII, so these offsets are character boundaries.
     let param = &path[prefix.len()..path.len() - suffix.len()];
     (!param.contains('/')).then_some(Some(param))
-}
-
-/// `a == b` for short paths without a call into libc's memcmp: eight bytes at a time.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut a_words, mut b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words_equal = a_words.by_ref().zip(b_words.by_ref()).all(|(x, y)| {
-        u64::from_ne_bytes(x.try_into().expect("8 bytes")) == u64::from_ne_bytes(y.try_into().expect("8 bytes"))
-    });
-    words_equal && a_words.remainder().iter().zip(b_words.remainder()).all(|(x, y)| x == y)
 }
 
 /// The routes a path of each length can match: those without a parameter whose pattern

@@ -227,7 +227,7 @@ async fn spend_verification(shard: &Shard, password: String) -> ApiError {
     {
         // Answered as a real verification would be: shed alike, else a wrong password.
         Ok(verifying) => match verifying.await {
-            Err(percore_workers::TaskFailed::Shed) => super::task_failed(shard, percore_workers::TaskFailed::Shed),
+            Err(shed @ percore_workers::TaskFailed::Shed) => super::task_failed(shard, shed),
             _ => invalid_credentials(),
         },
         Err(_) => workers_busy(shard),

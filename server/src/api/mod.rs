@@ -90,31 +90,33 @@ pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) ->
         let error = ApiError::unavailable("memory_pressure", "the server is over its memory bound; retry later", 1);
         return Dispatch::Answered(endpoint, Err(error));
     }
-    // No rate class and no session: nothing but the handler itself to run.
-    debug_assert!(crate::rate_limit::Class::of(endpoint).is_none() || !is_immediate(endpoint));
-    match endpoint {
-        Endpoint::Healthz => Dispatch::Answered(endpoint, ops::healthz(body)),
-        Endpoint::Metrics => Dispatch::Answered(endpoint, ops::metrics(shard, body)),
+    let answer = match endpoint {
+        Endpoint::Healthz => ops::healthz(body),
+        Endpoint::Metrics => ops::metrics(shard, body),
         Endpoint::OpenApi => {
             body.extend_from_slice(OPENAPI_JSON.as_bytes());
-            Dispatch::Answered(endpoint, Ok(Reply::json(200)))
+            Ok(Reply::json(200))
         }
-        Endpoint::Plaintext => Dispatch::Answered(endpoint, techempower::plaintext(body)),
-        Endpoint::Json => Dispatch::Answered(endpoint, techempower::json(body)),
-        _ => Dispatch::Pending(Routed {
-            endpoint,
-            access,
-            param,
-        }),
-    }
-}
-
-/// The endpoints `dispatch` answers itself.
-fn is_immediate(endpoint: Endpoint) -> bool {
-    matches!(
-        endpoint,
-        Endpoint::Healthz | Endpoint::Metrics | Endpoint::OpenApi | Endpoint::Plaintext | Endpoint::Json
-    )
+        Endpoint::Plaintext => techempower::plaintext(body),
+        Endpoint::Json => techempower::json(body),
+        _ => {
+            return Dispatch::Pending(Routed {
+                endpoint,
+                access,
+                param,
+            });
+        }
+    };
+    // Answered without the rate limit and the session check that `handle` applies.
+    debug_assert!(
+        access == Access::Public || access == Access::Bench,
+        "{endpoint:?} needs a session"
+    );
+    debug_assert!(
+        crate::rate_limit::Class::of(endpoint).is_none(),
+        "{endpoint:?} has a rate class"
+    );
+    Dispatch::Answered(endpoint, answer)
 }
 
 /// Runs the handler of a routed request. Returns the endpoint for metrics.
@@ -254,7 +256,7 @@ pub fn job_queue<'a>(shard: &'a Shard, kind: &str) -> &'a percore_workers::jobs:
 pub fn workers_busy(shard: &Shard) -> ApiError {
     ApiError::unavailable(
         "workers_busy",
-        "the worker queue is full; retry later",
+        "the worker pool is busy; retry later",
         shard.config().workers.retry_after_s,
     )
 }
@@ -263,11 +265,7 @@ pub fn workers_busy(shard: &Shard) -> ApiError {
 /// (503, retry), or lost to a panic (500).
 pub fn task_failed(shard: &Shard, failed: percore_workers::TaskFailed) -> ApiError {
     match failed {
-        percore_workers::TaskFailed::Shed => ApiError::unavailable(
-            "workers_busy",
-            "the worker pool is behind; retry later",
-            shard.config().workers.retry_after_s,
-        ),
+        percore_workers::TaskFailed::Shed => workers_busy(shard),
         percore_workers::TaskFailed::Lost => ApiError::internal(),
     }
 }

@@ -127,6 +127,25 @@ proptest! {
     }
 
     #[test]
+    fn the_request_line_limit_is_the_same_for_a_complete_and_a_partial_head(
+        over in -3i64..=3,
+        crlf in any::<bool>(),
+        leading_empty_lines in 0usize..3,
+    ) {
+        // A line of exactly `max + over` bytes with its line ending's CR, if any.
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let fixed = "GET / HTTP/1.1".len() + eol.len() - 1;
+        let filler = (LIMITS.request_line_bytes_max as i64 + over) as usize - fixed;
+        let line = format!("{}GET /{} HTTP/1.1{eol}", eol.repeat(leading_empty_lines), "a".repeat(filler));
+        let head = format!("{line}Host: t{eol}{eol}");
+        let too_long = over > 0;
+        // Complete: the length comes from httparse's spans.
+        prop_assert_eq!(matches!(parse(head.as_bytes()), Err(HttpError::UriTooLong)), too_long);
+        // Partial (the head's last line missing): the length comes from the scan.
+        prop_assert_eq!(matches!(parse(line.as_bytes()), Err(HttpError::UriTooLong)), too_long);
+    }
+
+    #[test]
     fn a_head_split_anywhere_is_partial_until_its_last_byte(head in valid_head(), tail in "[ -~]{0,20}") {
         let whole = parse(&head).expect("a generated head is valid");
         prop_assert!(whole != "partial");
