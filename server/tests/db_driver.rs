@@ -16,15 +16,13 @@ fn a_silent_postgres_gets_503_within_the_deadline_and_service_resumes_on_its_own
     let services = Services::start();
     let proxy = FaultProxy::start(services.postgres.port);
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
-    let port = common::free_port();
-    let text = Tuning {
+    let server = Tuning {
         database_url: &url,
         server: "shards = 1",
         database: "statement_timeout_ms = 1000\ndeadline_margin_ms = 500\nconnect_timeout_ms = 1000\nreconnect_backoff_ms_max = 200",
-        ..Tuning::new(port, &services)
+        ..Tuning::new(common::free_port(), &services)
     }
-    .render();
-    let server = Server::start_with_config(port, &text, &[]);
+    .start();
     wait_ready(&server);
     // /db reads the (unseeded) world table: 404 is Postgres answering.
     assert_eq!(server.get("/db").status, 404);
@@ -91,15 +89,13 @@ fn after_a_failover_writes_resume_through_the_new_primary_without_a_restart() {
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let port = common::free_port();
-    let text = Tuning {
+    let server = Tuning {
         database_url: &url,
         server: "shards = 2",
         database: "reconnect_backoff_ms_max = 200\nconnect_timeout_ms = 1000",
-        ..Tuning::new(port, &services)
+        ..Tuning::new(common::free_port(), &services)
     }
-    .render();
-    let server = Server::start_with_config(port, &text, &[]);
+    .start();
     wait_ready(&server);
     server.sign_up("before");
 

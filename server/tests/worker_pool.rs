@@ -2,7 +2,7 @@
 //! continuously, a cheap route on the same shard stays fast; a full queue answers 503.
 
 mod common;
-use common::{ResponseReader, Server, Services};
+use common::{ResponseReader, Services};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,16 +22,14 @@ fn pin_to(cpu: usize) {
 fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let services = Services::start();
-    let port = common::free_port();
     // One shard alone on CPU 1; the worker, the hash load and the clients share CPU 0.
-    let text = common::Tuning {
+    let server = common::Tuning {
         server: "shards = 1\ncpus = [1]",
         // No shedding: four hashers keep the one worker busy on purpose.
         workers: "threads = 1\ncpus = [0]\nwait_ms_max = 0\nargon2_memory_kib = 65536\nargon2_iterations = 3",
-        ..common::Tuning::new(port, &services)
+        ..common::Tuning::new(common::free_port(), &services)
     }
-    .render();
-    let server = Server::start_with_config(port, &text, &[]);
+    .start();
 
     // What one hash costs on this machine today, with nothing else running: were hashing
     // done on the shard, a cheap request arriving behind one would wait about this long.
@@ -134,15 +132,13 @@ fn argon2_on_the_pool_leaves_a_cheap_route_on_the_same_shard_fast() {
 fn a_full_worker_queue_answers_503_with_retry_after() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let services = Services::start();
-    let port = common::free_port();
-    let text = common::Tuning {
+    let server = common::Tuning {
         server: "shards = 1",
         // No shedding: refusals here are the full queue's alone.
         workers: "threads = 1\nqueue_depth_max = 1\nwait_ms_max = 0\nretry_after_s = 3\nargon2_memory_kib = 65536\nargon2_iterations = 6",
-        ..common::Tuning::new(port, &services)
+        ..common::Tuning::new(common::free_port(), &services)
     }
-    .render();
-    let server = Server::start_with_config(port, &text, &[]);
+    .start();
     // Ten hashes at once on one thread with a queue of one: most must be refused at once.
     let streams: Vec<_> = (0..10)
         .map(|_| {
@@ -179,14 +175,12 @@ fn a_full_worker_queue_answers_503_with_retry_after() {
 fn a_hash_that_waited_past_wait_ms_max_is_shed_with_a_fast_503() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let services = Services::start();
-    let port = common::free_port();
-    let text = common::Tuning {
+    let server = common::Tuning {
         server: "shards = 1",
         workers: "threads = 1\nqueue_depth_max = 64\nwait_ms_max = 150\nretry_after_s = 2\nargon2_memory_kib = 65536\nargon2_iterations = 3",
-        ..common::Tuning::new(port, &services)
+        ..common::Tuning::new(common::free_port(), &services)
     }
-    .render();
-    let server = Server::start_with_config(port, &text, &[]);
+    .start();
     let one = Instant::now();
     assert_eq!(server.call("POST", "/bench/hash", None, None).status, 200);
     let hash_time = one.elapsed();

@@ -81,6 +81,11 @@ impl<'a> Tuning<'a> {
              [redis]\nurl = \"{redis_url}\"\n[workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n{extra}\n"
         )
     }
+
+    /// Starts `percore` with this tuning on its port and waits for /healthz.
+    pub fn start(&self) -> Server {
+        Server::start_with_config(self.port, &self.render(), &[])
+    }
 }
 
 impl Server {
