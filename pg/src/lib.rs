@@ -24,7 +24,7 @@ mod startup;
 pub use config::{Config, Host, TargetSessionAttrs};
 pub use conn::{Client, Connection, Statement};
 pub use error::{DbError, Error, INVALID_PASSWORD, QUERY_CANCELED};
-pub use rows::{ColumnIndex, Row, Rows};
+pub use rows::{Row, Rows};
 pub use startup::connect;
 
 /// The value conversions: `ToSql` for parameters, `FromSql` for columns.

@@ -107,18 +107,6 @@ pub struct Row<'a> {
     index: usize,
 }
 
-/// A column position (by number only: statements are prepared by percore itself, so
-/// names add nothing but a lookup).
-pub trait ColumnIndex: Copy + std::fmt::Display {
-    fn index(self) -> usize;
-}
-
-impl ColumnIndex for usize {
-    fn index(self) -> usize {
-        self
-    }
-}
-
 impl<'a> Row<'a> {
     pub fn len(&self) -> usize {
         self.rows.columns.len()
@@ -128,18 +116,18 @@ impl<'a> Row<'a> {
         self.len() == 0
     }
 
-    /// The value of column `column`. Panics when the column does not exist or its type
-    /// does not convert to `T`: both are mistakes in the code that wrote the statement.
-    pub fn get<I: ColumnIndex, T: FromSql<'a>>(&self, column: I) -> T {
+    /// The value of column `column` (by position: statements are percore's own, so names
+    /// would add only a lookup). Panics when the column does not exist or its type does
+    /// not convert to `T`: both are mistakes in the code that wrote the statement.
+    pub fn get<T: FromSql<'a>>(&self, column: usize) -> T {
         match self.try_get(column) {
             Ok(value) => value,
             Err(e) => panic!("column {column}: {e}"),
         }
     }
 
-    pub fn try_get<I: ColumnIndex, T: FromSql<'a>>(&self, column: I) -> Result<T, Error> {
+    pub fn try_get<T: FromSql<'a>>(&self, at: usize) -> Result<T, Error> {
         let rows: &'a Rows = self.rows;
-        let at = column.index();
         let columns = rows.columns.len();
         let ty = rows
             .columns

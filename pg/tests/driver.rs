@@ -63,19 +63,19 @@ fn every_type_percore_uses_round_trips() {
         let rows = client.query(client.statement(0), &params).await.unwrap();
         assert_eq!(rows.len(), 1);
         let row = rows.first().unwrap();
-        assert_eq!(row.get::<_, i32>(0), -7);
-        assert_eq!(row.get::<_, i64>(1), 1 << 40);
-        assert_eq!(row.get::<_, &str>(2), "héllo");
-        assert!(row.get::<_, bool>(3));
-        assert_eq!(row.get::<_, SystemTime>(4), at);
-        assert_eq!(row.get::<_, serde_json::Value>(5), json);
-        assert_eq!(row.get::<_, Vec<u8>>(6), bytes);
-        assert_eq!(row.get::<_, Vec<i64>>(7), ids);
-        assert_eq!(row.get::<_, Vec<String>>(8), words);
-        assert_eq!(row.get::<_, Option<i32>>(9), None);
-        assert_eq!(row.get::<_, Option<String>>(10), None);
+        assert_eq!(row.get::<i32>(0), -7);
+        assert_eq!(row.get::<i64>(1), 1 << 40);
+        assert_eq!(row.get::<&str>(2), "héllo");
+        assert!(row.get::<bool>(3));
+        assert_eq!(row.get::<SystemTime>(4), at);
+        assert_eq!(row.get::<serde_json::Value>(5), json);
+        assert_eq!(row.get::<Vec<u8>>(6), bytes);
+        assert_eq!(row.get::<Vec<i64>>(7), ids);
+        assert_eq!(row.get::<Vec<String>>(8), words);
+        assert_eq!(row.get::<Option<i32>>(9), None);
+        assert_eq!(row.get::<Option<String>>(10), None);
         // A type that does not convert is an error, not a wrong value.
-        assert!(matches!(row.try_get::<_, i64>(0), Err(Error::Decode(_))));
+        assert!(matches!(row.try_get::<i64>(0), Err(Error::Decode(_))));
         // And a parameter of the wrong type is refused before anything is sent.
         let wrong: [&(dyn ToSql + Sync); 11] = [
             &"not an int",
@@ -117,7 +117,7 @@ fn an_error_in_a_pipeline_fails_only_its_own_statement() {
         for (divisor, answer) in divisors.iter().zip(answers) {
             match (divisor, answer) {
                 (0, Err(Error::Db(db))) => assert_eq!(db.code, "22012", "division_by_zero"),
-                (d, Ok(rows)) => assert_eq!(rows.first().unwrap().get::<_, i32>(0), 100 / d),
+                (d, Ok(rows)) => assert_eq!(rows.first().unwrap().get::<i32>(0), 100 / d),
                 (d, other) => panic!("divisor {d}: {other:?}"),
             }
         }
@@ -130,7 +130,7 @@ fn an_error_in_a_pipeline_fails_only_its_own_statement() {
         .await;
         for (n, rows) in counts.iter().zip(&answers) {
             assert_eq!(rows.len(), *n as usize);
-            let sum: i32 = rows.iter().map(|row| row.get::<_, i32>(0)).sum();
+            let sum: i32 = rows.iter().map(|row| row.get::<i32>(0)).sum();
             assert_eq!(sum, n * (n + 1) / 2);
         }
         assert_eq!(client.pending(), 0);
@@ -155,7 +155,7 @@ fn a_statement_that_does_not_prepare_is_named_by_its_position() {
         // The server skipped to Sync after the failure: a new connection prepares fine.
         let client = connect(&url, &statements[..2]).await.unwrap();
         let rows = client.query(client.statement(1), &[]).await.unwrap();
-        assert_eq!(rows.first().unwrap().get::<_, i32>(0), 2);
+        assert_eq!(rows.first().unwrap().get::<i32>(0), 2);
     });
 }
 
@@ -238,7 +238,7 @@ fn scram_md5_and_cleartext_logins_work_and_a_wrong_password_is_named() {
                 .unwrap()
                 .first()
                 .unwrap()
-                .get::<_, bool>(0),
+                .get::<bool>(0),
             "stored as md5"
         );
         for (user, password) in [
@@ -251,7 +251,7 @@ fn scram_md5_and_cleartext_logins_work_and_a_wrong_password_is_named() {
                 .await
                 .unwrap_or_else(|e| panic!("{user}: {e}"));
             let rows = client.query(client.statement(0), &[]).await.unwrap();
-            assert_eq!(rows.first().unwrap().get::<_, String>(0), user);
+            assert_eq!(rows.first().unwrap().get::<String>(0), user);
         }
         for user in ["scram_user", "md5_user", "clear_user"] {
             let url = format!("postgres://{user}:wrong@127.0.0.1:{port}/postgres");
@@ -339,7 +339,7 @@ fn a_standby_is_refused_when_read_write_is_asked_and_accepted_otherwise() {
                 .unwrap()
                 .first()
                 .unwrap()
-                .get::<_, bool>(0)
+                .get::<bool>(0)
         );
         let primary = format!("postgres://postgres@127.0.0.1:{primary_port}/postgres?target_session_attrs=read-write");
         let client = connect(&primary, &sql).await.unwrap();
@@ -350,7 +350,7 @@ fn a_standby_is_refused_when_read_write_is_asked_and_accepted_otherwise() {
                 .unwrap()
                 .first()
                 .unwrap()
-                .get::<_, bool>(0)
+                .get::<bool>(0)
         );
     });
 }

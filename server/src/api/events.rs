@@ -83,7 +83,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    for _ in 0..row.get::<_, i64>(3) {
+    for _ in 0..row.get::<i64>(3) {
         webhooks.wake();
     }
     bus::invalidate(ctx.shard, &[Key::Events(row.get(2))]).await;
@@ -156,7 +156,7 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
 fn page_events(rows: &percore_pg::Rows) -> Result<Vec<PageEvent>, ApiError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let Some(id) = row.get::<_, Option<i64>>(0) else {
+        let Some(id) = row.get::<Option<i64>>(0) else {
             continue;
         };
         let created_at: SystemTime = row.get(3);

@@ -119,13 +119,13 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let (id, status, stored_hash): (i64, String, Option<Vec<u8>>) = match row.get::<_, Option<i64>>(1) {
+    let (id, status, stored_hash): (i64, String, Option<Vec<u8>>) = match row.get::<Option<i64>>(1) {
         Some(id) => {
             admission.committed();
             queue.wake();
             (id, row.get(2), None)
         }
-        None => match row.get::<_, Option<i64>>(3) {
+        None => match row.get::<Option<i64>>(3) {
             Some(id) => (id, row.get(4), row.get(5)),
             None => {
                 // The key's job committed while our statement ran: its snapshot missed it.
@@ -166,11 +166,11 @@ fn idempotency_key<'a>(ctx: &Ctx<'a>) -> Result<Option<&'a str>, ApiError> {
 }
 
 fn job_of(row: Row<'_>) -> Result<Option<Job>, ApiError> {
-    let Some(id) = row.get::<_, Option<i64>>(1) else {
+    let Some(id) = row.get::<Option<i64>>(1) else {
         return Ok(None);
     };
     let status: String = row.get(4);
-    let result = match row.get::<_, Option<String>>(8) {
+    let result = match row.get::<Option<String>>(8) {
         Some(text) => Some(RawValue::from_string(text).map_err(|_| ApiError::internal())?),
         None => None,
     };
@@ -184,9 +184,9 @@ fn job_of(row: Row<'_>) -> Result<Option<Job>, ApiError> {
         max_attempts: row.get(6),
         error: row.get(7),
         result,
-        run_after: timestamp(row.get::<_, SystemTime>(9)),
-        created_at: timestamp(row.get::<_, SystemTime>(10)),
-        updated_at: timestamp(row.get::<_, SystemTime>(11)),
+        run_after: timestamp(row.get::<SystemTime>(9)),
+        created_at: timestamp(row.get::<SystemTime>(10)),
+        updated_at: timestamp(row.get::<SystemTime>(11)),
     }))
 }
 

@@ -18,7 +18,7 @@ pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer 
     let local = sql
         .query(Stmt::Ping, &[])
         .await
-        .is_ok_and(|rows| rows.first().is_some_and(|row| row.get::<_, i32>(0) == 1));
+        .is_ok_and(|rows| rows.first().is_some_and(|row| row.get::<i32>(0) == 1));
     // ECHO of a token unique on this shard: a reply paired with the wrong command fails.
     let token = shard.probe_seq.get();
     shard.probe_seq.set(token + 1);

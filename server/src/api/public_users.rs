@@ -25,7 +25,7 @@ struct PublicUser {
 /// when nothing matched.
 fn view(row: Row<'_>) -> Option<(i64, Rc<[u8]>)> {
     let user = PublicUser {
-        id: row.get::<_, Option<i64>>(0)?,
+        id: row.get::<Option<i64>>(0)?,
         name: row.get(1),
         display_name: row.get(2),
         avatar_url: row.get(3),

@@ -127,7 +127,7 @@ pub async fn post_webhook(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         )
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let Some(id) = row.get::<_, Option<i64>>(1) else {
+    let Some(id) = row.get::<Option<i64>>(1) else {
         return Err(ApiError::new(
             409,
             "too_many_webhooks",
@@ -139,7 +139,7 @@ pub async fn post_webhook(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         url: input.url,
         events,
         secret: Some(secret),
-        created_at: timestamp(row.get::<_, SystemTime>(2)),
+        created_at: timestamp(row.get::<SystemTime>(2)),
     };
     write_json(body, &webhook);
     Ok(Reply::json(201).with_header("Location", format!("/v1/webhooks/{id}")))
@@ -154,11 +154,11 @@ pub async fn list_webhooks(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
         .iter()
         .filter_map(|row| {
             Some(Webhook {
-                id: row.get::<_, Option<i64>>(1)?,
+                id: row.get::<Option<i64>>(1)?,
                 url: row.get(2),
                 events: row.get(3),
                 secret: None,
-                created_at: timestamp(row.get::<_, SystemTime>(4)),
+                created_at: timestamp(row.get::<SystemTime>(4)),
             })
         })
         .collect();
@@ -178,7 +178,7 @@ pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal, param: &str) -
         .query(Stmt::WebhookDelete, &[&principal.token_hash(), &id])
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    match row.get::<_, Option<i64>>(1) {
+    match row.get::<Option<i64>>(1) {
         Some(_) => Ok(Reply::new(204, crate::http::response::JSON)),
         None => Err(ApiError::new(404, "not_found", "no such webhook")),
     }
@@ -193,20 +193,20 @@ pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, param: &str, body:
         .query(Stmt::WebhookDeliveries, &[&principal.token_hash(), &id, &limit])
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
-    if row.get::<_, Option<i64>>(1).is_none() {
+    if row.get::<Option<i64>>(1).is_none() {
         return Err(ApiError::new(404, "not_found", "no such webhook"));
     }
     let mut deliveries: Vec<Delivery> = rows
         .iter()
         .filter_map(|row| {
             Some(Delivery {
-                id: row.get::<_, Option<i64>>(2)?,
+                id: row.get::<Option<i64>>(2)?,
                 delivery_id: row.get(3),
                 attempt: row.get(4),
                 status_code: row.get(5),
                 error: row.get(6),
                 duration_ms: row.get(7),
-                attempted_at: timestamp(row.get::<_, SystemTime>(8)),
+                attempted_at: timestamp(row.get::<SystemTime>(8)),
             })
         })
         .collect();
