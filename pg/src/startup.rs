@@ -83,20 +83,22 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     frontend::startup_message(params, &mut io.write).map_err(Error::io)?;
     io.send().await?;
     authenticate(&mut io, config).await?;
-    let read_only = loop {
+    let read_write = config.target_session_attrs == TargetSessionAttrs::ReadWrite;
+    // Postgres 14 and later report in_hot_standby at login; older servers are asked.
+    let mut standby_reported = false;
+    loop {
         match io.receive().await? {
-            // Reported at login by Postgres 14 and later.
             Message::ParameterStatus(status) if status.name().ok() == Some("in_hot_standby") => {
-                if status.value().ok() == Some("on") && config.target_session_attrs == TargetSessionAttrs::ReadWrite {
+                standby_reported = true;
+                if read_write && status.value().ok() == Some("on") {
                     return Err(Error::ReadOnly);
                 }
             }
-            Message::ReadyForQuery(_) => break config.target_session_attrs == TargetSessionAttrs::ReadWrite,
+            Message::ReadyForQuery(_) => break,
             _ => {}
         }
-    };
-    if read_only {
-        // Older servers do not report in_hot_standby: ask.
+    }
+    if read_write && !standby_reported {
         let answer = simple_query(&mut io, "SHOW transaction_read_only").await?;
         if answer
             .first()
