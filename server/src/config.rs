@@ -672,6 +672,22 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_and_deadline_margin_are_validated_naming_their_key() {
+        let validate = |database: &str| {
+            let config = Config::parse(&format!("[database]\n{database}\n")).unwrap();
+            config.validate()
+        };
+        assert_eq!(
+            validate("deadline_margin_ms = 0").unwrap_err().0,
+            "database.deadline_margin_ms"
+        );
+        let (key, reason) = validate("url = \"postgres://h/db?sslmode=require\"").unwrap_err();
+        assert_eq!(key, "database.url");
+        assert!(reason.contains("sslmode=require"), "{reason}");
+        assert!(validate("url = \"postgres://h1,h2:5433/db?target_session_attrs=read-write\"").is_ok());
+    }
+
+    #[test]
     fn replica_settings_name_their_key_and_never_echo_a_url() {
         let parse = |database: &str| {
             let config = Config::parse(&format!("[database]\n{database}\n")).unwrap();
