@@ -139,7 +139,7 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         Some(rows)
     };
     let mut stores = Vec::new();
-    for (id, json) in rows.iter().flat_map(|rows| rows.iter()).filter_map(view) {
+    for (id, json) in rows.iter().flatten().filter_map(view) {
         cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
         if let Some((_, generation)) = generations.iter().find(|(asked, _)| *asked == id) {
             stores.push((Key::User(id), generation.clone(), Cached::Json(json.clone())));
