@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 route=$1 config=${2:-bench/tuning-1shard.toml}
 binary=${BINARY:-./target/release/percore}
-[ -n "${BINARY:-}${SERVER:-}" ] || cargo build -q --release --locked --bin percore
+source bench/dev-services.sh
 read -r -a server <<<"${SERVER:-$binary --config $config}"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/bare.lua" <<'LUA'

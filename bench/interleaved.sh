@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 config=${1:-bench/tuning-1shard.toml}
 rounds=${ROUNDS:-5} duration=${DURATION:-4s}
 peers=${PEERS_TARGET:-/tmp/percore-peers-target}
-cargo build -q --release --locked --bin percore
+source bench/dev-services.sh
 cargo build -q --release --manifest-path ../shared/peers/Cargo.toml --target-dir "$peers"
 lua=bench/wrk/plaintext.lua
 rps() { taskset -c 0 wrk -t1 -c256 -d"$duration" "$@" | awk '/Requests\/sec/ {print int($2)}'; }

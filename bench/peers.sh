@@ -5,5 +5,5 @@
 #   RUNS=5 DURATION=10s bench/peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin percore
+source bench/dev-services.sh
 exec ../shared/peers/compare --tests "${TESTS:-plaintext,json}" -- ./target/release/percore --config bench/tuning-1shard.toml

@@ -169,7 +169,8 @@ impl Default for Workers {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
-    /// Empty: `PERCORE_DATABASE_URL`, else a dev Postgres under `./var/`.
+    /// Empty: `PERCORE_DATABASE_URL`. Required to serve or migrate: the binary never
+    /// provisions a database (`./dev run` asks `percore-dev` for a local one).
     pub url: String,
     pub connections_per_shard: usize,
     /// Connections per shard that run only writes, so that a read never waits in a
@@ -191,9 +192,9 @@ pub struct Database {
     pub client_check_interval_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
-    /// Apply pending migrations at start-up. Unset: on for the dev database under ./var/,
-    /// off for a configured one (run `percore migrate` in the deploy step instead).
-    pub auto_migrate: Option<bool>,
+    /// Apply pending migrations at start-up. Off by default: run `percore migrate` in the
+    /// deploy step (the systemd unit's ExecStartPre does; so does `./dev run`).
+    pub auto_migrate: bool,
     /// Streaming replicas of `url`: reads that check no session may run on them
     /// (`replicas.rs`). Each shard opens `connections_per_shard` to each.
     pub replicas: Vec<String>,
@@ -229,7 +230,7 @@ impl Default for Database {
             client_check_interval_ms: 1_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
-            auto_migrate: None,
+            auto_migrate: false,
             replicas: Vec::new(),
             max_replica_lag_ms: 1_000,
             sticky_primary_ms: 1_000,
@@ -243,7 +244,7 @@ impl Default for Database {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Redis {
-    /// Empty: `PERCORE_REDIS_URL`, else a dev Redis under `./var/`.
+    /// Empty: `PERCORE_REDIS_URL`. Required to serve, as `database.url` is.
     pub url: String,
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
@@ -455,6 +456,25 @@ impl Config {
         if let Some(listen) = get("PERCORE_LISTEN").and_then(|l| l.parse().ok()) {
             self.server.listen = listen;
         }
+    }
+
+    /// Serving, migrating and retrying jobs need both services. An empty URL is refused
+    /// here, naming its key and variable, because the shipped binary never provisions a
+    /// service of its own: a host that lost its environment file must fail, not `initdb`
+    /// a database under its working directory.
+    pub fn require_services(&self) -> Result<(), (String, String)> {
+        let missing = |variable: &str| {
+            format!(
+                "is empty: set it in the tuning file or through {variable} (`./dev run` provisions local dev services)"
+            )
+        };
+        if self.database.url.is_empty() {
+            return Err(("database.url".into(), missing("PERCORE_DATABASE_URL")));
+        }
+        if self.redis.url.is_empty() {
+            return Err(("redis.url".into(), missing("PERCORE_REDIS_URL")));
+        }
+        Ok(())
     }
 
     /// Range checks serde cannot express. Each names its key.

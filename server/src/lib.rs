@@ -4,17 +4,15 @@
 //! The rule of this crate: code here runs on a shard, and a shard never blocks. No
 //! blocking socket, database, Redis, file or DNS call and no CPU-heavy work happens on a
 //! shard thread; heavy work goes to the worker pool (`percore-workers`). The exceptions run
-//! before the shards start (configuration, name resolution, the dev services) and say so
+//! before the shards start (configuration, name resolution, migrations) and say so
 //! with a `blocking-ok` comment.
 
 pub mod api;
-pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod db;
-pub mod deadlines;
+pub mod engine;
 pub mod http;
-pub mod lifecycle;
 pub mod metrics;
 pub mod rate_limit;
 pub mod redis;
@@ -22,7 +20,5 @@ pub mod replicas;
 pub mod room;
 pub mod router;
 pub mod runtime;
-pub mod server;
-pub mod shard;
 pub mod sql;
 pub mod throttle;

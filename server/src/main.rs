@@ -57,6 +57,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log.level);
+    if command != "check-config"
+        && let Err((key, reason)) = config.require_services()
+    {
+        eprintln!("percore: bad configuration: {}: key `{key}`: {reason}", path.display());
+        return ExitCode::from(2);
+    }
     match command.as_str() {
         "check-config" => {
             println!("# {}: valid; effective configuration:", path.display());
@@ -66,32 +72,24 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        "migrate" => {
-            let mut config = config;
-            let outcome = percore::server::resolve_services(&mut config, &[])
-                .and_then(|_| percore::server::migrate(&config.database));
-            match outcome {
-                Ok(outcome) => {
-                    println!(
-                        "migrations: {} applied ({:?}), {} already applied",
-                        outcome.applied.len(),
-                        outcome.applied,
-                        outcome.already
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("percore: {e}");
-                    ExitCode::FAILURE
-                }
+        "migrate" => match percore::engine::start::migrate(&config.database) {
+            Ok(outcome) => {
+                println!(
+                    "migrations: {} applied ({:?}), {} already applied",
+                    outcome.applied.len(),
+                    outcome.applied,
+                    outcome.already
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("percore: {e}");
+                ExitCode::FAILURE
+            }
+        },
         "jobs" => {
-            let mut config = config;
             let id = job_to_retry.expect("parsed above");
-            match percore::server::resolve_services(&mut config, &[])
-                .and_then(|_| percore::server::retry_job(&config.database, id))
-            {
+            match percore::engine::start::retry_job(&config.database, id) {
                 Ok(done) => {
                     println!("{done}");
                     ExitCode::SUCCESS
@@ -102,7 +100,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => match percore::server::run(config) {
+        _ => match percore::engine::start::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 log::error!("{e}");

@@ -17,10 +17,10 @@
 
 use crate::cache::{FillFreshness, Key};
 use crate::db::Unavailable;
+use crate::engine::shard::Shard;
 use crate::http::ApiError;
 use crate::metrics::ShardMetrics;
 use crate::replicas::OnPrimary;
-use crate::shard::Shard;
 use percore_pg::Rows;
 use percore_pg::types::ToSql;
 use std::cell::Cell;

@@ -1,51 +1,82 @@
-//! With no database configured, `percore` provisions a Postgres and a Redis under
-//! `./var/`, says so, and reuses them (and their data) on the next run.
+//! The shipped binary never provisions a service: with no database or Redis URL it exits
+//! with status 2 naming the key and its environment variable, and leaves nothing behind
+//! (no `var/`, no process). Local dev services come only from `percore-dev`, when
+//! `./dev run` asks (tested in testkit/tests/percore_dev.rs).
 
 mod common;
-use common::Server;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn percore_in(dir: &Path, config: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("tuning.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_percore"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PERCORE_DATABASE_URL")
+        .env_remove("PERCORE_REDIS_URL");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("percore-{name}-{}-{}", std::process::id(), common::free_port()))
+}
 
 #[test]
-fn no_database_configured_starts_and_then_reuses_dev_services_under_var() {
+fn no_database_url_exits_2_naming_the_key_and_provisions_nothing() {
     let port = common::free_port();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n[bench]\nroutes = true\n[log]\nlevel = \"info\"\n"
-    );
-    let mut first = Server::start_with_config(port, &text, &[]);
-    let var = first.dir.join("var");
-    let ready = first.get("/readyz");
-    assert_eq!(ready.status, 200, "{}", ready.text());
-    assert_eq!(ready.json()["redis"], true);
-    assert!(
-        first.stderr().contains("local dev services under ./var/"),
-        "{}",
-        first.stderr()
-    );
-    let ports = std::fs::read_to_string(var.join("ports")).expect("var/ports remembers the ports");
-    assert!(var.join("pg").join("PG_VERSION").exists());
+    let config = format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n");
+    for args in [&["serve"][..], &["migrate"][..], &["jobs", "retry", "1"][..]] {
+        let dir = fresh_dir("no-db");
+        let output = percore_in(&dir, &config, args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("database.url") && stderr.contains("PERCORE_DATABASE_URL"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!dir.join("var").exists(), "{args:?} provisioned something under var/");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "nothing listens"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
 
-    first.signal(libc::SIGTERM);
-    assert_eq!(first.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
-    // The second run starts in the same directory, so the first must not remove it.
-    let dir = first.dir.clone();
-    first.keep_dir = true;
-    drop(first);
+#[test]
+fn a_database_url_without_redis_exits_2_naming_redis_url() {
+    // The URL is never dialled: the check comes before anything connects.
+    let database = "postgres://percore@127.0.0.1:1/percore";
+    let from_file = format!("[database]\nurl = \"{database}\"\n");
+    let dir = fresh_dir("no-redis");
+    for (config, envs) in [
+        (from_file.as_str(), &[][..]),
+        ("", &[("PERCORE_DATABASE_URL", database)][..]),
+    ] {
+        let output = percore_in(&dir, config, &["migrate"], envs);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("redis.url") && stderr.contains("PERCORE_REDIS_URL"),
+            "{stderr}"
+        );
+        assert!(!dir.join("var").exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    let mut second = Server::start_with_config(port, &text, &[]);
-    assert_eq!(second.dir, dir);
-    assert_eq!(second.get("/readyz").status, 200);
-    assert_eq!(
-        std::fs::read_to_string(var.join("ports")).unwrap(),
-        ports,
-        "same services, same ports"
-    );
-    second.keep_dir = true;
-    drop(second);
-    percore_testkit::dev::stop(&var).expect("stopping the dev services");
-    assert!(!var.join("redis").join("redis.pid").exists(), "redis still running");
-    assert!(
-        !var.join("pg").join("postmaster.pid").exists(),
-        "postgres still running"
-    );
+#[test]
+fn check_config_needs_no_service_urls() {
+    let dir = fresh_dir("check-config");
+    let output = percore_in(&dir, "[server]\nshards = 1\n", &["check-config"], &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,8 +3,8 @@
 //! `techempower`.
 
 use super::{Answer, workers_busy};
+use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, Request};
-use crate::shard::Shard;
 use percore_workers::password::{self, Argon2Params};
 
 /// Hashes the request body with Argon2id on the worker pool; answers the PHC string.

@@ -7,9 +7,9 @@
 
 use super::auth::{self, Principal};
 use super::{Answer, Ctx, extract, workers_busy, write_json};
+use crate::engine::shard::Shard;
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::shard::Shard;
 use crate::sql::Stmt;
 use crate::throttle::Key;
 use percore_workers::password::{self, Argon2Params};

@@ -19,9 +19,9 @@ mod techempower;
 mod users;
 mod webhooks;
 
+use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, Request};
 use crate::router::{self, Access, Endpoint, Resolved};
-use crate::shard::Shard;
 use crate::sql::Sql;
 
 pub type Answer = Result<Reply, ApiError>;

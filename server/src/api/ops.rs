@@ -1,9 +1,9 @@
 //! Ops endpoints: liveness, readiness and Prometheus metrics.
 
 use super::Answer;
+use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, response};
 use crate::metrics::{self, Globals};
-use crate::shard::Shard;
 use crate::sql::{Sql, Stmt};
 use std::sync::atomic::Ordering::Relaxed;
 

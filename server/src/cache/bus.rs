@@ -10,10 +10,10 @@
 
 use super::Key;
 use crate::config::{self, ms};
+use crate::engine::shard::Shard;
 use crate::metrics::ShardMetrics;
 use crate::redis::{RedisTarget, connect};
 use crate::runtime;
-use crate::shard::Shard;
 use combine::parser::combinator::AnySendSyncPartialState;
 use combine::stream::{Decoder, PointerOffset};
 use futures::AsyncWriteExt;

@@ -5,23 +5,20 @@
 //! header timeout from a request's first byte to its complete head (so a client trickling
 //! one byte a second is still cut off), the body timeout, and the write timeout.
 //!
+//! It knows nothing above HTTP: the application comes in through `service::Service`, the
+//! socket through `service::Transport`.
+//!
 //! Runs on a shard: never blocks.
 
 use super::body::ChunkedDecoder;
 use super::error::{ApiError, HttpError, error_reply};
 use super::head::{self, HeadLimits, Parsed};
 use super::request::{Framing, HeaderSpan, Method, Request, Version};
-use super::response::{Encoder, Persistence};
-use crate::config::ms;
-use crate::deadlines::ReadDeadline;
-use crate::metrics::ShardMetrics;
-use crate::router::Endpoint;
-use crate::runtime::{self, TcpStream};
-use crate::shard::Shard;
-use futures::{AsyncWriteExt, FutureExt};
+use super::response::{Encoder, Persistence, Reply};
+use super::service::{Routed, Service, Transport};
+use futures::FutureExt;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const SERVER: &[u8] = b"percore";
@@ -31,18 +28,14 @@ const READ_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// Room kept for chunk-size lines and trailers while a chunked body is decoded.
 const CHUNKED_READ_SLACK_BYTES: usize = 16 * 1024;
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(shard.config().http.tcp_nodelay);
-    let _ = stream.set_write_timeout(Some(ms(shard.config().http.write_timeout_ms)));
-    ShardMetrics::add(&shard.metrics.connections_open, 1);
-    let deadline = shard.deadlines.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
-    let peer = stream
-        .peer_addr()
-        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+/// Serves one connection until the peer closes it, an error ends it, or the service
+/// drains. The caller owns the socket and closes it after.
+pub async fn serve<S: Service, T: Transport>(service: &S, transport: &mut T) -> io::Result<()> {
+    service.connection_opened();
     let mut conn = Conn {
-        shard: shard.clone(),
-        peer,
-        stream,
+        service,
+        peer: transport.peer_ip(),
+        transport,
         read: vec![0; READ_BUFFER_BYTES_INITIAL],
         start: 0,
         end: 0,
@@ -50,23 +43,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         body_out: Vec::new(),
         chunked: Vec::new(),
         spans: Vec::new(),
-        deadline,
         ready_at: Instant::now(),
         encoded: Vec::with_capacity(32),
-        encoder: Encoder::new(SERVER, &shard.date),
+        encoder: Encoder::new(SERVER, service.date()),
         wrote_since_read: false,
         unanswered: 0,
     };
-    if let Err(e) = conn.run().await {
-        log::debug!("shard {}: connection closed: {e}", shard.id);
-    }
-    let _ = conn.stream.close().await;
+    conn.run().await
 }
 
-struct Conn {
-    shard: Rc<Shard>,
+struct Conn<'c, S: Service, T> {
+    service: &'c S,
     peer: std::net::IpAddr,
-    stream: TcpStream,
+    transport: &'c mut T,
     /// Bytes read; `start..end` is what is not yet consumed. The request being handled
     /// always begins at `start`.
     read: Vec<u8>,
@@ -79,26 +68,24 @@ struct Conn {
     /// A decoded chunked request body; reused.
     chunked: Vec<u8>,
     spans: Vec<HeaderSpan>,
-    /// This connection's read deadline, enforced by the shard's sweeper.
-    deadline: Rc<ReadDeadline>,
     /// When the bytes of the request at `start` were last read. Latency runs from here to
     /// the flush that hands its response to the kernel.
     ready_at: Instant,
     /// A flush happened since the last read: the peer is still reading our answer.
     wrote_since_read: bool,
-    /// Responses encoded but not yet flushed, for metrics: (endpoint, status, ready_at,
+    /// Responses encoded but not yet flushed, for metrics: (label, status, ready_at,
     /// how many in a row share all three).
-    encoded: Vec<(Endpoint, u16, Instant, u64)>,
+    encoded: Vec<(S::Label, u16, Instant, u64)>,
     encoder: Encoder,
-    /// Requests read whose responses are not flushed yet (counted in `Shard::in_flight`).
+    /// Requests read whose responses are not flushed yet (counted by the service as in
+    /// flight).
     unanswered: usize,
 }
 
-impl Drop for Conn {
+impl<S: Service, T> Drop for Conn<'_, S, T> {
     fn drop(&mut self) {
-        let shard = &self.shard;
-        shard.in_flight.set(shard.in_flight.get() - self.unanswered);
-        ShardMetrics::sub(&shard.metrics.connections_open, 1);
+        self.service.in_flight_changed(-(self.unanswered as isize));
+        self.service.connection_closed();
     }
 }
 
@@ -108,151 +95,38 @@ enum Wait {
     Head { deadline: Instant },
 }
 
-impl Conn {
+impl<S: Service, T: Transport> Conn<'_, S, T> {
     async fn run(&mut self) -> io::Result<()> {
-        let http = &self.shard.config().http;
-        let limits = HeadLimits {
-            request_line_bytes_max: http.request_line_bytes_max,
-            head_bytes_max: http.head_bytes_max,
-            body_bytes_max: http.body_bytes_max,
-        };
-        let mut wait = Wait::Idle;
         loop {
-            let parsed = head::parse(
-                &self.read[self.start..self.end],
-                &limits,
-                http.headers_count_max,
-                &mut self.spans,
-            );
-            let head = match parsed {
-                Ok(Parsed::Complete(head)) => head,
-                Ok(Parsed::Partial) => {
-                    self.flush().await?;
-                    let idle = self.start == self.end;
-                    if idle && self.shard.draining.get() {
-                        return Ok(());
-                    }
-                    let timeout = match wait {
-                        Wait::Idle if idle => ms(http.idle_timeout_ms),
-                        Wait::Idle => {
-                            // The first bytes of a request are here: its head clock starts.
-                            let timeout = ms(http.header_read_timeout_ms);
-                            wait = Wait::Head {
-                                deadline: Instant::now() + timeout,
-                            };
-                            timeout
-                        }
-                        Wait::Head { deadline } => deadline.saturating_duration_since(Instant::now()),
-                    };
-                    match self.fill(timeout, http.head_bytes_max).await {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => {
-                            if matches!(wait, Wait::Idle) {
-                                wait = Wait::Head {
-                                    deadline: self.ready_at + ms(http.header_read_timeout_ms),
-                                };
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
-                            return self.fail(HttpError::HeadTimeout).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(error) => return self.fail(error).await,
+            let Some(head) = self.next_head().await? else {
+                return Ok(());
             };
-            wait = Wait::Idle;
             self.unanswered += 1;
-            self.shard.in_flight.set(self.shard.in_flight.get() + 1);
-
-            let head_len = head.len;
-            let body_range = match self
-                .read_body(&head, http.body_read_timeout_ms, http.body_bytes_max)
-                .await
-            {
-                Ok(Some(range)) => range,
+            self.service.in_flight_changed(1);
+            let body_at = match self.read_body(&head).await {
+                Ok(Some(at)) => at,
                 Ok(None) => return Ok(()),
                 Err(BodyError::Http(error)) => return self.fail(error).await,
                 Err(BodyError::Io(e)) => return Err(e),
             };
-            let request_end = match body_range {
+            let request_end = match body_at {
                 BodyAt::Read(_, end) | BodyAt::Chunked(end) => end,
             };
-            let request_bytes = &self.read[self.start..];
-            let target = &request_bytes[head.target.0..head.target.1];
-            debug_assert!(std::str::from_utf8(target).is_ok());
-            // SAFETY: httparse handed these exact bytes out as the request's `&str` path, and
-            // moving the request within the buffer (compaction) keeps its bytes unchanged.
-            let target = unsafe { std::str::from_utf8_unchecked(target) };
-            let body: &[u8] = match body_range {
-                BodyAt::Read(from, to) => &self.read[from..to],
-                BodyAt::Chunked(_) => &self.chunked,
-            };
-            let request = Request::new(
-                self.peer,
-                head.method,
-                head.version,
-                target,
-                &request_bytes[..head_len],
-                &self.spans,
-                body,
-            );
-            self.body_out.clear();
-            // Routed, and answered when the handler never waits, without building a future;
-            // a panic either way becomes a 500 on this connection alone.
-            let routed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                crate::api::dispatch(&self.shard, &request, &mut self.body_out)
-            }));
-            let dispatched = match routed {
-                Ok(crate::api::Dispatch::Answered(endpoint, answer)) => Ok((endpoint, answer)),
-                Ok(crate::api::Dispatch::Pending(routed)) => {
-                    AssertUnwindSafe(crate::api::handle(&self.shard, &request, routed, &mut self.body_out))
-                        .catch_unwind()
-                        .await
-                }
-                Err(panic) => Err(panic),
-            };
-            let (endpoint, reply) = match dispatched {
-                Ok((endpoint, Ok(reply))) => (endpoint, reply),
-                Ok((endpoint, Err(error))) => {
-                    self.body_out.clear();
-                    (endpoint, error_reply(&error, &mut self.body_out))
-                }
-                Err(_) => {
-                    ShardMetrics::add(&self.shard.metrics.handler_panics, 1);
-                    log::error!(
-                        "shard {}: handler panicked on {} {}",
-                        self.shard.id,
-                        head.method.as_str(),
-                        request.path
-                    );
-                    self.body_out.clear();
-                    (
-                        Endpoint::Malformed,
-                        error_reply(&ApiError::internal(), &mut self.body_out),
-                    )
-                }
-            };
-            // Close after this answer if asked, or if the shard began draining (perhaps
+            let (label, reply) = self.call(&head, body_at).await;
+            // Close after this answer if asked, or if the service began draining (perhaps
             // while the handler ran) and no further request is already buffered.
             let buffered_more = request_end < self.end;
-            let persistence = if !head.keep_alive || (self.shard.draining.get() && !buffered_more) {
+            let persistence = if !head.keep_alive || (self.service.draining() && !buffered_more) {
                 Persistence::Close
             } else if head.version == Version::Http10 {
                 Persistence::KeepAlive
             } else {
                 Persistence::Default
             };
-            self.encoder.follow(&self.shard.date);
-            self.encoder.encode(
-                &mut self.write,
-                &reply,
-                &self.body_out,
-                head.method == Method::Head,
-                persistence,
-            );
-            self.note_encoded(endpoint, reply.status);
+            self.encoder.follow(self.service.date());
+            let head_only = head.method == Method::Head;
+            (self.encoder).encode(&mut self.write, &reply, &self.body_out, head_only, persistence);
+            self.note_encoded(label, reply.status);
 
             self.start = request_end;
             if self.start == self.end {
@@ -263,21 +137,119 @@ impl Conn {
                 self.flush().await?;
                 return Ok(());
             }
-            if self.write.len() >= http.write_buffer_bytes_max {
+            if self.write.len() >= self.service.limits().write_buffer_bytes_max {
                 self.flush().await?;
             }
         }
     }
 
+    /// The head of the next request at `start`, reading (and flushing what is encoded)
+    /// while it is incomplete. `None`: the connection is done (closed by the peer, idle
+    /// while draining, or answered with an error).
+    async fn next_head(&mut self) -> io::Result<Option<head::Head>> {
+        let limits = self.service.limits();
+        let head_limits = HeadLimits {
+            request_line_bytes_max: limits.request_line_bytes_max,
+            head_bytes_max: limits.head_bytes_max,
+            body_bytes_max: limits.body_bytes_max,
+        };
+        let mut wait = Wait::Idle;
+        loop {
+            let bytes = &self.read[self.start..self.end];
+            match head::parse(bytes, &head_limits, limits.headers_count_max, &mut self.spans) {
+                Ok(Parsed::Complete(head)) => return Ok(Some(head)),
+                Ok(Parsed::Partial) => {}
+                Err(error) => return self.fail(error).await.map(|()| None),
+            }
+            self.flush().await?;
+            let idle = self.start == self.end;
+            if idle && self.service.draining() {
+                return Ok(None);
+            }
+            let timeout = match wait {
+                Wait::Idle if idle => limits.idle_timeout,
+                // The first bytes of a request are here: its head clock starts.
+                Wait::Idle => {
+                    wait = Wait::Head {
+                        deadline: Instant::now() + limits.header_read_timeout,
+                    };
+                    limits.header_read_timeout
+                }
+                Wait::Head { deadline } => deadline.saturating_duration_since(Instant::now()),
+            };
+            match self.fill(timeout, limits.head_bytes_max).await {
+                Ok(0) => return Ok(None),
+                Ok(_) if matches!(wait, Wait::Idle) => {
+                    wait = Wait::Head {
+                        deadline: self.ready_at + limits.header_read_timeout,
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
+                    return self.fail(HttpError::HeadTimeout).await.map(|()| None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Routes and answers the request at `start`, its body at `body_at`; the response body
+    /// is left in `body_out`. A panic in the service becomes a 500 on this connection alone.
+    async fn call(&mut self, head: &head::Head, body_at: BodyAt) -> (S::Label, Reply) {
+        let request_bytes = &self.read[self.start..];
+        let target = &request_bytes[head.target.0..head.target.1];
+        debug_assert!(std::str::from_utf8(target).is_ok());
+        // SAFETY: httparse handed these exact bytes out as the request's `&str` path, and
+        // moving the request within the buffer (compaction) keeps its bytes unchanged.
+        let target = unsafe { std::str::from_utf8_unchecked(target) };
+        let body: &[u8] = match body_at {
+            BodyAt::Read(from, to) => &self.read[from..to],
+            BodyAt::Chunked(_) => &self.chunked,
+        };
+        let request = Request::new(
+            self.peer,
+            head.method,
+            head.version,
+            target,
+            &request_bytes[..head.len],
+            &self.spans,
+            body,
+        );
+        self.body_out.clear();
+        let service = self.service;
+        // Routed, and answered when the handler never waits, without building a future.
+        let routed = std::panic::catch_unwind(AssertUnwindSafe(|| service.route(&request, &mut self.body_out)));
+        let answered = match routed {
+            Ok(Routed::Answered(label, answer)) => Ok((label, answer)),
+            Ok(Routed::Pending(pending)) => {
+                AssertUnwindSafe(service.respond(&request, pending, &mut self.body_out))
+                    .catch_unwind()
+                    .await
+            }
+            Err(panic) => Err(panic),
+        };
+        match answered {
+            Ok((label, Ok(reply))) => (label, reply),
+            Ok((label, Err(error))) => {
+                self.body_out.clear();
+                (label, error_reply(&error, &mut self.body_out))
+            }
+            Err(_) => {
+                service.handler_panicked(head.method, request.path);
+                self.body_out.clear();
+                (
+                    service.malformed(),
+                    error_reply(&ApiError::internal(), &mut self.body_out),
+                )
+            }
+        }
+    }
+
     /// Makes the body of the request at `start` available. `Ok(None)`: the peer went away.
-    async fn read_body(
-        &mut self,
-        head: &head::Head,
-        timeout_ms: u64,
-        body_bytes_max: usize,
-    ) -> Result<Option<BodyAt>, BodyError> {
+    async fn read_body(&mut self, head: &head::Head) -> Result<Option<BodyAt>, BodyError> {
+        let limits = self.service.limits();
         let body_start = self.start + head.len;
-        let deadline = self.ready_at + ms(timeout_ms);
+        let deadline = self.ready_at + limits.body_read_timeout;
         match head.framing {
             Framing::Length(length) => {
                 let needed = head.len + length;
@@ -302,7 +274,7 @@ impl Conn {
                 if head.expect_continue && body_start == self.end {
                     self.send_continue().await?;
                 }
-                let mut decoder = ChunkedDecoder::new(body_bytes_max);
+                let mut decoder = ChunkedDecoder::new(limits.body_bytes_max);
                 self.chunked.clear();
                 loop {
                     // Decoded bytes are cut out of the read buffer at once, so it holds
@@ -357,19 +329,11 @@ impl Conn {
                 self.read.resize(grown, 0);
             }
         }
-        let retries = self.shard.config().http.read_retries_max;
         let wrote = std::mem::take(&mut self.wrote_since_read);
-        let n = runtime::read(
-            &self.stream,
-            &mut self.read[self.end..],
-            (&self.deadline, timeout),
-            retries,
-            wrote,
-        )
-        .await?;
+        let n = self.transport.read(&mut self.read[self.end..], timeout, wrote).await?;
         self.ready_at = Instant::now();
         self.end += n;
-        ShardMetrics::add(&self.shard.metrics.bytes_received, n as u64);
+        self.service.bytes_received(n);
         Ok(n)
     }
 
@@ -377,17 +341,17 @@ impl Conn {
         if self.write.is_empty() {
             return Ok(());
         }
-        let result = self.stream.write_all(&self.write).await;
+        let result = self.transport.write_all(&self.write).await;
         self.wrote_since_read = true;
         // Latency ends when the response is handed to the kernel; one clock read per flush
         // serves every response of a pipelined batch.
         let flushed_at = Instant::now();
-        for (endpoint, status, ready_at, count) in self.encoded.drain(..) {
-            (self.shard.metrics).record_many(endpoint, status, flushed_at - ready_at, count);
+        for (label, status, ready_at, count) in self.encoded.drain(..) {
+            self.service.answered(label, status, flushed_at - ready_at, count);
         }
         if result.is_ok() {
-            ShardMetrics::add(&self.shard.metrics.bytes_sent, self.write.len() as u64);
-            self.shard.in_flight.set(self.shard.in_flight.get() - self.unanswered);
+            self.service.bytes_sent(self.write.len());
+            self.service.in_flight_changed(-(self.unanswered as isize));
             self.unanswered = 0;
         }
         self.write.clear();
@@ -395,10 +359,10 @@ impl Conn {
     }
 
     /// Notes a response for the metrics recorded at the next flush.
-    fn note_encoded(&mut self, endpoint: Endpoint, status: u16) {
+    fn note_encoded(&mut self, label: S::Label, status: u16) {
         match self.encoded.last_mut() {
-            Some((e, s, at, count)) if *e == endpoint && *s == status && *at == self.ready_at => *count += 1,
-            _ => self.encoded.push((endpoint, status, self.ready_at, 1)),
+            Some((l, s, at, count)) if *l == label && *s == status && *at == self.ready_at => *count += 1,
+            _ => self.encoded.push((label, status, self.ready_at, 1)),
         }
     }
 
@@ -407,10 +371,10 @@ impl Conn {
         let error = ApiError::from(error);
         self.body_out.clear();
         let reply = error_reply(&error, &mut self.body_out);
-        self.encoder.follow(&self.shard.date);
+        self.encoder.follow(self.service.date());
         self.encoder
             .encode(&mut self.write, &reply, &self.body_out, false, Persistence::Close);
-        self.note_encoded(Endpoint::Malformed, reply.status);
+        self.note_encoded(self.service.malformed(), reply.status);
         self.flush().await
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod head;
 pub mod request;
 pub mod response;
+pub mod service;
 
 #[cfg(test)]
 mod codec_properties;

@@ -1,13 +1,13 @@
-//! Starting the whole server from a validated config: dev services if no database is
-//! configured, CPU placement, the worker pool, the shards, and waiting for them to stop.
+//! Starting the whole server from a validated config (both service URLs set: it never
+//! provisions a service): CPU placement, the worker pool, the shards, and waiting for them to stop.
 
 use crate::config::Config;
 use crate::db;
-use crate::lifecycle;
+use crate::engine::lifecycle;
+use crate::engine::shard::{self, Shared};
 use crate::metrics::ShardMetrics;
 use crate::redis::RedisTarget;
 use crate::runtime;
-use crate::shard::{self, Shared};
 use percore_workers::{Pool, PoolConfig};
 use postgres::Client as BlockingClient; // blocking-ok: migrations at start-up and `percore migrate` only
 use std::sync::atomic::AtomicBool;
@@ -71,25 +71,6 @@ pub fn usable_cpus() -> Vec<usize> {
     cpus
 }
 
-/// Fills empty database and Redis URLs with the dev services under `./var/`, starting them
-/// if needed. Returns whether the database is the dev one. Blocking: start-up only.
-pub fn resolve_services(config: &mut Config, service_cpus: &[usize]) -> Result<bool, String> {
-    let dev_database = config.database.url.is_empty();
-    if dev_database || config.redis.url.is_empty() {
-        let var = std::path::Path::new("var");
-        log::info!("no database or redis configured: using the local dev services under ./var/ (kept between runs)");
-        // blocking-ok: start-up, before any shard. Started servers stay off shard cores.
-        let dev = percore_testkit::dev::ensure(var, service_cpus)?;
-        if config.database.url.is_empty() {
-            config.database.url = dev.database_url;
-        }
-        if config.redis.url.is_empty() {
-            config.redis.url = dev.redis_url;
-        }
-    }
-    Ok(dev_database)
-}
-
 /// A blocking client for migrations. Start-up and `percore migrate` only.
 fn schema_client(settings: &crate::config::Database) -> Result<BlockingClient, String> {
     let mut config: postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
@@ -149,7 +130,7 @@ fn ensure_schema(settings: &crate::config::Database, apply: bool) -> Result<(), 
 /// database's connections. An unreachable database is not checked (start-up goes on, as
 /// for the schema).
 fn check_connection_budget(config: &Config, shards: usize) -> Result<(), String> {
-    use crate::budget::{PerInstance, check_server};
+    use crate::engine::budget::{PerInstance, check_server};
     let instances = config.cluster.expected_instances;
     match schema_client(&config.database) {
         Ok(mut client) => check_server(&mut client, "the primary", PerInstance::of(config, shards), instances)?,
@@ -226,10 +207,9 @@ fn conflicts(held: std::net::SocketAddr, wanted: std::net::SocketAddr) -> bool {
 }
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
-pub fn run(mut config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
-    let dev_database = resolve_services(&mut config, &placement.worker_cpus)?;
-    ensure_schema(&config.database, config.database.auto_migrate.unwrap_or(dev_database))?;
+    ensure_schema(&config.database, config.database.auto_migrate)?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
     let db_target = db::Target::resolve(&config.database)?;
     let replica_targets = db::Target::resolve_replicas(&config.database)?;
@@ -323,7 +303,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     let started_ms = shared.shutdown_started_ms.load(std::sync::atomic::Ordering::SeqCst);
     let deadline_ms = started_ms.max(1) + shared.config.server.shutdown_timeout_ms;
     jobs.shutdown(std::time::Duration::from_millis(
-        deadline_ms.saturating_sub(crate::shard::now_ms()),
+        deadline_ms.saturating_sub(crate::engine::shard::now_ms()),
     ));
     log::info!("all shards stopped; exiting");
     Ok(())

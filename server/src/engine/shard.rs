@@ -6,10 +6,11 @@
 
 use crate::config::{Config, ms};
 use crate::db;
-use crate::deadlines::Sweeper;
 use crate::http::date::DateCache;
+use crate::http::service::ConnLimits;
 use crate::metrics::ShardMetrics;
 use crate::redis::{RedisClient, RedisTarget};
+use crate::runtime::deadlines::Sweeper;
 use crate::runtime::{self, Semaphore, TcpListener};
 use crate::throttle::Throttle;
 use std::cell::{Cell, RefCell};
@@ -51,6 +52,8 @@ pub struct Shard {
     pub shared: &'static Shared,
     pub metrics: &'static ShardMetrics,
     pub date: DateCache,
+    /// `[http]` as each connection's loop obeys it.
+    pub conn_limits: ConnLimits,
     pub db: Rc<db::Pool>,
     /// Pools to `database.replicas` and what each has replayed.
     pub replicas: Rc<crate::replicas::Replicas>,
@@ -123,6 +126,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         shared,
         metrics,
         date: DateCache::default(),
+        conn_limits: conn_limits(&config.http),
         db,
         replicas,
         redis: redis.clone(),
@@ -159,6 +163,19 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     shard.draining.set(true);
     drain(&shard).await;
     log::info!("shard {id} stopped");
+}
+
+fn conn_limits(http: &crate::config::Http) -> ConnLimits {
+    ConnLimits {
+        request_line_bytes_max: http.request_line_bytes_max,
+        head_bytes_max: http.head_bytes_max,
+        headers_count_max: http.headers_count_max,
+        body_bytes_max: http.body_bytes_max,
+        idle_timeout: ms(http.idle_timeout_ms),
+        header_read_timeout: ms(http.header_read_timeout_ms),
+        body_read_timeout: ms(http.body_read_timeout_ms),
+        write_buffer_bytes_max: http.write_buffer_bytes_max,
+    }
 }
 
 fn seed_random() -> u64 {
@@ -213,7 +230,7 @@ async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: future
                 ShardMetrics::add(&shard.metrics.connections_accepted, 1);
                 let shard = shard.clone();
                 runtime::spawn(async move {
-                    crate::http::conn::serve(shard, stream).await;
+                    super::connection::serve(shard, stream).await;
                     drop(permit);
                 });
             }

@@ -2,7 +2,9 @@
 //! and local task spawning. Nothing else in the crate names glommio, so the runtime could
 //! be swapped by rewriting this file alone.
 
-use crate::deadlines::ReadDeadline;
+pub mod deadlines;
+
+use deadlines::ReadDeadline;
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Start-up and shutdown around the shards: signals, the systemd notify protocol and the
 //! watchdog. These run on plain threads of their own, never on a shard.
 
-use crate::shard::{Shared, now_ms};
+use crate::engine::shard::{Shared, now_ms};
 use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,0 +1,128 @@
+//! One accepted socket, served by `http::conn` with its shard's application as the service.
+//! Here the HTTP layer's two seams meet the runtime and the API: `ClientSocket` is the
+//! transport (a runtime socket and its read deadline), and `Shard` is the service (routing
+//! into `api`, counting into the shard's metrics).
+//!
+//! Runs on a shard: never blocks.
+
+use super::shard::Shard;
+use crate::api::{self, Dispatch, Routed as Pending};
+use crate::config::ms;
+use crate::http::date::DateCache;
+use crate::http::service::{ConnLimits, Routed, Service, Transport};
+use crate::http::{ApiError, Method, Reply, Request};
+use crate::metrics::ShardMetrics;
+use crate::router::Endpoint;
+use crate::runtime::deadlines::ReadDeadline;
+use crate::runtime::{self, TcpStream};
+use futures::AsyncWriteExt;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Serves `stream` until it closes, then closes it.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let http = &shard.config().http;
+    let _ = stream.set_nodelay(http.tcp_nodelay);
+    let _ = stream.set_write_timeout(Some(ms(http.write_timeout_ms)));
+    let deadline = shard.deadlines.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let mut socket = ClientSocket {
+        stream,
+        deadline,
+        read_retries_max: http.read_retries_max,
+    };
+    if let Err(e) = crate::http::conn::serve(&*shard, &mut socket).await {
+        log::debug!("shard {}: connection closed: {e}", shard.id);
+    }
+    let _ = socket.stream.close().await;
+}
+
+/// A client socket with the read deadline the shard's sweeper enforces.
+struct ClientSocket {
+    stream: TcpStream,
+    deadline: Rc<ReadDeadline>,
+    read_retries_max: usize,
+}
+
+impl Transport for ClientSocket {
+    fn peer_ip(&self) -> std::net::IpAddr {
+        self.stream
+            .peer_addr()
+            .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
+    }
+
+    async fn read(&mut self, buf: &mut [u8], timeout: Duration, peer_is_answering: bool) -> io::Result<usize> {
+        let deadline = (&*self.deadline, timeout);
+        runtime::read(&self.stream, buf, deadline, self.read_retries_max, peer_is_answering).await
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stream.write_all(buf).await
+    }
+}
+
+impl Service for Shard {
+    type Label = Endpoint;
+    type Pending<'r> = Pending<'r>;
+
+    fn limits(&self) -> &ConnLimits {
+        &self.conn_limits
+    }
+
+    fn date(&self) -> &DateCache {
+        &self.date
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    fn malformed(&self) -> Endpoint {
+        Endpoint::Malformed
+    }
+
+    fn route<'r>(&self, request: &Request<'r>, body: &mut Vec<u8>) -> Routed<Endpoint, Pending<'r>> {
+        match api::dispatch(self, request, body) {
+            Dispatch::Answered(endpoint, answer) => Routed::Answered(endpoint, answer),
+            Dispatch::Pending(pending) => Routed::Pending(pending),
+        }
+    }
+
+    async fn respond<'r>(
+        &self,
+        request: &Request<'r>,
+        pending: Pending<'r>,
+        body: &mut Vec<u8>,
+    ) -> (Endpoint, Result<Reply, ApiError>) {
+        api::handle(self, request, pending, body).await
+    }
+
+    fn connection_opened(&self) {
+        ShardMetrics::add(&self.metrics.connections_open, 1);
+    }
+
+    fn connection_closed(&self) {
+        ShardMetrics::sub(&self.metrics.connections_open, 1);
+    }
+
+    fn in_flight_changed(&self, count: isize) {
+        self.in_flight.set(self.in_flight.get().wrapping_add_signed(count));
+    }
+
+    fn bytes_received(&self, count: usize) {
+        ShardMetrics::add(&self.metrics.bytes_received, count as u64);
+    }
+
+    fn bytes_sent(&self, count: usize) {
+        ShardMetrics::add(&self.metrics.bytes_sent, count as u64);
+    }
+
+    fn answered(&self, label: Endpoint, status: u16, latency: Duration, count: u64) {
+        self.metrics.record_many(label, status, latency, count);
+    }
+
+    fn handler_panicked(&self, method: Method, path: &str) {
+        ShardMetrics::add(&self.metrics.handler_panics, 1);
+        log::error!("shard {}: handler panicked on {} {path}", self.id, method.as_str());
+    }
+}
