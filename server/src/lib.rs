@@ -18,7 +18,6 @@ pub mod rate_limit;
 pub mod redis;
 pub mod replicas;
 pub mod room;
-pub mod router;
 pub mod runtime;
 pub mod sql;
 pub mod throttle;

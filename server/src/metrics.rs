@@ -8,7 +8,6 @@
 //! because the families are fixed and the format is a page of text; a registry crate
 //! would add a lock or a map to the hot path.
 
-use crate::router::Endpoint;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -47,23 +46,28 @@ struct RouteMetrics {
     db_reads_max: AtomicU64,
 }
 
-/// Per endpoint, indexed by `Endpoint as usize`. (Arrays of more than 32 have no derived
-/// `Default`.)
-struct Routes([RouteMetrics; Endpoint::ALL.len()]);
+/// Per route label, by its index in the names the registry was made with.
+#[derive(Default)]
+struct Routes {
+    names: &'static [&'static str],
+    metrics: Box<[RouteMetrics]>,
+}
 
-impl Default for Routes {
-    fn default() -> Self {
-        Routes(std::array::from_fn(|_| RouteMetrics::default()))
+impl Routes {
+    fn iter(&self) -> impl Iterator<Item = (&'static str, &RouteMetrics)> {
+        self.names.iter().copied().zip(self.metrics.iter())
     }
 }
 
 impl std::ops::Index<usize> for Routes {
     type Output = RouteMetrics;
-    fn index(&self, endpoint: usize) -> &RouteMetrics {
-        &self.0[endpoint]
+    fn index(&self, route: usize) -> &RouteMetrics {
+        &self.metrics[route]
     }
 }
 
+/// One shard's counters; `new` names its routes (the default has none, for tests of
+/// other families).
 #[derive(Default)]
 pub struct ShardMetrics {
     routes: Routes,
@@ -114,14 +118,25 @@ pub struct ReplicaMetrics {
 }
 
 impl ShardMetrics {
-    pub fn record(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
-        self.record_many(endpoint, status, elapsed, 1);
+    /// A registry for routes named `route_names` (recorded by their index there).
+    pub fn new(route_names: &'static [&'static str]) -> ShardMetrics {
+        ShardMetrics {
+            routes: Routes {
+                names: route_names,
+                metrics: route_names.iter().map(|_| RouteMetrics::default()).collect(),
+            },
+            ..ShardMetrics::default()
+        }
+    }
+
+    pub fn record(&self, route: usize, status: u16, elapsed: Duration) {
+        self.record_many(route, status, elapsed, 1);
     }
 
     /// `count` responses of one route and status that took `elapsed` each: a pipelined
     /// batch read and flushed together is recorded once, not once per request.
-    pub fn record_many(&self, endpoint: Endpoint, status: u16, elapsed: Duration, count: u64) {
-        let route = &self.routes[endpoint as usize];
+    pub fn record_many(&self, route: usize, status: u16, elapsed: Duration, count: u64) {
+        let route = &self.routes[route];
         let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUS_SLOTS - 1);
         bump(&route.by_status[slot], count);
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -134,11 +149,11 @@ impl ShardMetrics {
     }
 
     /// One request's SQL statements, by route.
-    pub fn record_statements(&self, endpoint: Endpoint, reads: u32, writes: u32) {
+    pub fn record_statements(&self, route: usize, reads: u32, writes: u32) {
         if reads + writes == 0 {
             return;
         }
-        let route = &self.routes[endpoint as usize];
+        let route = &self.routes[route];
         bump(&route.db_reads, u64::from(reads));
         bump(&route.db_writes, u64::from(writes));
         route.db_statements_max.fetch_max(u64::from(reads + writes), Relaxed);
@@ -181,8 +196,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         "Requests answered, by shard, route and status.",
     );
     for (id, shard) in shards.iter().enumerate() {
-        for endpoint in Endpoint::ALL {
-            let route = &shard.routes[endpoint as usize];
+        for (label, route) in shard.routes.iter() {
             for (slot, count) in route.by_status.iter().enumerate() {
                 let count = count.load(Relaxed);
                 if count == 0 {
@@ -191,8 +205,7 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
                 let status = STATUSES.get(slot).map_or("other".to_string(), |s| s.to_string());
                 let _ = writeln!(
                     out,
-                    "percore_http_requests_total{{shard=\"{id}\",route=\"{}\",status=\"{status}\"}} {count}",
-                    endpoint.label()
+                    "percore_http_requests_total{{shard=\"{id}\",route=\"{label}\",status=\"{status}\"}} {count}"
                 );
             }
         }
@@ -204,9 +217,8 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         "Time from reading a request to handing its response to the kernel.",
     );
     for (id, shard) in shards.iter().enumerate() {
-        for endpoint in Endpoint::ALL {
-            let route = &shard.routes[endpoint as usize];
-            let labels = format!("shard=\"{id}\",route=\"{}\"", endpoint.label());
+        for (label, route) in shard.routes.iter() {
+            let labels = format!("shard=\"{id}\",route=\"{label}\"");
             let mut cumulative = 0;
             for (i, bound) in BUCKETS_S.iter().enumerate() {
                 cumulative += route.latency_buckets[i].load(Relaxed);
@@ -235,12 +247,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
         "SQL statements run, by shard, route and kind (read or write).",
     );
     for (id, shard) in shards.iter().enumerate() {
-        for endpoint in Endpoint::ALL {
-            let route = &shard.routes[endpoint as usize];
+        for (label, route) in shard.routes.iter() {
             for (kind, counter) in [("read", &route.db_reads), ("write", &route.db_writes)] {
                 let count = counter.load(Relaxed);
                 if count > 0 {
-                    let label = endpoint.label();
                     let _ = writeln!(
                         out,
                         "percore_db_statements_total{{shard=\"{id}\",route=\"{label}\",kind=\"{kind}\"}} {count}"
@@ -257,10 +267,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
     for (name, help, get) in maxima {
         family(out, name, "gauge", help);
         for (id, shard) in shards.iter().enumerate() {
-            for endpoint in Endpoint::ALL {
-                let value = get(&shard.routes[endpoint as usize]).load(Relaxed);
+            for (label, route) in shard.routes.iter() {
+                let value = get(route).load(Relaxed);
                 if value > 0 {
-                    let _ = writeln!(out, "{name}{{shard=\"{id}\",route=\"{}\"}} {value}", endpoint.label());
+                    let _ = writeln!(out, "{name}{{shard=\"{id}\",route=\"{label}\"}} {value}");
                 }
             }
         }
@@ -426,10 +436,10 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_counts_match() {
-        let metrics = ShardMetrics::default();
-        metrics.record(Endpoint::Healthz, 200, Duration::from_micros(50));
-        metrics.record(Endpoint::Healthz, 200, Duration::from_millis(3));
-        metrics.record(Endpoint::Healthz, 299, Duration::from_secs(60));
+        let metrics = ShardMetrics::new(&["healthz"]);
+        metrics.record(0, 200, Duration::from_micros(50));
+        metrics.record(0, 200, Duration::from_millis(3));
+        metrics.record(0, 299, Duration::from_secs(60));
         let globals = Globals {
             worker_queue_depth: 0,
             worker_queue_capacity: 1,

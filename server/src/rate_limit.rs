@@ -14,7 +14,6 @@
 
 use crate::api::auth::Principal;
 use crate::http::Request;
-use crate::router::Endpoint;
 use crate::throttle::{Key, Throttle};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -112,20 +111,6 @@ impl Class {
             Class::Write => "write",
             Class::Auth => "auth",
             Class::Jobs => "jobs",
-        }
-    }
-
-    /// The class an endpoint's requests count against; none for operations and benchmarks.
-    pub fn of(endpoint: Endpoint) -> Option<Class> {
-        use Endpoint::*;
-        match endpoint {
-            Register | Login => Some(Class::Auth),
-            PostJob => Some(Class::Jobs),
-            Logout | PatchProfile | PutPrefs | PostEvent | PostWebhook | DeleteWebhook => Some(Class::Write),
-            Me | MyEvents | UserById | UsersByIds | ListJobs | GetJob | JobResult | ListWebhooks
-            | WebhookDeliveries => Some(Class::Read),
-            Healthz | Readyz | Metrics | OpenApi | Plaintext | Json | Db | Queries | Fortunes | Updates
-            | CachedQueries | BenchHash | DebugPanic | DebugStall | NotFound | MethodNotAllowed | Malformed => None,
         }
     }
 }
@@ -295,23 +280,6 @@ mod tests {
         );
         assert_eq!(client_ip(proxy, Some(b"198.51.100.7, junk"), &trusted), proxy);
         assert_eq!(client_ip(proxy, None, &trusted), proxy);
-    }
-
-    #[test]
-    fn api_endpoints_have_classes_and_operations_none() {
-        // `Class::of` matches every endpoint, so a new one cannot go unclassified.
-        assert_eq!(Class::of(Endpoint::Login), Some(Class::Auth));
-        assert_eq!(Class::of(Endpoint::Me), Some(Class::Read));
-        assert_eq!(Class::of(Endpoint::PutPrefs), Some(Class::Write));
-        assert_eq!(Class::of(Endpoint::PostJob), Some(Class::Jobs));
-        for operation in [
-            Endpoint::Healthz,
-            Endpoint::Readyz,
-            Endpoint::Metrics,
-            Endpoint::Plaintext,
-        ] {
-            assert_eq!(Class::of(operation), None, "{operation:?}");
-        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Server, Services};
-use percore::router::{self, Access};
+use percore::api::{router, routes::Access};
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -26,7 +26,7 @@ fn the_document_lists_exactly_the_public_and_user_routes() {
         }
     }
     let routed: BTreeSet<(String, String, bool)> = router::routes()
-        .filter(|(_, _, access)| matches!(access, Access::Public | Access::User))
+        .filter(|(_, _, access)| matches!(access, Access::Operator | Access::Public | Access::User))
         .map(|(method, path, access)| (method.as_str().to_string(), path.to_string(), access == Access::User))
         .collect();
     assert_eq!(

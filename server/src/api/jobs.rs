@@ -197,8 +197,8 @@ async fn own_job(ctx: &Ctx<'_>, principal: &Principal, param: &str) -> Result<Jo
     job_of(row)?.ok_or_else(|| ApiError::new(404, "not_found", "no such job"))
 }
 
-pub async fn get_job(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
-    let job = own_job(ctx, principal, param).await?;
+pub async fn get_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let job = own_job(ctx, principal, ctx.param).await?;
     write_json(body, &job);
     Ok(Reply::json(200))
 }
@@ -240,8 +240,8 @@ pub async fn list_jobs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
 
 /// A finished job's artifact with its own Content-Type (PDF, CSV), read from disk on the
 /// worker pool, or its JSON result when it has no artifact (e-mail, webhook).
-pub async fn job_result(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
-    let job = own_job(ctx, principal, param).await?;
+pub async fn job_result(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let job = own_job(ctx, principal, ctx.param).await?;
     if job.status != "done" {
         return Err(ApiError::new(
             409,

@@ -1,9 +1,10 @@
-//! Handlers: extract, call the domain, answer. They never name the runtime, and write
-//! their response body into the buffer they are given.
+//! The API: the route table (`routes`), routing (`router`), and thin handlers (extract,
+//! call the domain, answer) that never name the runtime and write their response body into
+//! the buffer they are given.
 //!
-//! `dispatch` then `handle` are the core API's one hop: they route, apply the auth middleware to every
-//! route the table marks `Access::User`, hands the handler a statement-counting `Sql`, and
-//! records the statements each route ran.
+//! `dispatch` then `handle` are the core API's one hop: they find the row, apply the auth
+//! middleware to every `Access::User` row, the rate limit of the row's class, hand the
+//! handler a statement-counting `Sql`, and record the statements each route ran.
 
 pub mod auth;
 mod bench;
@@ -15,14 +16,17 @@ mod jobs;
 mod limits;
 mod ops;
 mod public_users;
+pub mod router;
+pub mod routes;
 mod techempower;
 mod users;
 mod webhooks;
 
 use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, Request};
-use crate::router::{self, Access, Endpoint, Resolved};
 use crate::sql::Sql;
+use router::Resolved;
+use routes::{Access, Handler, Label, Route, Waiting};
 
 pub type Answer = Result<Reply, ApiError>;
 
@@ -31,6 +35,8 @@ pub type Answer = Result<Reply, ApiError>;
 pub struct Ctx<'a> {
     pub shard: &'a Shard,
     pub request: &'a Request<'a>,
+    /// The `{…}` segment of the route's path; empty for routes without one.
+    pub param: &'a str,
     pub sql: Sql<'a>,
     /// The client's address: the peer, or `X-Forwarded-For` from a trusted proxy.
     pub client_ip: std::net::IpAddr,
@@ -43,27 +49,23 @@ pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 /// A routed request whose handler must be awaited.
 pub struct Routed<'r> {
-    endpoint: Endpoint,
-    access: Access,
+    label: Label,
+    route: &'static Route,
+    handler: Waiting,
     param: Option<&'r str>,
 }
 
 /// What routing decided without waiting: an answer already (a routing error, or one of
 /// the handlers that never wait), or a handler to run with `handle`.
 pub enum Dispatch<'r> {
-    Answered(Endpoint, Answer),
+    Answered(Label, Answer),
     Pending(Routed<'r>),
 }
 
-/// Routes one request. Handlers that never wait and check nothing per client (probes,
-/// the benchmark's plaintext and json) answer here, with no future built for them.
+/// Routes one request. `Handler::Now` rows answer here, with no future built for them.
 pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) -> Dispatch<'r> {
-    let (endpoint, access, param) = match router::resolve(request.method, request.path, shard.config().bench.routes) {
-        Resolved::Found {
-            endpoint,
-            access,
-            param,
-        } => (endpoint, access, param),
+    let (label, route, param) = match router::resolve(request.method, request.path, shard.config().bench.routes) {
+        Resolved::Found { label, route, param } => (label, route, param),
         Resolved::MethodNotAllowed(allow) => {
             let error = ApiError::new(
                 405,
@@ -76,71 +78,61 @@ pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) ->
             );
             let mut reply = crate::http::error::error_reply(&error, body);
             reply.headers.push(("Allow", allow));
-            return Dispatch::Answered(Endpoint::MethodNotAllowed, Ok(reply));
+            return Dispatch::Answered(Label::METHOD_NOT_ALLOWED, Ok(reply));
         }
         Resolved::NotFound => {
             let error = ApiError::new(404, "not_found", "no such route");
-            return Dispatch::Answered(Endpoint::NotFound, Err(error));
+            return Dispatch::Answered(Label::NOT_FOUND, Err(error));
         }
     };
     // Over server.rss_bytes_max: shed the work that allocates, keep what operators watch.
-    if shard.shared.memory_pressure.load(std::sync::atomic::Ordering::Relaxed)
-        && !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics)
-    {
+    if route.access != Access::Operator && shard.shared.memory_pressure.load(std::sync::atomic::Ordering::Relaxed) {
         let error = ApiError::unavailable("memory_pressure", "the server is over its memory bound; retry later", 1);
-        return Dispatch::Answered(endpoint, Err(error));
+        return Dispatch::Answered(label, Err(error));
     }
-    let answer = match endpoint {
-        Endpoint::Healthz => ops::healthz(body),
-        Endpoint::Metrics => ops::metrics(shard, body),
-        Endpoint::OpenApi => {
-            body.extend_from_slice(OPENAPI_JSON.as_bytes());
-            Ok(Reply::json(200))
-        }
-        Endpoint::Plaintext => techempower::plaintext(body),
-        Endpoint::Json => techempower::json(body),
-        _ => {
-            return Dispatch::Pending(Routed {
-                endpoint,
-                access,
-                param,
-            });
-        }
-    };
-    // Answered without the rate limit and the session check that `handle` applies.
-    debug_assert!(
-        access == Access::Public || access == Access::Bench,
-        "{endpoint:?} needs a session"
-    );
-    debug_assert!(
-        crate::rate_limit::Class::of(endpoint).is_none(),
-        "{endpoint:?} has a rate class"
-    );
-    Dispatch::Answered(endpoint, answer)
+    match route.handler {
+        Handler::Now(answer) => Dispatch::Answered(label, answer(shard, body)),
+        Handler::Waits(handler) => Dispatch::Pending(Routed {
+            label,
+            route,
+            handler,
+            param,
+        }),
+    }
 }
 
-/// Runs the handler of a routed request. Returns the endpoint for metrics.
-pub async fn handle(
-    shard: &Shard,
-    request: &Request<'_>,
-    routed: Routed<'_>,
-    body: &mut Vec<u8>,
-) -> (Endpoint, Answer) {
+/// Who is calling a waiting handler: anyone, or the user the auth middleware found.
+enum Caller {
+    Anyone(for<'a> fn(&'a Ctx<'a>, &'a mut Vec<u8>) -> routes::Waits<'a>),
+    User(
+        for<'a> fn(&'a Ctx<'a>, &'a auth::Principal, &'a mut Vec<u8>) -> routes::Waits<'a>,
+        auth::Principal,
+    ),
+}
+
+/// Runs the handler of a routed request: the auth middleware (once, here, for every
+/// `Access::User` row), the rate limit of the row's class, then the handler. Returns the
+/// label for metrics.
+pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, body: &mut Vec<u8>) -> (Label, Answer) {
     let Routed {
-        endpoint,
-        access,
+        label,
+        route,
+        handler,
         param,
     } = routed;
-    // The auth middleware: once, here, for every route that needs it.
-    let principal = match access {
-        Access::User => match auth::authenticate(request) {
-            Ok(principal) => Some(principal),
-            Err(error) => return (endpoint, Err(error)),
+    let caller = match handler {
+        Waiting::Public(handler) => Caller::Anyone(handler),
+        Waiting::User(handler) => match auth::authenticate(request) {
+            Ok(principal) => Caller::User(handler, principal),
+            Err(error) => return (label, Err(error)),
         },
-        Access::Public | Access::Bench | Access::DebugBuild => None,
+    };
+    let principal = match &caller {
+        Caller::User(_, principal) => Some(principal),
+        Caller::Anyone(_) => None,
     };
     let client_ip = shard.limiter.client_ip(request);
-    let client = crate::rate_limit::client_key(principal.as_ref(), client_ip);
+    let client = crate::rate_limit::client_key(principal, client_ip);
     // Only replica routing reads it (a client's own writes): no hashing without replicas.
     let client_id = if shard.replicas.is_empty() {
         0
@@ -150,82 +142,28 @@ pub async fn handle(
     let ctx = Ctx {
         shard,
         request,
-        sql: match access {
+        param: param.unwrap_or_default(),
+        sql: match route.access {
             Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard, client_id),
-            Access::Public | Access::User => Sql::new(shard, client_id),
+            Access::Operator | Access::Public | Access::User => Sql::new(shard, client_id),
         },
         client_ip,
         client,
     };
-    if let Some(class) = crate::rate_limit::Class::of(endpoint)
+    if let Some(class) = route.rate
         && let Err(refused) = limits::admit(&ctx, class).await
     {
-        return (endpoint, Ok(limits::too_many(&refused, body)));
+        return (label, Ok(limits::too_many(&refused, body)));
     }
-    let answer = match (endpoint, &principal) {
-        (Endpoint::Readyz, _) => ops::readyz(shard, &ctx.sql, body).await,
-        (Endpoint::Register, _) => identity::register(&ctx, body).await,
-        (Endpoint::Login, _) => identity::login(&ctx, body).await,
-        (Endpoint::Logout, Some(who)) => identity::logout(&ctx, who).await,
-        (Endpoint::Me, Some(who)) => users::me(&ctx, who, body).await,
-        (Endpoint::PatchProfile, Some(who)) => users::patch_profile(&ctx, who, body).await,
-        (Endpoint::PutPrefs, Some(who)) => users::put_prefs(&ctx, who, body).await,
-        (Endpoint::UserById, Some(who)) => public_users::user_by_id(&ctx, who, param.unwrap_or_default(), body).await,
-        (Endpoint::UsersByIds, Some(who)) => public_users::users_by_ids(&ctx, who, body).await,
-        (Endpoint::PostEvent, Some(who)) => events::post_event(&ctx, who, body).await,
-        (Endpoint::MyEvents, Some(who)) => events::my_events(&ctx, who, body).await,
-        (Endpoint::PostJob, Some(who)) => jobs::post_job(&ctx, who, body).await,
-        (Endpoint::ListJobs, Some(who)) => jobs::list_jobs(&ctx, who, body).await,
-        (Endpoint::GetJob, Some(who)) => jobs::get_job(&ctx, who, param.unwrap_or_default(), body).await,
-        (Endpoint::JobResult, Some(who)) => jobs::job_result(&ctx, who, param.unwrap_or_default(), body).await,
-        (Endpoint::PostWebhook, Some(who)) => webhooks::post_webhook(&ctx, who, body).await,
-        (Endpoint::ListWebhooks, Some(who)) => webhooks::list_webhooks(&ctx, who, body).await,
-        (Endpoint::DeleteWebhook, Some(who)) => webhooks::delete_webhook(&ctx, who, param.unwrap_or_default()).await,
-        (Endpoint::WebhookDeliveries, Some(who)) => {
-            webhooks::deliveries(&ctx, who, param.unwrap_or_default(), body).await
-        }
-        (Endpoint::Db, _) => techempower::db(&ctx, body).await,
-        (Endpoint::Queries, _) => techempower::queries(&ctx, body).await,
-        (Endpoint::Fortunes, _) => techempower::fortunes(&ctx, body).await,
-        (Endpoint::Updates, _) => techempower::updates(&ctx, body).await,
-        (Endpoint::CachedQueries, _) => techempower::cached_queries(&ctx, body).await,
-        (Endpoint::BenchHash, _) => bench::hash(shard, request, body).await,
-        (Endpoint::DebugPanic, _) => panic!("GET /bench/panic panics on purpose"),
-        (Endpoint::DebugStall, _) => bench::stall(request, body),
-        (
-            Endpoint::Logout
-            | Endpoint::Me
-            | Endpoint::PatchProfile
-            | Endpoint::PutPrefs
-            | Endpoint::UserById
-            | Endpoint::UsersByIds
-            | Endpoint::PostEvent
-            | Endpoint::MyEvents
-            | Endpoint::PostJob
-            | Endpoint::ListJobs
-            | Endpoint::GetJob
-            | Endpoint::JobResult
-            | Endpoint::PostWebhook
-            | Endpoint::ListWebhooks
-            | Endpoint::DeleteWebhook
-            | Endpoint::WebhookDeliveries,
-            None,
-        ) => unreachable!("the route table marks {endpoint:?} Access::User"),
-        (Endpoint::NotFound | Endpoint::MethodNotAllowed | Endpoint::Malformed, _) => {
-            unreachable!("pseudo-endpoints are never routed to")
-        }
-        (Endpoint::Healthz | Endpoint::Metrics | Endpoint::OpenApi | Endpoint::Plaintext | Endpoint::Json, _) => {
-            unreachable!("dispatch answers {endpoint:?} itself")
-        }
+    let answer = match &caller {
+        Caller::Anyone(handler) => handler(&ctx, body).await,
+        Caller::User(handler, who) => match handler(&ctx, who, body).await {
+            Err(error) => Err(unless_unauthenticated(&ctx, who, error).await),
+            answer => answer,
+        },
     };
-    let answer = match (answer, &principal) {
-        (Err(error), Some(who)) => Err(unless_unauthenticated(&ctx, who, error).await),
-        (answer, _) => answer,
-    };
-    shard
-        .metrics
-        .record_statements(endpoint, ctx.sql.reads(), ctx.sql.writes());
-    (endpoint, answer)
+    (shard.metrics).record_statements(label.index(), ctx.sql.reads(), ctx.sql.writes());
+    (label, answer)
 }
 
 /// A handler refused the input before any statement checked the caller's session: a

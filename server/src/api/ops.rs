@@ -7,6 +7,11 @@ use crate::metrics::{self, Globals};
 use crate::sql::{Sql, Stmt};
 use std::sync::atomic::Ordering::Relaxed;
 
+pub fn openapi(body: &mut Vec<u8>) -> Answer {
+    body.extend_from_slice(super::OPENAPI_JSON.as_bytes());
+    Ok(Reply::json(200))
+}
+
 pub fn healthz(body: &mut Vec<u8>) -> Answer {
     body.extend_from_slice(br#"{"status":"ok"}"#);
     Ok(Reply::json(200))

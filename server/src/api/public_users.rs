@@ -39,7 +39,8 @@ fn not_found() -> ApiError {
     ApiError::new(404, "user_not_found", "no such user")
 }
 
-pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, id: &str, body: &mut Vec<u8>) -> Answer {
+pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let id = ctx.param;
     let id = extract::user_id(id)?;
     let cache = &ctx.shard.cache;
     if auth::cached_user(ctx, principal).is_some() {

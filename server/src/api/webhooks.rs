@@ -171,8 +171,8 @@ pub async fn list_webhooks(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
     Ok(Reply::json(200))
 }
 
-pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal, param: &str) -> Answer {
-    let id = extract::id(param, "webhook")?;
+pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal) -> Answer {
+    let id = extract::id(ctx.param, "webhook")?;
     let rows = ctx
         .sql
         .query(Stmt::WebhookDelete, &[&principal.token_hash(), &id])
@@ -184,8 +184,8 @@ pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal, param: &str) -
     }
 }
 
-pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, param: &str, body: &mut Vec<u8>) -> Answer {
-    let id = extract::id(param, "webhook")?;
+pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
+    let id = extract::id(ctx.param, "webhook")?;
     let limit_max = i64::from(ctx.shard.shared.jobs.settings().webhooks.deliveries_limit_max);
     let limit = extract::limit(ctx.request, DELIVERIES_DEFAULT, limit_max)?;
     let rows = ctx

@@ -6,13 +6,13 @@
 //! Runs on a shard: never blocks.
 
 use super::shard::Shard;
+use crate::api::routes::Label;
 use crate::api::{self, Dispatch, Routed as Pending};
 use crate::config::ms;
 use crate::http::date::DateCache;
 use crate::http::service::{ConnLimits, Routed, Service, Transport};
 use crate::http::{ApiError, Method, Reply, Request};
 use crate::metrics::ShardMetrics;
-use crate::router::Endpoint;
 use crate::runtime::deadlines::ReadDeadline;
 use crate::runtime::{self, TcpStream};
 use futures::AsyncWriteExt;
@@ -62,7 +62,7 @@ impl Transport for ClientSocket {
 }
 
 impl Service for Shard {
-    type Label = Endpoint;
+    type Label = Label;
     type Pending<'r> = Pending<'r>;
 
     fn limits(&self) -> &ConnLimits {
@@ -77,11 +77,11 @@ impl Service for Shard {
         self.draining.get()
     }
 
-    fn malformed(&self) -> Endpoint {
-        Endpoint::Malformed
+    fn malformed(&self) -> Label {
+        Label::MALFORMED
     }
 
-    fn route<'r>(&self, request: &Request<'r>, body: &mut Vec<u8>) -> Routed<Endpoint, Pending<'r>> {
+    fn route<'r>(&self, request: &Request<'r>, body: &mut Vec<u8>) -> Routed<Label, Pending<'r>> {
         match api::dispatch(self, request, body) {
             Dispatch::Answered(endpoint, answer) => Routed::Answered(endpoint, answer),
             Dispatch::Pending(pending) => Routed::Pending(pending),
@@ -93,7 +93,7 @@ impl Service for Shard {
         request: &Request<'r>,
         pending: Pending<'r>,
         body: &mut Vec<u8>,
-    ) -> (Endpoint, Result<Reply, ApiError>) {
+    ) -> (Label, Result<Reply, ApiError>) {
         api::handle(self, request, pending, body).await
     }
 
@@ -117,8 +117,8 @@ impl Service for Shard {
         ShardMetrics::add(&self.metrics.bytes_sent, count as u64);
     }
 
-    fn answered(&self, label: Endpoint, status: u16, latency: Duration, count: u64) {
-        self.metrics.record_many(label, status, latency, count);
+    fn answered(&self, label: Label, status: u16, latency: Duration, count: u64) {
+        self.metrics.record_many(label.index(), status, latency, count);
     }
 
     fn handler_panicked(&self, method: Method, path: &str) {

@@ -253,7 +253,9 @@ pub fn run(config: Config) -> Result<(), String> {
     let shard_count = placement.shard_cpus.len();
     let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
-        metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+        metrics: (0..shard_count)
+            .map(|_| ShardMetrics::new(&crate::api::routes::Label::NAMES))
+            .collect(),
         workers: pool.handle(),
         jobs: jobs.handle(),
         db_target,
