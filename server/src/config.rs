@@ -20,7 +20,7 @@ pub struct Config {
     pub identity: Identity,
     pub api: Api,
     pub cache: Cache,
-    pub rate_limit: crate::rate_limit::Settings,
+    pub rate_limit: crate::limits::rate_limit::Settings,
     pub cluster: Cluster,
     /// `[jobs]`, `[email]`, `[webhooks]`: defined with the workers that use them.
     pub jobs: percore_workers::jobs::config::Jobs,
@@ -579,13 +579,13 @@ impl Config {
         {
             return Err(("database.url".into(), format!("is not a valid postgres:// URL: {why}")));
         }
-        if d.replicas.len() > crate::replicas::REPLICAS_MAX {
+        if d.replicas.len() > crate::store::replicas::REPLICAS_MAX {
             return Err((
                 "database.replicas".into(),
                 format!(
                     "lists {} replicas; at most {}",
                     d.replicas.len(),
-                    crate::replicas::REPLICAS_MAX
+                    crate::store::replicas::REPLICAS_MAX
                 ),
             ));
         }
@@ -623,7 +623,7 @@ impl Config {
             r.reconnect_backoff_ms_max,
             r.reconnect_backoff_ms_min,
         )?;
-        if !r.url.is_empty() && !crate::redis::RedisTarget::is_valid_url(&r.url) {
+        if !r.url.is_empty() && !crate::store::redis::RedisTarget::is_valid_url(&r.url) {
             return Err(("redis.url".into(), "is not a valid redis://host:port[/db] URL".into()));
         }
         let i = &self.identity;

@@ -8,16 +8,10 @@
 //! with a `blocking-ok` comment.
 
 pub mod api;
-pub mod cache;
 pub mod config;
-pub mod db;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod metrics;
-pub mod rate_limit;
-pub mod redis;
-pub mod replicas;
-pub mod room;
 pub mod runtime;
-pub mod sql;
-pub mod throttle;
+pub mod store;

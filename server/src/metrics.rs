@@ -98,10 +98,10 @@ pub struct ShardMetrics {
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
     /// By `database.replicas` position; slots past the configured ones stay zero.
-    pub replicas: [ReplicaMetrics; crate::replicas::REPLICAS_MAX],
+    pub replicas: [ReplicaMetrics; crate::store::replicas::REPLICAS_MAX],
     /// Reads that could have used a replica but ran on the primary, by
     /// `replicas::OnPrimary` (in `OnPrimary::ALL` order).
-    pub replica_eligible_on_primary: [AtomicU64; crate::replicas::OnPrimary::ALL.len()],
+    pub replica_eligible_on_primary: [AtomicU64; crate::store::replicas::OnPrimary::ALL.len()],
 }
 
 /// One replica as one shard sees it.
@@ -373,7 +373,7 @@ fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) 
         "Reads a replica could have served that ran on the primary, by why.",
     );
     for (id, shard) in shards.iter().enumerate() {
-        for (why, count) in crate::replicas::OnPrimary::ALL
+        for (why, count) in crate::store::replicas::OnPrimary::ALL
             .iter()
             .zip(&shard.replica_eligible_on_primary)
         {

@@ -181,7 +181,7 @@ fn the_events_page_is_an_index_range_scan_without_sort() {
             .unwrap();
         rows[0].get::<_, Vec<u8>>(0)
     };
-    let sql = percore::sql::Stmt::EventsPage.sql();
+    let sql = percore::store::Stmt::EventsPage.sql();
     let before = std::time::SystemTime::now();
     let plan: Vec<String> = client
         .query(&format!("EXPLAIN {sql}"), &[&token_hash, &before, &i64::MAX, &21i64])

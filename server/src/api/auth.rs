@@ -6,8 +6,8 @@
 //! authenticated handler runs (see `sql.rs`), so checking costs no extra round trip.
 
 use super::Ctx;
-use crate::cache::{Cached, Epoch, Key};
 use crate::http::{ApiError, Request};
+use crate::store::cache::{Cached, Epoch, Key};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -51,7 +51,7 @@ pub fn authenticate(request: &Request<'_>) -> Result<Principal, ApiError> {
 /// The caller's user id, if this shard's cache knows the session is live: then the
 /// handler may skip the session check in SQL.
 pub fn cached_user(ctx: &Ctx<'_>, who: &Principal) -> Option<i64> {
-    match ctx.shard.cache.get(&Key::Session(who.token_hash))? {
+    match ctx.shard.store.cache.get(&Key::Session(who.token_hash))? {
         Cached::Session { user_id, expires_at } if expires_at > SystemTime::now() => Some(user_id),
         _ => None,
     }
@@ -60,7 +60,7 @@ pub fn cached_user(ctx: &Ctx<'_>, who: &Principal) -> Option<i64> {
 /// Keeps the session a token-joined statement checked (begun at `epoch`), so the caller's
 /// next request may skip the check in SQL.
 pub fn remember_session(ctx: &Ctx<'_>, who: &Principal, epoch: Epoch, user_id: i64, expires_at: SystemTime) {
-    ctx.shard.cache.insert_unless_invalidated(
+    ctx.shard.store.cache.insert_unless_invalidated(
         epoch,
         Key::Session(who.token_hash),
         Cached::Session { user_id, expires_at },

@@ -8,10 +8,10 @@
 use super::auth::{self, Principal};
 use super::identity::timestamp;
 use super::{Answer, Ctx, extract, write_json};
-use crate::cache::{Cached, EventPage, Key, PageEvent, bus};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
+use crate::store::Stmt;
+use crate::store::cache::{Cached, EventPage, Key, PageEvent, bus};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::rc::Rc;
@@ -86,7 +86,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
     for _ in 0..row.get::<i64>(3) {
         webhooks.wake();
     }
-    bus::invalidate(ctx.shard, &[Key::Events(row.get(2))]).await;
+    bus::invalidate(&ctx.shard.store, &[Key::Events(row.get(2))]).await;
     let event = Event {
         id: row.get(0),
         kind: input.kind,
@@ -112,6 +112,7 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
     {
         let loaded = ctx
             .shard
+            .store
             .cache
             .get_or_load(Key::Events(user_id), || async move {
                 let fetch = page_max + 1;
@@ -134,7 +135,7 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
     let before_time = UNIX_EPOCH + Duration::from_micros(before_micros as u64);
     // One row more than asked tells whether another page exists.
     let fetch = limit + 1;
-    let epoch = ctx.shard.cache.epoch();
+    let epoch = ctx.shard.store.cache.epoch();
     let rows = (ctx.sql)
         .query_session_replica(
             &principal.token_hash,
@@ -153,14 +154,14 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
 
 /// Events from (id, kind, payload, created_at) rows, newest first, each serialized once;
 /// the all-NULL row of an empty `EventsPage` is skipped.
-fn page_events(rows: &percore_pg::Rows) -> Result<Vec<PageEvent>, ApiError> {
+fn page_events(rows: &percore_pg::Rows) -> Result<Vec<PageEvent>, crate::store::StoreError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(id) = row.get::<Option<i64>>(0) else {
             continue;
         };
         let created_at: SystemTime = row.get(3);
-        let payload = RawValue::from_string(row.get(2)).map_err(|_| ApiError::internal())?;
+        let payload = RawValue::from_string(row.get(2)).map_err(|_| crate::store::StoreError::Failed)?;
         let mut json = Vec::with_capacity(64 + payload.get().len());
         write_json(
             &mut json,

@@ -10,8 +10,8 @@ use super::{Answer, Ctx, extract, workers_busy, write_json};
 use crate::engine::shard::Shard;
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
-use crate::throttle::Key;
+use crate::limits::throttle::Key;
+use crate::store::Stmt;
 use percore_workers::password::{self, Argon2Params};
 use serde::{Deserialize, Serialize};
 use std::time::{Instant, SystemTime};
@@ -112,8 +112,8 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     // A new user is news to every replica: heard by every shard (of every instance) before
     // this answers, so no shard asks a replica that has not replayed it for this user
     // (`replicas.rs`); a 404 for a user who exists would follow otherwise.
-    if !ctx.shard.replicas.is_empty() {
-        crate::cache::bus::invalidate(ctx.shard, &[crate::cache::Key::User(id)]).await;
+    if !ctx.shard.store.replicas.is_empty() {
+        crate::store::cache::bus::invalidate(&ctx.shard.store, &[crate::store::cache::Key::User(id)]).await;
     }
     let user = User {
         id,
@@ -204,7 +204,7 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     // From here the client is its token, no longer its address: what it wrote as the
     // address (its registration, say) must still be what its first reads see.
     ctx.sql
-        .wrote_as(crate::replicas::client_id(&crate::throttle::Key::Token(token_hash)));
+        .wrote_as(crate::limits::throttle::Key::Token(token_hash).client_id());
     let expires_at: SystemTime = rows.first().ok_or_else(ApiError::internal)?.get(0);
     write_json(
         body,
@@ -244,7 +244,11 @@ pub async fn logout(ctx: &Ctx<'_>, principal: &Principal) -> Answer {
         return Err(auth::invalid_token());
     }
     // Before the 204: no shard of any process may accept the token after it.
-    crate::cache::bus::invalidate(ctx.shard, &[crate::cache::Key::Session(principal.token_hash)]).await;
+    crate::store::cache::bus::invalidate(
+        &ctx.shard.store,
+        &[crate::store::cache::Key::Session(principal.token_hash)],
+    )
+    .await;
     Ok(Reply::new(204, crate::http::response::JSON))
 }
 

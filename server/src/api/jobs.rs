@@ -11,7 +11,7 @@ use super::identity::timestamp;
 use super::{Answer, Ctx, extract, workers_busy, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
+use crate::store::Stmt;
 use percore_pg::Row;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

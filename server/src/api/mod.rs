@@ -9,11 +9,11 @@
 pub mod auth;
 mod bench;
 pub mod bodies;
+mod errors;
 mod events;
 pub mod extract;
 pub mod identity;
 mod jobs;
-mod limits;
 mod ops;
 mod public_users;
 pub mod router;
@@ -24,7 +24,8 @@ mod webhooks;
 
 use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, Request};
-use crate::sql::Sql;
+use crate::limits::{admission, rate_limit};
+use crate::store::Sql;
 use router::Resolved;
 use routes::{Access, Handler, Label, Route, Waiting};
 
@@ -41,7 +42,7 @@ pub struct Ctx<'a> {
     /// The client's address: the peer, or `X-Forwarded-For` from a trusted proxy.
     pub client_ip: std::net::IpAddr,
     /// Who the request counts as (`rate_limit::client_key`): its session, else its address.
-    pub client: crate::throttle::Key,
+    pub client: crate::limits::throttle::Key,
 }
 
 /// The OpenAPI 3.1 description of everything served; a test checks it against the routes.
@@ -132,28 +133,28 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, bo
         Caller::Anyone(_) => None,
     };
     let client_ip = shard.limiter.client_ip(request);
-    let client = crate::rate_limit::client_key(principal, client_ip);
+    let client = rate_limit::client_key(principal.map(|who| &who.token_hash), client_ip);
     // Only replica routing reads it (a client's own writes): no hashing without replicas.
-    let client_id = if shard.replicas.is_empty() {
+    let client_id = if shard.store.replicas.is_empty() {
         0
     } else {
-        crate::replicas::client_id(&client)
+        client.client_id()
     };
     let ctx = Ctx {
         shard,
         request,
         param: param.unwrap_or_default(),
         sql: match route.access {
-            Access::Bench | Access::DebugBuild => Sql::unbudgeted(shard, client_id),
-            Access::Operator | Access::Public | Access::User => Sql::new(shard, client_id),
+            Access::Bench | Access::DebugBuild => Sql::unbudgeted(&shard.store, client_id),
+            Access::Operator | Access::Public | Access::User => Sql::new(&shard.store, client_id),
         },
         client_ip,
         client,
     };
     if let Some(class) = route.rate
-        && let Err(refused) = limits::admit(&ctx, class).await
+        && let Err(refused) = admission::admit(&shard.limiter, &shard.store.redis, &ctx.client, class).await
     {
-        return (label, Ok(limits::too_many(&refused, body)));
+        return (label, Ok(admission::too_many(&refused, body)));
     }
     let answer = match &caller {
         Caller::Anyone(handler) => handler(&ctx, body).await,
@@ -174,10 +175,14 @@ async fn unless_unauthenticated(ctx: &Ctx<'_>, who: &auth::Principal, error: Api
     if checked || !(400..500).contains(&error.status) || error.status == 401 || auth::cached_user(ctx, who).is_some() {
         return error;
     }
-    match ctx.sql.query(crate::sql::Stmt::SessionLive, &[&who.token_hash()]).await {
+    match ctx
+        .sql
+        .query(crate::store::Stmt::SessionLive, &[&who.token_hash()])
+        .await
+    {
         Ok(rows) if rows.is_empty() => auth::invalid_token(),
         Ok(_) => error,
-        Err(unavailable) => unavailable,
+        Err(unavailable) => unavailable.into(),
     }
 }
 

@@ -4,7 +4,7 @@ use super::Answer;
 use crate::engine::shard::Shard;
 use crate::http::{ApiError, Reply, response};
 use crate::metrics::{self, Globals};
-use crate::sql::{Sql, Stmt};
+use crate::store::{Sql, Stmt};
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn openapi(body: &mut Vec<u8>) -> Answer {
@@ -28,7 +28,7 @@ pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer 
     let token = shard.probe_seq.get();
     shard.probe_seq.set(token + 1);
     let token = format!("percore-{}-{token}", shard.id);
-    let echoed = shard.redis.query(redis::cmd("ECHO").arg(&token)).await;
+    let echoed = shard.store.redis.query(redis::cmd("ECHO").arg(&token)).await;
     let redis = matches!(echoed, Ok(redis::Value::BulkString(ref bytes)) if bytes == token.as_bytes());
     let down: Vec<usize> = shard
         .shared

@@ -4,11 +4,11 @@
 
 use super::auth::{self, Principal};
 use super::{Answer, Ctx, extract, write_json};
-use crate::cache::l2::Lookup;
-use crate::cache::{Cached, Key};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
+use crate::store::Stmt;
+use crate::store::cache::l2::Lookup;
+use crate::store::cache::{Cached, Key};
 use percore_pg::Row;
 use serde::Serialize;
 use std::rc::Rc;
@@ -42,7 +42,7 @@ fn not_found() -> ApiError {
 pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
     let id = ctx.param;
     let id = extract::user_id(id)?;
-    let cache = &ctx.shard.cache;
+    let cache = &ctx.shard.store.cache;
     if auth::cached_user(ctx, principal).is_some() {
         let loaded = cache
             .get_or_load(Key::User(id), || async move {
@@ -80,7 +80,7 @@ pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
 
 pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
     let ids = parse_ids(ctx)?;
-    let cache = &ctx.shard.cache;
+    let cache = &ctx.shard.store.cache;
     let epoch = cache.epoch();
     let mut found: Vec<(i64, Rc<[u8]>)> = Vec::with_capacity(ids.len());
     // Generations read from Redis for the ids it did not have: their loads are stored.
@@ -147,7 +147,7 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         }
         found.push((id, json));
     }
-    crate::cache::l2::L2::put_later(&cache.l2, stores);
+    crate::store::cache::l2::L2::put_later(&cache.l2, stores);
     // In the order asked; `ids` has no duplicates, so each position is unique.
     found.sort_by_key(|(id, _)| ids.iter().position(|asked| asked == id));
     body.extend_from_slice(b"{\"users\":[");

@@ -6,9 +6,9 @@
 //! cached queries (through the two-level cache).
 
 use super::{Answer, Ctx};
-use crate::cache::{Cached, Key};
 use crate::http::{ApiError, Reply, response};
-use crate::sql::Stmt;
+use crate::store::Stmt;
+use crate::store::cache::{Cached, Key};
 use askama::Template;
 use futures::future::try_join_all;
 
@@ -157,6 +157,7 @@ pub async fn cached_queries(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         let id = ctx.shard.random_up_to(WORLD_ROWS) as i32;
         let loaded = ctx
             .shard
+            .store
             .cache
             .get_or_load(Key::World(id), || async move {
                 let rows = ctx

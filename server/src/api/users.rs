@@ -4,10 +4,10 @@
 use super::auth::{self, Principal};
 use super::identity::timestamp;
 use super::{Answer, Ctx, extract, write_json};
-use crate::cache::{Cached, Key, bus};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
+use crate::store::Stmt;
+use crate::store::cache::{Cached, Key, bus};
 use percore_pg::Row;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,7 @@ impl Prefs {
 /// From the shard's memory when it knows the session and the user's view; else one
 /// statement (by user id when only the session is known, with the session check otherwise).
 pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
-    let cache = &ctx.shard.cache;
+    let cache = &ctx.shard.store.cache;
     if let Some(user_id) = auth::cached_user(ctx, principal) {
         let loaded = cache
             .get_or_load(Key::Me(user_id), || async move {
@@ -193,7 +193,7 @@ pub async fn patch_profile(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     let user_id: i64 = row.get(4);
-    bus::invalidate(ctx.shard, &[Key::Me(user_id), Key::User(user_id)]).await;
+    bus::invalidate(&ctx.shard.store, &[Key::Me(user_id), Key::User(user_id)]).await;
     write_json(body, &Profile::from_row(row, 0));
     Ok(Reply::json(200))
 }
@@ -246,7 +246,7 @@ pub async fn put_prefs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
         .await?;
     let row = rows.first().ok_or_else(auth::invalid_token)?;
     let user_id: i64 = row.get(5);
-    bus::invalidate(ctx.shard, &[Key::Me(user_id)]).await;
+    bus::invalidate(&ctx.shard.store, &[Key::Me(user_id)]).await;
     write_json(body, &Prefs::from_row(row, 0));
     Ok(Reply::json(200))
 }

@@ -12,7 +12,7 @@ use super::identity::timestamp;
 use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
-use crate::sql::Stmt;
+use crate::store::Stmt;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;

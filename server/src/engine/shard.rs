@@ -5,14 +5,15 @@
 //! Runs on a shard: never blocks.
 
 use crate::config::{Config, ms};
-use crate::db;
+
 use crate::http::date::DateCache;
 use crate::http::service::ConnLimits;
+use crate::limits::throttle::Throttle;
 use crate::metrics::ShardMetrics;
-use crate::redis::{RedisClient, RedisTarget};
 use crate::runtime::deadlines::Sweeper;
 use crate::runtime::{self, Semaphore, TcpListener};
-use crate::throttle::Throttle;
+use crate::store::Store;
+use crate::store::redis::{RedisClient, RedisTarget};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -26,11 +27,11 @@ pub struct Shared {
     pub workers: percore_workers::Handle,
     /// The durable job queues: shards admit jobs against their depth and wake them.
     pub jobs: percore_workers::jobs::Handle,
-    pub db_target: db::Target,
+    pub db_target: crate::store::pg::Target,
     /// `database.replicas`, resolved, in order.
-    pub replica_targets: Vec<db::Target>,
+    pub replica_targets: Vec<crate::store::pg::Target>,
     /// Clients' last writes, for read-your-writes across shards.
-    pub recent_writers: crate::replicas::RecentWriters,
+    pub recent_writers: crate::store::replicas::RecentWriters,
     pub redis_target: RedisTarget,
     /// An Argon2 hash of nothing anyone knows, made at start-up with the configured cost: a
     /// login for an unknown email verifies against it, so it costs what a real one does.
@@ -54,10 +55,8 @@ pub struct Shard {
     pub date: DateCache,
     /// `[http]` as each connection's loop obeys it.
     pub conn_limits: ConnLimits,
-    pub db: Rc<db::Pool>,
-    /// Pools to `database.replicas` and what each has replayed.
-    pub replicas: Rc<crate::replicas::Replicas>,
-    pub redis: Rc<RedisClient>,
+    /// Its connections and its cache: the data layer.
+    pub store: Rc<Store>,
     /// Shutting down: finish what was read, answer with `Connection: close`.
     pub draining: Cell<bool>,
     /// Requests read but not yet answered on this shard.
@@ -68,8 +67,7 @@ pub struct Shard {
     pub deadlines: Sweeper,
     pub login_throttle: RefCell<Throttle>,
     /// Per-client rate limits by route class.
-    pub limiter: crate::rate_limit::Limiter,
-    pub cache: crate::cache::Cache,
+    pub limiter: crate::limits::rate_limit::Limiter,
     /// xorshift64* state for the benchmark routes' random row ids (not for secrets).
     pub random: Cell<u64>,
 }
@@ -113,35 +111,43 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
         }
     };
     let redis = RedisClient::start(shared.redis_target.clone(), &config.redis, metrics);
-    let db = db::Pool::start(
+    let db = crate::store::pg::Pool::start(
         shared.db_target.clone(),
         &config.database,
-        db::Role::Primary,
+        crate::store::pg::Role::Primary,
         id,
         metrics,
     );
-    let replicas = crate::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
+    let replicas =
+        crate::store::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
     let shard = Rc::new(Shard {
         id,
         shared,
         metrics,
         date: DateCache::default(),
         conn_limits: conn_limits(&config.http),
-        db,
-        replicas,
-        redis: redis.clone(),
+        store: Rc::new(Store {
+            shard_id: id,
+            db,
+            replicas,
+            redis: redis.clone(),
+            cache: crate::store::cache::Cache::new(&config.cache, &config.database, id, redis.clone(), metrics),
+            recent_writers: &shared.recent_writers,
+            metrics,
+            redis_settings: &config.redis,
+            cache_settings: &config.cache,
+        }),
         draining: Cell::new(false),
         in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
         deadlines: Sweeper::default(),
-        cache: crate::cache::Cache::new(&config.cache, &config.database, id, redis.clone(), metrics),
         random: Cell::new(seed_random()),
         login_throttle: RefCell::new(Throttle::new(
             f64::from(config.identity.login_rate_per_minute) / 60.0,
             config.identity.login_burst,
             config.identity.login_tracked_max,
         )),
-        limiter: crate::rate_limit::Limiter::new(
+        limiter: crate::limits::rate_limit::Limiter::new(
             &config.rate_limit,
             config.server.trusted_proxy_nets().expect("validated at start-up"),
         ),
@@ -154,7 +160,10 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     runtime::spawn(tick(shard.clone()));
     runtime::spawn(sweep(shard.clone()));
     if config.cache.enabled {
-        runtime::spawn(crate::cache::bus::subscribe(shard.clone(), shared.redis_target.clone()));
+        runtime::spawn(crate::store::cache::bus::subscribe(
+            shard.store.clone(),
+            shared.redis_target.clone(),
+        ));
     }
     // A signal that came before the sender was registered is seen through the flag.
     if !shared.shutdown.load(Ordering::SeqCst) {

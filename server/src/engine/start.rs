@@ -2,12 +2,12 @@
 //! provisions a service): CPU placement, the worker pool, the shards, and waiting for them to stop.
 
 use crate::config::Config;
-use crate::db;
+
 use crate::engine::lifecycle;
 use crate::engine::shard::{self, Shared};
 use crate::metrics::ShardMetrics;
-use crate::redis::RedisTarget;
 use crate::runtime;
+use crate::store::redis::RedisTarget;
 use percore_workers::{Pool, PoolConfig};
 use postgres::Client as BlockingClient; // blocking-ok: migrations at start-up and `percore migrate` only
 use std::sync::atomic::AtomicBool;
@@ -211,8 +211,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
     ensure_schema(&config.database, config.database.auto_migrate)?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
-    let db_target = db::Target::resolve(&config.database)?;
-    let replica_targets = db::Target::resolve_replicas(&config.database)?;
+    let db_target = crate::store::pg::Target::resolve(&config.database)?;
+    let replica_targets = crate::store::pg::Target::resolve_replicas(&config.database)?;
     let redis_target = RedisTarget::resolve(&config.redis.url)?;
 
     if placement.worker_cpus.is_empty() {
@@ -260,7 +260,7 @@ pub fn run(config: Config) -> Result<(), String> {
         jobs: jobs.handle(),
         db_target,
         replica_targets,
-        recent_writers: crate::replicas::RecentWriters::new(config.database.recent_writers_slots),
+        recent_writers: crate::store::replicas::RecentWriters::new(config.database.recent_writers_slots),
         redis_target,
         dummy_password_hash,
         shutdown: AtomicBool::new(false),

@@ -6,14 +6,14 @@
 //! got it; each evicts the keys, then publishes `<id>` to the writer's ack channel; the
 //! writer answers its client once all have, or after `invalidation_ack_timeout_ms`.
 //!
-//! Runs on a shard: never blocks.
+//! Runs on a store: never blocks.
 
 use super::Key;
 use crate::config::{self, ms};
-use crate::engine::shard::Shard;
 use crate::metrics::ShardMetrics;
-use crate::redis::{RedisTarget, connect};
 use crate::runtime;
+use crate::store::Store;
+use crate::store::redis::{RedisTarget, connect};
 use combine::parser::combinator::AnySendSyncPartialState;
 use combine::stream::{Decoder, PointerOffset};
 use futures::AsyncWriteExt;
@@ -86,8 +86,8 @@ impl Bus {
 
 /// Evicts `keys` on this shard at once, then on every subscribed shard of every process,
 /// waiting (at most `invalidation_ack_timeout_ms`) until each has confirmed.
-pub async fn invalidate(shard: &Shard, keys: &[Key]) {
-    let cache = &shard.cache;
+pub async fn invalidate(store: &Store, keys: &[Key]) {
+    let cache = &store.cache;
     cache.evict(keys);
     let bus = &cache.bus;
     let id = bus.next_id.get();
@@ -126,15 +126,18 @@ pub async fn invalidate(shard: &Shard, keys: &[Key]) {
     if !confirmed {
         // Shards that did not confirm either lost their subscription (and so bypass and
         // clear L1) or are slow; l1_ttl_ms bounds what they may still serve.
-        ShardMetrics::add(&shard.metrics.cache_invalidations_unconfirmed, 1);
-        log::warn!("shard {}: invalidation {id} not confirmed by every shard", shard.id);
+        ShardMetrics::add(&store.metrics.cache_invalidations_unconfirmed, 1);
+        log::warn!(
+            "shard {}: invalidation {id} not confirmed by every shard",
+            store.shard_id
+        );
     }
-    ShardMetrics::add(&shard.metrics.cache_invalidations_sent, 1);
+    ShardMetrics::add(&store.metrics.cache_invalidations_sent, 1);
 }
 
 /// The shard's subscriber: keeps its subscription up, applies invalidations, counts acks.
-pub async fn subscribe(shard: Rc<Shard>, target: RedisTarget) {
-    let settings = &shard.config().redis;
+pub async fn subscribe(store: Rc<Store>, target: RedisTarget) {
+    let settings = &store.redis_settings;
     let (min, max) = (
         ms(settings.reconnect_backoff_ms_min),
         ms(settings.reconnect_backoff_ms_max),
@@ -144,19 +147,19 @@ pub async fn subscribe(shard: Rc<Shard>, target: RedisTarget) {
         match runtime::timeout(ms(settings.connect_timeout_ms), connect(&target)).await {
             Some(Ok(stream)) => {
                 backoff = min;
-                let why = listen(&shard, stream).await;
+                let why = listen(&store, stream).await;
                 log::warn!(
                     "shard {}: cache subscription lost: {why}; L1 off until it is back",
-                    shard.id
+                    store.shard_id
                 );
             }
-            Some(Err(e)) => log::debug!("shard {}: cache subscription: {e}", shard.id),
-            None => log::debug!("shard {}: cache subscription: connect timed out", shard.id),
+            Some(Err(e)) => log::debug!("shard {}: cache subscription: {e}", store.shard_id),
+            None => log::debug!("shard {}: cache subscription: connect timed out", store.shard_id),
         }
-        if shard.cache.bus.subscribed.replace(false) {
-            ShardMetrics::sub(&shard.metrics.cache_subscribed, 1);
+        if store.cache.bus.subscribed.replace(false) {
+            ShardMetrics::sub(&store.metrics.cache_subscribed, 1);
         }
-        shard.cache.clear();
+        store.cache.clear();
         runtime::sleep(backoff).await;
         backoff = (backoff * 2).min(max);
     }
@@ -165,8 +168,8 @@ pub async fn subscribe(shard: Rc<Shard>, target: RedisTarget) {
 /// Subscribes, then reads frames until the connection fails or goes quiet: a PING every
 /// `subscription_ping_ms` must be answered before the next, or the subscription counts as
 /// lost (a frozen Redis keeps the socket open but would deliver no invalidation).
-async fn listen(shard: &Rc<Shard>, stream: runtime::TcpStream) -> String {
-    let bus = &shard.cache.bus;
+async fn listen(store: &Rc<Store>, stream: runtime::TcpStream) -> String {
+    let bus = &store.cache.bus;
     let (reader, mut writer) = futures::AsyncReadExt::split(stream);
     let mut subscribe = Vec::new();
     redis::cmd("SUBSCRIBE")
@@ -177,7 +180,7 @@ async fn listen(shard: &Rc<Shard>, stream: runtime::TcpStream) -> String {
         return format!("write failed: {e}");
     }
     let pongs = Cell::new(0u64);
-    let ping_interval = ms(shard.config().cache.subscription_ping_ms);
+    let ping_interval = ms(store.cache_settings.subscription_ping_ms);
     let keepalive = async {
         let ping = redis::cmd("PING").get_packed_command();
         let mut sent = 0u64;
@@ -192,18 +195,18 @@ async fn listen(shard: &Rc<Shard>, stream: runtime::TcpStream) -> String {
             sent += 1;
         }
     };
-    let read = read_frames(shard, reader, &pongs);
+    let read = read_frames(store, reader, &pongs);
     match futures::future::select(std::pin::pin!(keepalive), std::pin::pin!(read)).await {
         futures::future::Either::Left((why, _)) | futures::future::Either::Right((why, _)) => why,
     }
 }
 
 async fn read_frames(
-    shard: &Rc<Shard>,
+    store: &Rc<Store>,
     reader: futures::io::ReadHalf<runtime::TcpStream>,
     pongs: &Cell<u64>,
 ) -> String {
-    let bus = &shard.cache.bus;
+    let bus = &store.cache.bus;
     let mut decoder = Decoder::<AnySendSyncPartialState, PointerOffset<[u8]>>::new();
     let mut reader = reader.compat();
     let mut confirmed = 0;
@@ -225,43 +228,43 @@ async fn read_frames(
                 confirmed += 1;
                 if confirmed == 2 {
                     // Anything cached before this moment may have missed an invalidation.
-                    shard.cache.clear();
+                    store.cache.clear();
                     bus.subscribed.set(true);
-                    ShardMetrics::add(&shard.metrics.cache_subscribed, 1);
+                    ShardMetrics::add(&store.metrics.cache_subscribed, 1);
                 }
             }
             (Some("message"), Some(channel), Some(payload)) if channel == bus.invalidations => {
-                apply(shard, payload);
+                apply(store, payload);
             }
             (Some("message"), Some(channel), Some(payload)) if channel == bus.acks => {
                 if let Ok(id) = payload.parse() {
                     bus.acked(id);
                 }
             }
-            _ => log::debug!("shard {}: ignored pub/sub frame {parts:?}", shard.id),
+            _ => log::debug!("shard {}: ignored pub/sub frame {parts:?}", store.shard_id),
         }
     }
 }
 
 /// One invalidation from any shard of any process: evict, then confirm to its writer.
-fn apply(shard: &Rc<Shard>, payload: &str) {
+fn apply(store: &Rc<Store>, payload: &str) {
     let mut words = payload.split(' ');
     let (Some(ack_channel), Some(id)) = (words.next(), words.next()) else {
-        log::warn!("shard {}: malformed invalidation {payload:?}", shard.id);
+        log::warn!("shard {}: malformed invalidation {payload:?}", store.shard_id);
         return;
     };
     let keys: Vec<Key> = words.filter_map(Key::parse).collect();
-    shard.cache.evict(&keys);
-    ShardMetrics::add(&shard.metrics.cache_invalidations_received, 1);
+    store.cache.evict(&keys);
+    ShardMetrics::add(&store.metrics.cache_invalidations_received, 1);
     // The writer's own shard confirms without a round trip through Redis.
-    if ack_channel == shard.cache.bus.acks {
+    if ack_channel == store.cache.bus.acks {
         if let Ok(id) = id.parse() {
-            shard.cache.bus.acked(id);
+            store.cache.bus.acked(id);
         }
         return;
     }
-    let (shard, ack_channel, id) = (shard.clone(), ack_channel.to_string(), id.to_string());
+    let (store, ack_channel, id) = (store.clone(), ack_channel.to_string(), id.to_string());
     runtime::spawn(async move {
-        let _ = shard.redis.query(redis::cmd("PUBLISH").arg(ack_channel).arg(id)).await;
+        let _ = store.redis.query(redis::cmd("PUBLISH").arg(ack_channel).arg(id)).await;
     });
 }

@@ -8,9 +8,9 @@
 
 use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
-use crate::room::{Permit, Room};
 use crate::runtime::{self, TcpStream};
-use crate::sql::{Kind, Stmt};
+use crate::store::room::{Permit, Room};
+use crate::store::{Kind, Stmt};
 use percore_pg::{Client, Statement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

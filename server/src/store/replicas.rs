@@ -30,10 +30,10 @@
 //! Runs on a shard: never blocks. `RecentWriters` is shared by every shard, lock-free.
 
 use crate::config::{Database, ms};
-use crate::db::{Pool, Role, Target};
 use crate::metrics::ShardMetrics;
 use crate::runtime;
-use crate::sql::{Kind, Stmt};
+use crate::store::pg::{Pool, Role, Target};
+use crate::store::{Kind, Stmt};
 use percore_pg::types::PgLsn;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -83,20 +83,6 @@ impl RecentWriters {
         match self.slot(client).load(Ordering::Acquire) {
             0 => None,
             stored => Some(self.base + Duration::from_millis(stored - 1)),
-        }
-    }
-}
-
-/// A client's identity as `RecentWriters` hashes it: its session token, else its address.
-pub fn client_id(key: &crate::throttle::Key) -> u64 {
-    use std::hash::{Hash, Hasher};
-    match key {
-        // Already uniform: a SHA-256.
-        crate::throttle::Key::Token(hash) => u64::from_le_bytes(hash[..8].try_into().expect("8 of 32 bytes")),
-        other => {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            other.hash(&mut hasher);
-            hasher.finish()
         }
     }
 }

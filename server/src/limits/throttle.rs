@@ -19,6 +19,23 @@ pub enum Key {
     Token([u8; 32]),
 }
 
+impl Key {
+    /// The client's identity as `store::replicas::RecentWriters` hashes it: its session
+    /// token, else what else it is known by.
+    pub fn client_id(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        match self {
+            // Already uniform: a SHA-256.
+            Key::Token(hash) => u64::from_le_bytes(hash[..8].try_into().expect("8 of 32 bytes")),
+            other => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                other.hash(&mut hasher);
+                hasher.finish()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,

@@ -20,7 +20,7 @@
 use super::{Cached, EventPage, Key, PageEvent};
 use crate::config::{self, ms};
 use crate::metrics::ShardMetrics;
-use crate::redis::RedisClient;
+use crate::store::redis::RedisClient;
 use redis::Value;
 use std::cell::Cell;
 use std::rc::Rc;

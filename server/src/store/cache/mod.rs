@@ -18,8 +18,8 @@ pub mod l2;
 pub mod recent;
 
 use crate::config;
-use crate::http::ApiError;
 use crate::metrics::ShardMetrics;
+use crate::store::StoreError;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -140,7 +140,7 @@ struct Flight {
     poisoned: Cell<bool>,
 }
 
-type Loaded = Result<Option<Cached>, ApiError>;
+type Loaded = Result<Option<Cached>, StoreError>;
 
 pub struct Cache {
     enabled: bool,
@@ -165,7 +165,7 @@ impl Cache {
         settings: &config::Cache,
         database: &config::Database,
         shard_id: usize,
-        redis: Rc<crate::redis::RedisClient>,
+        redis: Rc<crate::store::redis::RedisClient>,
         metrics: &'static ShardMetrics,
     ) -> Cache {
         Cache {

@@ -12,9 +12,8 @@
 //!
 //! Runs on a shard: never blocks.
 
-use crate::api::auth::Principal;
+use super::throttle::{Key, Throttle};
 use crate::http::Request;
-use crate::throttle::{Key, Throttle};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -185,9 +184,9 @@ impl Limiter {
 }
 
 /// Who a request counts against: its session, else its address.
-pub fn client_key(principal: Option<&Principal>, ip: IpAddr) -> Key {
-    match principal {
-        Some(who) => Key::Token(who.token_hash),
+pub fn client_key(token_hash: Option<&[u8; 32]>, ip: IpAddr) -> Key {
+    match token_hash {
+        Some(hash) => Key::Token(*hash),
         None => Key::Ip(ip),
     }
 }

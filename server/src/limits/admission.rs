@@ -1,15 +1,17 @@
-//! The rate-limit middleware: one check per request of a limited route class, before the
-//! handler runs, and the 429 it answers with (`rate_limit` holds the buckets).
+//! Admission: one check per request of a limited route class, before the handler runs,
+//! and the 429 it answers with (`rate_limit` holds the buckets).
+//!
+//! Runs on a shard: never blocks.
 
-use super::Ctx;
+use super::rate_limit::{Class, GLOBAL_BUCKET_LUA, Limiter, Mode, Refused, redis_key};
+use super::throttle::Key;
 use crate::http::{ApiError, Reply};
-use crate::rate_limit::{Class, GLOBAL_BUCKET_LUA, Mode, Refused, redis_key};
+use crate::store::redis::RedisClient;
 use std::time::Instant;
 
-/// Takes a token from the client's bucket in `class`, or says how long to wait.
-pub async fn admit(ctx: &Ctx<'_>, class: Class) -> Result<(), Refused> {
-    let limiter = &ctx.shard.limiter;
-    let client = &ctx.client;
+/// Takes a token from `client`'s bucket in `class` (in Redis when the limit is global,
+/// else, or when Redis fails, in this shard's), or says how long to wait.
+pub async fn admit(limiter: &Limiter, redis: &RedisClient, client: &Key, class: Class) -> Result<(), Refused> {
     if limiter.mode() == Mode::Global {
         let limit = limiter.limit(class);
         let mut script = redis::cmd("EVAL");
@@ -19,7 +21,7 @@ pub async fn admit(ctx: &Ctx<'_>, class: Class) -> Result<(), Refused> {
             .arg(redis_key(class, client))
             .arg(limit.rate)
             .arg(limit.burst);
-        let answer = ctx.shard.redis.query_within(&script, limiter.redis_timeout()).await;
+        let answer = redis.query_within(&script, limiter.redis_timeout()).await;
         if let Ok(redis::Value::Array(fields)) = answer {
             let number = |i: usize| match fields.get(i) {
                 Some(redis::Value::Int(n)) => Some(*n),
