@@ -579,13 +579,13 @@ impl Config {
         {
             return Err(("database.url".into(), format!("is not a valid postgres:// URL: {why}")));
         }
-        if d.replicas.len() > crate::store::replicas::REPLICAS_MAX {
+        if d.replicas.len() > crate::metrics::REPLICAS_MAX {
             return Err((
                 "database.replicas".into(),
                 format!(
                     "lists {} replicas; at most {}",
                     d.replicas.len(),
-                    crate::store::replicas::REPLICAS_MAX
+                    crate::metrics::REPLICAS_MAX
                 ),
             ));
         }

@@ -15,3 +15,4 @@ pub mod limits;
 pub mod metrics;
 pub mod runtime;
 pub mod store;
+pub mod units;

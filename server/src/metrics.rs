@@ -32,6 +32,50 @@ const BUCKETS_US: [u64; 16] = {
     out
 };
 
+/// The most replicas one percore reads from: these metrics keep a fixed slot per replica.
+pub const REPLICAS_MAX: usize = 8;
+
+/// Why a read that could have used a replica ran on the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPrimary {
+    /// No replica is up and within `max_replica_lag_ms`.
+    NoneUsable,
+    /// Replicas are usable but none has replayed past what this read must see.
+    NotCaughtUp,
+    /// The read fills the cache while this shard cannot hear invalidations: it could not
+    /// tell how fresh a replica must be.
+    CacheUnsubscribed,
+    /// The read failed on the replica (it went down mid-read, say) and was retried here.
+    ReplicaFailed,
+    /// A session check found no live session on the replica: the session may be newer
+    /// than the replica, so the primary decides.
+    NoSessionOnReplica,
+    /// The rows showed keys invalidated after what the replica held: read again here.
+    ChangedAfterReplay,
+}
+
+impl OnPrimary {
+    pub const ALL: [OnPrimary; 6] = [
+        OnPrimary::NoneUsable,
+        OnPrimary::NotCaughtUp,
+        OnPrimary::CacheUnsubscribed,
+        OnPrimary::ReplicaFailed,
+        OnPrimary::NoSessionOnReplica,
+        OnPrimary::ChangedAfterReplay,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OnPrimary::NoneUsable => "none_usable",
+            OnPrimary::NotCaughtUp => "not_caught_up",
+            OnPrimary::CacheUnsubscribed => "cache_unsubscribed",
+            OnPrimary::ReplicaFailed => "replica_failed",
+            OnPrimary::NoSessionOnReplica => "no_session_on_replica",
+            OnPrimary::ChangedAfterReplay => "changed_after_replay",
+        }
+    }
+}
+
 #[derive(Default)]
 struct RouteMetrics {
     by_status: [AtomicU64; STATUS_SLOTS],
@@ -98,10 +142,10 @@ pub struct ShardMetrics {
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
     /// By `database.replicas` position; slots past the configured ones stay zero.
-    pub replicas: [ReplicaMetrics; crate::store::replicas::REPLICAS_MAX],
+    pub replicas: [ReplicaMetrics; REPLICAS_MAX],
     /// Reads that could have used a replica but ran on the primary, by
-    /// `replicas::OnPrimary` (in `OnPrimary::ALL` order).
-    pub replica_eligible_on_primary: [AtomicU64; crate::store::replicas::OnPrimary::ALL.len()],
+    /// `OnPrimary` (in `OnPrimary::ALL` order).
+    pub replica_eligible_on_primary: [AtomicU64; OnPrimary::ALL.len()],
 }
 
 /// One replica as one shard sees it.
@@ -373,10 +417,7 @@ fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) 
         "Reads a replica could have served that ran on the primary, by why.",
     );
     for (id, shard) in shards.iter().enumerate() {
-        for (why, count) in crate::store::replicas::OnPrimary::ALL
-            .iter()
-            .zip(&shard.replica_eligible_on_primary)
-        {
+        for (why, count) in OnPrimary::ALL.iter().zip(&shard.replica_eligible_on_primary) {
             let _ = writeln!(
                 out,
                 "{name}{{shard=\"{id}\",reason=\"{}\"}} {}",

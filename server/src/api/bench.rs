@@ -3,7 +3,7 @@
 //! `techempower`.
 
 use super::{Answer, workers_busy};
-use crate::engine::shard::Shard;
+use crate::api::state::Shard;
 use crate::http::{ApiError, Reply, Request};
 use percore_workers::password::{self, Argon2Params};
 

@@ -7,7 +7,7 @@
 
 use super::auth::{self, Principal};
 use super::{Answer, Ctx, extract, workers_busy, write_json};
-use crate::engine::shard::Shard;
+use crate::api::state::Shard;
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::limits::throttle::Key;

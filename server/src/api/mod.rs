@@ -18,11 +18,12 @@ mod ops;
 mod public_users;
 pub mod router;
 pub mod routes;
+pub mod state;
 mod techempower;
 mod users;
 mod webhooks;
 
-use crate::engine::shard::Shard;
+use crate::api::state::Shard;
 use crate::http::{ApiError, Reply, Request};
 use crate::limits::{admission, rate_limit};
 use crate::store::Sql;

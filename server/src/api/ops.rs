@@ -1,7 +1,7 @@
 //! Ops endpoints: liveness, readiness and Prometheus metrics.
 
 use super::Answer;
-use crate::engine::shard::Shard;
+use crate::api::state::Shard;
 use crate::http::{ApiError, Reply, response};
 use crate::metrics::{self, Globals};
 use crate::store::{Sql, Stmt};

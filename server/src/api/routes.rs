@@ -6,7 +6,7 @@
 
 use super::auth::Principal;
 use super::{Answer, Ctx, bench, events, identity, jobs, ops, public_users, techempower, users, webhooks};
-use crate::engine::shard::Shard;
+use crate::api::state::Shard;
 use crate::http::Method::{self, *};
 use crate::limits::rate_limit::Class;
 use std::future::Future;

@@ -5,7 +5,7 @@
 //!
 //! Runs on a shard: never blocks.
 
-use super::shard::Shard;
+use super::shard::ShardService;
 use crate::api::routes::Label;
 use crate::api::{self, Dispatch, Routed as Pending};
 use crate::config::ms;
@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// Serves `stream` until it closes, then closes it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve(shard: Rc<ShardService>, stream: TcpStream) {
     let http = &shard.config().http;
     let _ = stream.set_nodelay(http.tcp_nodelay);
     let _ = stream.set_write_timeout(Some(ms(http.write_timeout_ms)));
@@ -32,7 +32,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         read_retries_max: http.read_retries_max,
     };
     if let Err(e) = crate::http::conn::serve(&*shard, &mut socket).await {
-        log::debug!("shard {}: connection closed: {e}", shard.id);
+        log::debug!("shard {}: connection closed: {e}", shard.id());
     }
     let _ = socket.stream.close().await;
 }
@@ -61,7 +61,7 @@ impl Transport for ClientSocket {
     }
 }
 
-impl Service for Shard {
+impl Service for ShardService {
     type Label = Label;
     type Pending<'r> = Pending<'r>;
 
@@ -82,7 +82,7 @@ impl Service for Shard {
     }
 
     fn route<'r>(&self, request: &Request<'r>, body: &mut Vec<u8>) -> Routed<Label, Pending<'r>> {
-        match api::dispatch(self, request, body) {
+        match api::dispatch(&self.app, request, body) {
             Dispatch::Answered(endpoint, answer) => Routed::Answered(endpoint, answer),
             Dispatch::Pending(pending) => Routed::Pending(pending),
         }
@@ -94,15 +94,15 @@ impl Service for Shard {
         pending: Pending<'r>,
         body: &mut Vec<u8>,
     ) -> (Label, Result<Reply, ApiError>) {
-        api::handle(self, request, pending, body).await
+        api::handle(&self.app, request, pending, body).await
     }
 
     fn connection_opened(&self) {
-        ShardMetrics::add(&self.metrics.connections_open, 1);
+        ShardMetrics::add(&self.app.metrics.connections_open, 1);
     }
 
     fn connection_closed(&self) {
-        ShardMetrics::sub(&self.metrics.connections_open, 1);
+        ShardMetrics::sub(&self.app.metrics.connections_open, 1);
     }
 
     fn in_flight_changed(&self, count: isize) {
@@ -110,19 +110,19 @@ impl Service for Shard {
     }
 
     fn bytes_received(&self, count: usize) {
-        ShardMetrics::add(&self.metrics.bytes_received, count as u64);
+        ShardMetrics::add(&self.app.metrics.bytes_received, count as u64);
     }
 
     fn bytes_sent(&self, count: usize) {
-        ShardMetrics::add(&self.metrics.bytes_sent, count as u64);
+        ShardMetrics::add(&self.app.metrics.bytes_sent, count as u64);
     }
 
     fn answered(&self, label: Label, status: u16, latency: Duration, count: u64) {
-        self.metrics.record_many(label.index(), status, latency, count);
+        self.app.metrics.record_many(label.index(), status, latency, count);
     }
 
     fn handler_panicked(&self, method: Method, path: &str) {
-        ShardMetrics::add(&self.metrics.handler_panics, 1);
-        log::error!("shard {}: handler panicked on {} {path}", self.id, method.as_str());
+        ShardMetrics::add(&self.app.metrics.handler_panics, 1);
+        log::error!("shard {}: handler panicked on {} {path}", self.app.id, method.as_str());
     }
 }

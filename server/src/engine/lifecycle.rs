@@ -1,13 +1,14 @@
 //! Start-up and shutdown around the shards: signals, the systemd notify protocol and the
 //! watchdog. These run on plain threads of their own, never on a shard.
 
-use crate::engine::shard::{Shared, now_ms};
+use crate::api::state::Shared;
+use crate::engine::shard::{Stopping, now_ms};
 use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// SIGTERM or SIGINT: tell systemd we are stopping and ask every shard to drain.
-pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
+pub fn watch_signals(shared: &'static Shared, stopping: &'static Stopping) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     std::thread::Builder::new()
         .name("percore-signals".into())
@@ -18,10 +19,10 @@ pub fn watch_signals(shared: &'static Shared) -> std::io::Result<()> {
                     shared.config.server.shutdown_timeout_ms
                 );
                 notify(&[NotifyState::Stopping]);
-                shared.shutdown_started_ms.store(now_ms(), Ordering::SeqCst);
-                shared.shutdown.store(true, Ordering::SeqCst);
+                stopping.started_ms.store(now_ms(), Ordering::SeqCst);
+                stopping.shutdown.store(true, Ordering::SeqCst);
                 shared.jobs.stop_claiming();
-                for stop in shared.stop_senders.lock().expect("stop list lock").drain(..) {
+                for stop in stopping.stop_senders.lock().expect("stop list lock").drain(..) {
                     let _ = stop.send(());
                 }
             }

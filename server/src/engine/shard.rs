@@ -6,6 +6,7 @@
 
 use crate::config::{Config, ms};
 
+use crate::api::state::{Shard, Shared};
 use crate::http::date::DateCache;
 use crate::http::service::ConnLimits;
 use crate::limits::throttle::Throttle;
@@ -13,80 +14,47 @@ use crate::metrics::ShardMetrics;
 use crate::runtime::deadlines::Sweeper;
 use crate::runtime::{self, Semaphore, TcpListener};
 use crate::store::Store;
-use crate::store::redis::{RedisClient, RedisTarget};
+use crate::store::redis::RedisClient;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Process-wide state, created once in `main` and never freed.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Vec<ShardMetrics>,
-    pub workers: percore_workers::Handle,
-    /// The durable job queues: shards admit jobs against their depth and wake them.
-    pub jobs: percore_workers::jobs::Handle,
-    pub db_target: crate::store::pg::Target,
-    /// `database.replicas`, resolved, in order.
-    pub replica_targets: Vec<crate::store::pg::Target>,
-    /// Clients' last writes, for read-your-writes across shards.
-    pub recent_writers: crate::store::replicas::RecentWriters,
-    pub redis_target: RedisTarget,
-    /// An Argon2 hash of nothing anyone knows, made at start-up with the configured cost: a
-    /// login for an unknown email verifies against it, so it costs what a real one does.
-    pub dummy_password_hash: String,
+/// What stopping the process needs, beside the API's `Shared`.
+#[derive(Default)]
+pub struct Stopping {
     /// Set by the signal thread, which then fires every shard's `stop` sender.
     pub shutdown: AtomicBool,
-    /// Set by the memory guard thread while resident memory is over `rss_bytes_max`.
-    pub memory_pressure: AtomicBool,
     /// When the signal came (ms since the epoch): the shutdown timeout counts from here.
-    pub shutdown_started_ms: std::sync::atomic::AtomicU64,
+    pub started_ms: std::sync::atomic::AtomicU64,
     /// One per shard, registered at start-up; fired once on SIGTERM/SIGINT. The lock is
     /// taken only then, never on a request path.
     pub stop_senders: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
-/// A shard's own state, owned by its thread.
-pub struct Shard {
-    pub id: usize,
-    pub shared: &'static Shared,
-    pub metrics: &'static ShardMetrics,
+/// A shard as its connections see it: the API's per-shard state, and what serving HTTP
+/// needs beside it. It is the `http::service::Service` of its connections (`connection`).
+pub struct ShardService {
+    pub app: Rc<Shard>,
     pub date: DateCache,
     /// `[http]` as each connection's loop obeys it.
     pub conn_limits: ConnLimits,
-    /// Its connections and its cache: the data layer.
-    pub store: Rc<Store>,
     /// Shutting down: finish what was read, answer with `Connection: close`.
     pub draining: Cell<bool>,
     /// Requests read but not yet answered on this shard.
     pub in_flight: Cell<usize>,
-    /// Sequence for the tokens `/readyz` echoes through Redis.
-    pub probe_seq: Cell<u64>,
     /// Read deadlines of this shard's connections.
     pub deadlines: Sweeper,
-    pub login_throttle: RefCell<Throttle>,
-    /// Per-client rate limits by route class.
-    pub limiter: crate::limits::rate_limit::Limiter,
-    /// xorshift64* state for the benchmark routes' random row ids (not for secrets).
-    pub random: Cell<u64>,
 }
 
-impl Shard {
-    /// A pseudo-random number in `1..=max`.
-    pub fn random_up_to(&self, max: u64) -> u64 {
-        let mut x = self.random.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.random.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % max + 1
+impl ShardService {
+    pub fn id(&self) -> usize {
+        self.app.id
     }
-}
 
-impl Shard {
     pub fn config(&self) -> &'static Config {
-        &self.shared.config
+        self.app.config()
     }
 }
 
@@ -97,7 +65,12 @@ pub fn now_ms() -> u64 {
 }
 
 /// The shard's main task: bind, accept until shutdown, then drain.
-pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::SyncSender<Result<(), String>>) {
+pub async fn run(
+    id: usize,
+    shared: &'static Shared,
+    stopping: &'static Stopping,
+    bound: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
     let config = &shared.config;
     let metrics = &shared.metrics[id];
     let listener = match TcpListener::bind(config.server.listen) {
@@ -120,12 +93,10 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
     );
     let replicas =
         crate::store::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
-    let shard = Rc::new(Shard {
+    let app = Rc::new(Shard {
         id,
         shared,
         metrics,
-        date: DateCache::default(),
-        conn_limits: conn_limits(&config.http),
         store: Rc::new(Store {
             shard_id: id,
             db,
@@ -137,10 +108,7 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
             redis_settings: &config.redis,
             cache_settings: &config.cache,
         }),
-        draining: Cell::new(false),
-        in_flight: Cell::new(0),
         probe_seq: Cell::new(0),
-        deadlines: Sweeper::default(),
         random: Cell::new(seed_random()),
         login_throttle: RefCell::new(Throttle::new(
             f64::from(config.identity.login_rate_per_minute) / 60.0,
@@ -152,21 +120,29 @@ pub async fn run(id: usize, shared: &'static Shared, bound: std::sync::mpsc::Syn
             config.server.trusted_proxy_nets().expect("validated at start-up"),
         ),
     });
+    let shard = Rc::new(ShardService {
+        app,
+        date: DateCache::default(),
+        conn_limits: conn_limits(&config.http),
+        draining: Cell::new(false),
+        in_flight: Cell::new(0),
+        deadlines: Sweeper::default(),
+    });
     metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     let _ = bound.send(Ok(()));
 
     let (stop, stop_signal) = futures::channel::oneshot::channel::<()>();
-    shared.stop_senders.lock().expect("stop list lock").push(stop);
+    stopping.stop_senders.lock().expect("stop list lock").push(stop);
     runtime::spawn(tick(shard.clone()));
     runtime::spawn(sweep(shard.clone()));
     if config.cache.enabled {
         runtime::spawn(crate::store::cache::bus::subscribe(
-            shard.store.clone(),
+            shard.app.store.clone(),
             shared.redis_target.clone(),
         ));
     }
     // A signal that came before the sender was registered is seen through the flag.
-    if !shared.shutdown.load(Ordering::SeqCst) {
+    if !stopping.shutdown.load(Ordering::SeqCst) {
         accept_until(&shard, listener, stop_signal).await;
     }
     shard.draining.set(true);
@@ -196,17 +172,17 @@ fn seed_random() -> u64 {
 
 /// Heartbeat and Date refresh, every `heartbeat_interval_ms`. Because this task only runs
 /// when the shard's loop does, its heartbeat proves the shard is not stalled.
-async fn tick(shard: Rc<Shard>) {
+async fn tick(shard: Rc<ShardService>) {
     let interval = ms(shard.config().server.heartbeat_interval_ms);
     loop {
-        shard.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        shard.app.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
         runtime::sleep(interval).await;
     }
 }
 
 /// Expires connection read deadlines every `deadline_sweep_ms`.
-async fn sweep(shard: Rc<Shard>) {
+async fn sweep(shard: Rc<ShardService>) {
     let interval = ms(shard.config().http.deadline_sweep_ms);
     loop {
         runtime::sleep(interval).await;
@@ -214,7 +190,11 @@ async fn sweep(shard: Rc<Shard>) {
     }
 }
 
-async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
+async fn accept_until(
+    shard: &Rc<ShardService>,
+    listener: TcpListener,
+    mut stop: futures::channel::oneshot::Receiver<()>,
+) {
     let server = &shard.config().server;
     // At the cap the shard stops accepting until a connection closes; the kernel's backlog
     // holds the rest, so the fd limit is never reached through us.
@@ -236,7 +216,7 @@ async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: future
         };
         match accepted {
             Ok(stream) => {
-                ShardMetrics::add(&shard.metrics.connections_accepted, 1);
+                ShardMetrics::add(&shard.app.metrics.connections_accepted, 1);
                 let shard = shard.clone();
                 runtime::spawn(async move {
                     super::connection::serve(shard, stream).await;
@@ -246,8 +226,8 @@ async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: future
             Err(e) => {
                 // EMFILE/ENFILE at the fd limit, or a connection reset before accept: wait a
                 // little and go on; never crash.
-                ShardMetrics::add(&shard.metrics.accept_errors, 1);
-                log::warn!("shard {}: accept failed: {e}", shard.id);
+                ShardMetrics::add(&shard.app.metrics.accept_errors, 1);
+                log::warn!("shard {}: accept failed: {e}", shard.id());
                 drop(permit);
                 runtime::sleep(ms(server.accept_error_backoff_ms)).await;
             }
@@ -256,7 +236,7 @@ async fn accept_until(shard: &Rc<Shard>, listener: TcpListener, mut stop: future
 }
 
 /// Waits until every request already read is answered, at most `shutdown_timeout_ms`.
-async fn drain(shard: &Shard) {
+async fn drain(shard: &ShardService) {
     let deadline = Instant::now() + ms(shard.config().server.shutdown_timeout_ms);
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(5)).await;
@@ -264,7 +244,7 @@ async fn drain(shard: &Shard) {
     if shard.in_flight.get() > 0 {
         log::warn!(
             "shard {}: {} requests still in flight at the shutdown timeout",
-            shard.id,
+            shard.id(),
             shard.in_flight.get()
         );
     }

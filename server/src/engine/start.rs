@@ -3,8 +3,9 @@
 
 use crate::config::Config;
 
+use crate::api::state::Shared;
 use crate::engine::lifecycle;
-use crate::engine::shard::{self, Shared};
+use crate::engine::shard::{self, Stopping};
 use crate::metrics::ShardMetrics;
 use crate::runtime;
 use crate::store::redis::RedisTarget;
@@ -263,13 +264,11 @@ pub fn run(config: Config) -> Result<(), String> {
         recent_writers: crate::store::replicas::RecentWriters::new(config.database.recent_writers_slots),
         redis_target,
         dummy_password_hash,
-        shutdown: AtomicBool::new(false),
         memory_pressure: AtomicBool::new(false),
-        shutdown_started_ms: Default::default(),
-        stop_senders: Default::default(),
         config,
     }));
-    lifecycle::watch_signals(shared).map_err(|e| format!("installing signal handlers: {e}"))?;
+    let stopping: &'static Stopping = Box::leak(Box::default());
+    lifecycle::watch_signals(shared, stopping).map_err(|e| format!("installing signal handlers: {e}"))?;
     lifecycle::start_memory_guard(shared).map_err(|e| format!("starting the memory guard: {e}"))?;
 
     let (bound, bound_rx) = std::sync::mpsc::sync_channel(shard_count);
@@ -277,7 +276,7 @@ pub fn run(config: Config) -> Result<(), String> {
     for (id, cpu) in placement.shard_cpus.iter().copied().enumerate() {
         let bound = bound.clone();
         let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || {
-            shard::run(id, shared, bound)
+            shard::run(id, shared, stopping, bound)
         })
         .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
@@ -302,7 +301,7 @@ pub fn run(config: Config) -> Result<(), String> {
         handle.join().map_err(|e| format!("a shard failed: {e}"))?;
     }
     // The jobs in hand get what is left of the shutdown timeout, counted from the signal.
-    let started_ms = shared.shutdown_started_ms.load(std::sync::atomic::Ordering::SeqCst);
+    let started_ms = stopping.started_ms.load(std::sync::atomic::Ordering::SeqCst);
     let deadline_ms = started_ms.max(1) + shared.config.server.shutdown_timeout_ms;
     jobs.shutdown(std::time::Duration::from_millis(
         deadline_ms.saturating_sub(crate::engine::shard::now_ms()),

@@ -8,9 +8,9 @@
 use super::Store;
 use super::StoreError;
 use super::pg::Unavailable;
+use crate::metrics::OnPrimary;
 use crate::metrics::ShardMetrics;
 use crate::store::cache::{FillFreshness, Key};
-use crate::store::replicas::OnPrimary;
 use percore_pg::Rows;
 use percore_pg::types::ToSql;
 use std::cell::Cell;

@@ -30,7 +30,7 @@
 //! Runs on a shard: never blocks. `RecentWriters` is shared by every shard, lock-free.
 
 use crate::config::{Database, ms};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{OnPrimary, REPLICAS_MAX, ShardMetrics};
 use crate::runtime;
 use crate::store::pg::{Pool, Role, Target};
 use crate::store::{Kind, Stmt};
@@ -40,9 +40,6 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// The most replicas one percore reads from: metrics keep a fixed slot per replica.
-pub const REPLICAS_MAX: usize = 8;
 
 /// Primary samples kept: enough to span `max_replica_lag_ms` at any sane check interval;
 /// older ones only matter to a replica too far behind to use.
@@ -94,47 +91,6 @@ struct Replica {
     caught_up_through: Cell<Option<Instant>>,
     /// Said once per state change, not once per sample.
     warned_not_standby: Cell<bool>,
-}
-
-/// Why a read that could have used a replica ran on the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnPrimary {
-    /// No replica is up and within `max_replica_lag_ms`.
-    NoneUsable,
-    /// Replicas are usable but none has replayed past what this read must see.
-    NotCaughtUp,
-    /// The read fills the cache while this shard cannot hear invalidations: it could not
-    /// tell how fresh a replica must be.
-    CacheUnsubscribed,
-    /// The read failed on the replica (it went down mid-read, say) and was retried here.
-    ReplicaFailed,
-    /// A session check found no live session on the replica: the session may be newer
-    /// than the replica, so the primary decides.
-    NoSessionOnReplica,
-    /// The rows showed keys invalidated after what the replica held: read again here.
-    ChangedAfterReplay,
-}
-
-impl OnPrimary {
-    pub const ALL: [OnPrimary; 6] = [
-        OnPrimary::NoneUsable,
-        OnPrimary::NotCaughtUp,
-        OnPrimary::CacheUnsubscribed,
-        OnPrimary::ReplicaFailed,
-        OnPrimary::NoSessionOnReplica,
-        OnPrimary::ChangedAfterReplay,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            OnPrimary::NoneUsable => "none_usable",
-            OnPrimary::NotCaughtUp => "not_caught_up",
-            OnPrimary::CacheUnsubscribed => "cache_unsubscribed",
-            OnPrimary::ReplicaFailed => "replica_failed",
-            OnPrimary::NoSessionOnReplica => "no_session_on_replica",
-            OnPrimary::ChangedAfterReplay => "changed_after_replay",
-        }
-    }
 }
 
 /// The replica a read goes to.
