@@ -8,13 +8,13 @@
 use super::shard::ShardService;
 use crate::api::routes::Label;
 use crate::api::{self, Dispatch, Routed as Pending};
-use crate::config::ms;
 use crate::http::date::DateCache;
 use crate::http::service::{ConnLimits, Routed, Service, Transport};
 use crate::http::{ApiError, Method, Reply, Request};
 use crate::metrics::ShardMetrics;
 use crate::runtime::deadlines::ReadDeadline;
 use crate::runtime::{self, TcpStream};
+use crate::units::ms;
 use futures::AsyncWriteExt;
 use std::io;
 use std::rc::Rc;

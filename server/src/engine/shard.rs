@@ -4,7 +4,8 @@
 //!
 //! Runs on a shard: never blocks.
 
-use crate::config::{Config, ms};
+use crate::config::Config;
+use crate::units::ms;
 
 use crate::api::state::{Shard, Shared};
 use crate::http::date::DateCache;

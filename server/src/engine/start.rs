@@ -75,7 +75,7 @@ pub fn usable_cpus() -> Vec<usize> {
 /// A blocking client for migrations. Start-up and `percore migrate` only.
 fn schema_client(settings: &crate::config::Database) -> Result<BlockingClient, String> {
     let mut config: postgres::Config = settings.url.parse().map_err(|e| format!("database.url: {e}"))?;
-    config.connect_timeout(crate::config::ms(settings.connect_timeout_ms));
+    config.connect_timeout(crate::units::ms(settings.connect_timeout_ms));
     config.application_name("percore-migrate");
     // blocking-ok: start-up, before any shard exists.
     config

@@ -149,7 +149,7 @@ impl Limiter {
     }
 
     pub fn redis_timeout(&self) -> std::time::Duration {
-        crate::config::ms(self.settings.redis_timeout_ms)
+        crate::units::ms(self.settings.redis_timeout_ms)
     }
 
     pub fn limit(&self, class: Class) -> ClassLimit {

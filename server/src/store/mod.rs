@@ -22,6 +22,7 @@ pub mod pg;
 pub mod redis;
 pub mod replicas;
 pub mod room;
+pub mod settings;
 
 pub use catalogue::{Kind, Stmt};
 pub use error::StoreError;
@@ -42,6 +43,6 @@ pub struct Store {
     /// Clients' last writes, process-wide.
     pub recent_writers: &'static replicas::RecentWriters,
     pub metrics: &'static ShardMetrics,
-    pub redis_settings: &'static crate::config::Redis,
-    pub cache_settings: &'static crate::config::Cache,
+    pub redis_settings: &'static settings::Redis,
+    pub cache_settings: &'static settings::Cache,
 }

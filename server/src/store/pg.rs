@@ -6,11 +6,12 @@
 //! Runs on a shard: never blocks. Server addresses are resolved once at start-up, before
 //! any shard exists, because name resolution is a blocking call.
 
-use crate::config::{Database, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{self, TcpStream};
 use crate::store::room::{Permit, Room};
+use crate::store::settings::Database;
 use crate::store::{Kind, Stmt};
+use crate::units::ms;
 use percore_pg::{Client, Statement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

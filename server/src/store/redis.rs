@@ -3,9 +3,10 @@
 //!
 //! Runs on a shard: never blocks. Each command waits at most `command_timeout_ms`.
 
-use crate::config::{Redis as Settings, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{self, TcpStream};
+use crate::store::settings::Redis as Settings;
+use crate::units::ms;
 use combine::parser::combinator::AnySendSyncPartialState;
 use combine::stream::{Decoder, PointerOffset};
 use futures::AsyncWriteExt;

@@ -29,11 +29,12 @@
 //!
 //! Runs on a shard: never blocks. `RecentWriters` is shared by every shard, lock-free.
 
-use crate::config::{Database, ms};
 use crate::metrics::{OnPrimary, REPLICAS_MAX, ShardMetrics};
 use crate::runtime;
 use crate::store::pg::{Pool, Role, Target};
+use crate::store::settings::Database;
 use crate::store::{Kind, Stmt};
+use crate::units::ms;
 use percore_pg::types::PgLsn;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

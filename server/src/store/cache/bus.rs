@@ -9,11 +9,12 @@
 //! Runs on a store: never blocks.
 
 use super::Key;
-use crate::config::{self, ms};
 use crate::metrics::ShardMetrics;
 use crate::runtime;
 use crate::store::Store;
 use crate::store::redis::{RedisTarget, connect};
+use crate::store::settings as config;
+use crate::units::ms;
 use combine::parser::combinator::AnySendSyncPartialState;
 use combine::stream::{Decoder, PointerOffset};
 use futures::AsyncWriteExt;

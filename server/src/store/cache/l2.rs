@@ -18,9 +18,10 @@
 //! Runs on a shard: never blocks.
 
 use super::{Cached, EventPage, Key, PageEvent};
-use crate::config::{self, ms};
 use crate::metrics::ShardMetrics;
 use crate::store::redis::RedisClient;
+use crate::store::settings as config;
+use crate::units::ms;
 use redis::Value;
 use std::cell::Cell;
 use std::rc::Rc;

@@ -17,9 +17,10 @@ pub mod bus;
 pub mod l2;
 pub mod recent;
 
-use crate::config;
 use crate::metrics::ShardMetrics;
 use crate::store::StoreError;
+use crate::store::settings as config;
+use crate::units;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -171,12 +172,12 @@ impl Cache {
         Cache {
             enabled: settings.enabled,
             l1: RefCell::new(quick_cache::unsync::Cache::new(settings.l1_entries)),
-            l1_ttl: config::ms(settings.l1_ttl_ms),
+            l1_ttl: units::ms(settings.l1_ttl_ms),
             flights: RefCell::new(HashMap::new()),
             epochs: Default::default(),
             recent: RefCell::new(recent::RecentInvalidations::new(
                 database.recent_invalidations_max,
-                config::ms(database.max_replica_lag_ms),
+                units::ms(database.max_replica_lag_ms),
             )),
             bus: bus::Bus::new(settings, shard_id),
             l2: Rc::new(l2::L2::new(settings, redis, metrics)),
