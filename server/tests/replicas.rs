@@ -328,7 +328,7 @@ fn login(server: &Server, email: &str) -> String {
 
 /// Matches the text pg_stat_statements keeps of `Stmt::Me` (the session-checking read of
 /// `GET /v1/me`) and of no other statement.
-const ME_WITH_SESSION: &str = "%q.updated_at, s.expires_at%";
+const ME_WITH_SESSION: &str = "%q.updated_at, s.user_id, s.expires_at%";
 
 #[test]
 fn session_checks_use_the_replica_only_while_it_is_as_safe_as_the_primary() {

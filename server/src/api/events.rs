@@ -7,11 +7,13 @@
 
 use super::auth::{self, Principal};
 use super::identity::timestamp;
+use super::session::{self, Checked, SessionColumns, SessionRead};
 use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
 use crate::store::cache::{Cached, EventPage, Key, PageEvent, bus};
+use crate::store::typed_row::typed_row;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::rc::Rc;
@@ -82,19 +84,29 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
             ],
         )
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    for _ in 0..row.get::<i64>(3) {
+    let row = InsertedEvent::from_row(rows.first().ok_or_else(auth::invalid_token)?);
+    for _ in 0..row.deliveries_enqueued {
         webhooks.wake();
     }
-    bus::invalidate(&ctx.shard.store, &[Key::Events(row.get(2))]).await;
+    bus::invalidate(&ctx.shard.store, &[Key::Events(row.user_id)]).await;
     let event = Event {
-        id: row.get(0),
+        id: row.id,
         kind: input.kind,
         payload: input.payload,
-        created_at: timestamp(row.get(1)),
+        created_at: timestamp(row.created_at),
     };
     write_json(body, &event);
     Ok(Reply::json(201))
+}
+
+typed_row! {
+    /// What `EventInsert` returns.
+    struct InsertedEvent {
+        id: i64,
+        created_at: SystemTime,
+        user_id: i64,
+        deliveries_enqueued: i64,
+    }
 }
 
 pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
@@ -105,51 +117,58 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
         Some(cursor) => Some(decode_cursor(&cursor)?),
         None => None,
     };
-    // The first page comes from the cache when the session is known there: the newest
-    // `events_page_max` events are kept, and any `limit` is a slice of them.
-    if before.is_none()
-        && let Some(user_id) = auth::cached_user(ctx, principal)
-    {
-        let loaded = ctx
-            .shard
-            .store
-            .cache
-            .get_or_load(Key::Events(user_id), || async move {
-                let fetch = page_max + 1;
-                let rows = (ctx.sql)
-                    .query_replica(&[Key::Events(user_id)], Stmt::EventsNewestById, &[&user_id, &fetch])
-                    .await?;
-                let mut events = page_events(&rows)?;
-                let more = events.len() as i64 > page_max;
-                events.truncate(page_max as usize);
-                Ok(Some(Cached::Events(Rc::new(EventPage { events, more }))))
-            })
-            .await?;
-        let Some(Cached::Events(page)) = loaded else {
-            return Err(ApiError::internal());
-        };
-        render_page(body, &page.events, limit as usize, page.more);
-        return Ok(Reply::json(200));
-    }
     let (before_micros, before_id) = before.unwrap_or((NEWEST_MICROS, i64::MAX));
     let before_time = UNIX_EPOCH + Duration::from_micros(before_micros as u64);
     // One row more than asked tells whether another page exists.
     let fetch = limit + 1;
-    let epoch = ctx.shard.store.cache.epoch();
-    let rows = (ctx.sql)
-        .query_session_replica(
-            &principal.token_hash,
-            &[],
-            Stmt::EventsPage,
-            &[&principal.token_hash(), &before_time, &before_id, &fetch],
-            // Column 4 of every row: the session's user, whose events these are.
-            |rows| rows.first().map(|row| Key::Events(row.get(4))).into_iter().collect(),
-        )
-        .await?;
-    let first = rows.first().ok_or_else(auth::invalid_token)?;
-    auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));
-    render_page(body, &page_events(&rows)?, limit as usize, false);
+    let page = Checked {
+        stmt: Stmt::EventsPage,
+        params: &[&principal.token_hash(), &before_time, &before_id, &fetch],
+        fills: &[],
+        // The session's user, whose events these are.
+        shown: |rows| {
+            rows.first()
+                .map(|row| Key::Events(SessionColumns::of(row).user_id))
+                .into_iter()
+                .collect()
+        },
+    };
+    if before.is_some() {
+        let read = session::checked_read(ctx, principal, page).await?;
+        render_page(body, &page_events(&read.rows)?, limit as usize, false);
+        return Ok(Reply::json(200));
+    }
+    // The first page comes from the cache when the session is known there: the newest
+    // `events_page_max` events are kept, and any `limit` is a slice of them.
+    let newest = |user_id: i64| async move {
+        let fetch = page_max + 1;
+        let rows = (ctx.sql)
+            .query_replica(&[Key::Events(user_id)], Stmt::EventsNewestById, &[&user_id, &fetch])
+            .await?;
+        let mut events = page_events(&rows)?;
+        let more = events.len() as i64 > page_max;
+        events.truncate(page_max as usize);
+        Ok(Some(Cached::Events(Rc::new(EventPage { events, more }))))
+    };
+    match session::cached_or_checked(ctx, principal, Key::Events, newest, page).await? {
+        SessionRead::Cached(Some(Cached::Events(page))) => {
+            render_page(body, &page.events, limit as usize, page.more);
+        }
+        SessionRead::Cached(_) => return Err(ApiError::internal()),
+        SessionRead::Checked(read) => render_page(body, &page_events(&read.rows)?, limit as usize, false),
+    }
     Ok(Reply::json(200))
+}
+
+typed_row! {
+    /// An `EventsNewestById` or `EventsPage` row; NULL columns in the one row of an empty
+    /// page (which then ends with the session).
+    struct EventRow {
+        id: Option<i64>,
+        kind: Option<String>,
+        payload: Option<String>,
+        created_at: Option<SystemTime>,
+    }
 }
 
 /// Events from (id, kind, payload, created_at) rows, newest first, each serialized once;
@@ -157,17 +176,18 @@ pub async fn my_events(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
 fn page_events(rows: &percore_pg::Rows) -> Result<Vec<PageEvent>, crate::store::StoreError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let Some(id) = row.get::<Option<i64>>(0) else {
+        let row = EventRow::from_row(row);
+        let (Some(id), Some(kind), Some(payload), Some(created_at)) = (row.id, row.kind, row.payload, row.created_at)
+        else {
             continue;
         };
-        let created_at: SystemTime = row.get(3);
-        let payload = RawValue::from_string(row.get(2)).map_err(|_| crate::store::StoreError::Failed)?;
+        let payload = RawValue::from_string(payload).map_err(|_| crate::store::StoreError::Failed)?;
         let mut json = Vec::with_capacity(64 + payload.get().len());
         write_json(
             &mut json,
             &Event {
                 id,
-                kind: row.get(1),
+                kind,
                 payload: &payload,
                 created_at: timestamp(created_at),
             },

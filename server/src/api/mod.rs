@@ -18,6 +18,7 @@ mod ops;
 mod public_users;
 pub mod router;
 pub mod routes;
+pub mod session;
 pub mod state;
 mod techempower;
 mod users;

@@ -3,12 +3,14 @@
 //! for the ids the shard's memory does not hold.
 
 use super::auth::{self, Principal};
+use super::session::{self, Checked, SessionRead};
 use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
 use crate::store::cache::l2::Lookup;
 use crate::store::cache::{Cached, Key};
+use crate::store::typed_row::typed_row;
 use percore_pg::Row;
 use serde::Serialize;
 use std::rc::Rc;
@@ -21,14 +23,25 @@ struct PublicUser {
     avatar_url: Option<String>,
 }
 
-/// The user's id and view as JSON; `None` for the row with a NULL id a LEFT JOIN yields
-/// when nothing matched.
+typed_row! {
+    /// A `UserPublic(ById)` or `UsersPublic(ByIds)` row; the id is NULL in the row a LEFT
+    /// JOIN yields when no user matched (the session-checking ones end with the session).
+    struct PublicUserRow {
+        id: Option<i64>,
+        name: Option<String>,
+        display_name: Option<String>,
+        avatar_url: Option<String>,
+    }
+}
+
+/// The user's id and view as JSON; `None` for the row with a NULL id.
 fn view(row: Row<'_>) -> Option<(i64, Rc<[u8]>)> {
+    let row = PublicUserRow::from_row(row);
     let user = PublicUser {
-        id: row.get::<Option<i64>>(0)?,
-        name: row.get(1),
-        display_name: row.get(2),
-        avatar_url: row.get(3),
+        id: row.id?,
+        name: row.name.unwrap_or_default(),
+        display_name: row.display_name,
+        avatar_url: row.avatar_url,
     };
     let mut json = Vec::with_capacity(128);
     write_json(&mut json, &user);
@@ -40,40 +53,30 @@ fn not_found() -> ApiError {
 }
 
 pub async fn user_by_id(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
-    let id = ctx.param;
-    let id = extract::user_id(id)?;
-    let cache = &ctx.shard.store.cache;
-    if auth::cached_user(ctx, principal).is_some() {
-        let loaded = cache
-            .get_or_load(Key::User(id), || async move {
-                let rows = ctx
-                    .sql
-                    .query_replica(&[Key::User(id)], Stmt::UserPublicById, &[&id])
-                    .await?;
-                Ok(rows.first().and_then(view).map(|(_, json)| Cached::Json(json)))
-            })
+    let id = extract::user_id(ctx.param)?;
+    let by_id = |_caller: i64| async move {
+        let rows = (ctx.sql)
+            .query_replica(&[Key::User(id)], Stmt::UserPublicById, &[&id])
             .await?;
-        let Some(Cached::Json(json)) = loaded else {
-            return Err(not_found());
-        };
-        body.extend_from_slice(&json);
-        return Ok(Reply::json(200));
-    }
-    let epoch = cache.epoch();
-    let rows = (ctx.sql)
-        .query_session_replica(
-            &principal.token_hash,
-            &[Key::User(id)],
-            Stmt::UserPublic,
-            &[&principal.token_hash(), &id],
-            |_| Vec::new(),
-        )
-        .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    // Columns 4 and 5 of a `UserPublic(s)` row: the session's user and expiry.
-    auth::remember_session(ctx, principal, epoch, row.get(4), row.get(5));
-    let (id, json) = view(row).ok_or_else(not_found)?;
-    cache.insert_unless_invalidated(epoch, Key::User(id), Cached::Json(json.clone()));
+        Ok(rows.first().and_then(view).map(|(_, json)| Cached::Json(json)))
+    };
+    let checked = Checked {
+        stmt: Stmt::UserPublic,
+        params: &[&principal.token_hash(), &id],
+        fills: &[Key::User(id)],
+        shown: |_| Vec::new(),
+    };
+    let json = match session::cached_or_checked(ctx, principal, |_| Key::User(id), by_id, checked).await? {
+        SessionRead::Cached(Some(Cached::Json(json))) => json,
+        SessionRead::Cached(_) => return Err(not_found()),
+        SessionRead::Checked(read) => {
+            let row = read.rows.first().expect("a checked read has a row");
+            let (id, json) = view(row).ok_or_else(not_found)?;
+            let cache = &ctx.shard.store.cache;
+            cache.insert_unless_invalidated(read.epoch, Key::User(id), Cached::Json(json.clone()));
+            json
+        }
+    };
     body.extend_from_slice(&json);
     Ok(Reply::json(200))
 }
@@ -126,18 +129,13 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         }
     } else {
         let fills: Vec<Key> = ids.iter().map(|id| Key::User(*id)).collect();
-        let rows = (ctx.sql)
-            .query_session_replica(
-                &principal.token_hash,
-                &fills,
-                Stmt::UsersPublic,
-                &[&principal.token_hash(), &ids],
-                |_| Vec::new(),
-            )
-            .await?;
-        let first = rows.first().ok_or_else(auth::invalid_token)?;
-        auth::remember_session(ctx, principal, epoch, first.get(4), first.get(5));
-        Some(rows)
+        let checked = Checked {
+            stmt: Stmt::UsersPublic,
+            params: &[&principal.token_hash(), &ids],
+            fills: &fills,
+            shown: |_| Vec::new(),
+        };
+        Some(session::checked_read(ctx, principal, checked).await?.rows)
     };
     let mut stores = Vec::new();
     for (id, json) in rows.iter().flatten().filter_map(view) {

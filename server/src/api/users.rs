@@ -3,13 +3,15 @@
 
 use super::auth::{self, Principal};
 use super::identity::timestamp;
+use super::session::{self, Checked, SessionColumns, SessionRead};
 use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
 use crate::store::cache::{Cached, Key, bus};
-use percore_pg::Row;
+use crate::store::typed_row::typed_row;
 use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
 
 pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
 pub const BIO_CHARS_MAX: usize = 2000;
@@ -24,17 +26,6 @@ struct Profile {
     updated_at: String,
 }
 
-impl Profile {
-    fn from_row(row: Row<'_>, at: usize) -> Profile {
-        Profile {
-            display_name: row.get(at),
-            bio: row.get(at + 1),
-            avatar_url: row.get(at + 2),
-            updated_at: timestamp(row.get(at + 3)),
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Prefs {
     locale: String,
@@ -44,62 +35,85 @@ struct Prefs {
     updated_at: String,
 }
 
-impl Prefs {
-    fn from_row(row: Row<'_>, at: usize) -> Prefs {
-        Prefs {
-            locale: row.get(at),
-            timezone: row.get(at + 1),
-            theme: row.get(at + 2),
-            email_opt_in: row.get(at + 3),
-            updated_at: timestamp(row.get(at + 4)),
-        }
+typed_row! {
+    /// A `Me` or `MeById` row (a `Me` row then ends with the session's user and expiry).
+    struct MeRow {
+        id: i64,
+        email: String,
+        name: String,
+        created_at: SystemTime,
+        updated_at: SystemTime,
+        display_name: Option<String>,
+        bio: Option<String>,
+        avatar_url: Option<String>,
+        profile_updated_at: SystemTime,
+        locale: String,
+        timezone: String,
+        theme: String,
+        email_opt_in: bool,
+        prefs_updated_at: SystemTime,
+    }
+}
+
+typed_row! {
+    /// What `ProfileUpdate` returns.
+    struct ProfileRow {
+        display_name: Option<String>,
+        bio: Option<String>,
+        avatar_url: Option<String>,
+        updated_at: SystemTime,
+        user_id: i64,
+    }
+}
+
+typed_row! {
+    /// What `PrefsUpdate` returns.
+    struct PrefsRow {
+        locale: String,
+        timezone: String,
+        theme: String,
+        email_opt_in: bool,
+        updated_at: SystemTime,
+        user_id: i64,
     }
 }
 
 /// From the shard's memory when it knows the session and the user's view; else one
 /// statement (by user id when only the session is known, with the session check otherwise).
 pub async fn me(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
-    let cache = &ctx.shard.store.cache;
-    if let Some(user_id) = auth::cached_user(ctx, principal) {
-        let loaded = cache
-            .get_or_load(Key::Me(user_id), || async move {
-                let rows = ctx
-                    .sql
-                    .query_replica(&[Key::Me(user_id)], Stmt::MeById, &[&user_id])
-                    .await?;
-                Ok(rows.first().map(|row| Cached::Json(me_json(row).into())))
-            })
+    let by_id = |user_id: i64| async move {
+        let rows = (ctx.sql)
+            .query_replica(&[Key::Me(user_id)], Stmt::MeById, &[&user_id])
             .await?;
-        return match loaded {
-            Some(Cached::Json(json)) => {
-                body.extend_from_slice(&json);
-                Ok(Reply::json(200))
-            }
-            // The user is gone though the session was cached a moment ago.
-            _ => Err(auth::invalid_token()),
-        };
+        Ok(rows
+            .first()
+            .map(|row| Cached::Json(me_json(MeRow::from_row(row)).into())))
+    };
+    let checked = Checked {
+        stmt: Stmt::Me,
+        params: &[&principal.token_hash()],
+        fills: &[],
+        // The user the document is about: the session's.
+        shown: |rows| {
+            rows.iter()
+                .map(|row| Key::Me(SessionColumns::of(row).user_id))
+                .collect()
+        },
+    };
+    match session::cached_or_checked(ctx, principal, Key::Me, by_id, checked).await? {
+        SessionRead::Cached(Some(Cached::Json(json))) => body.extend_from_slice(&json),
+        // The user is gone though the session was cached a moment ago.
+        SessionRead::Cached(_) => return Err(auth::invalid_token()),
+        SessionRead::Checked(read) => {
+            let row = read.rows.first().expect("a checked read has a row");
+            body.extend_from_slice(&me_json(MeRow::from_row(row)));
+        }
     }
-    let epoch = cache.epoch();
-    let rows = (ctx.sql)
-        .query_session_replica(
-            &principal.token_hash,
-            &[],
-            Stmt::Me,
-            &[&principal.token_hash()],
-            |rows| {
-                // Column 0: the user the document is about.
-                rows.iter().map(|row| Key::Me(row.get(0))).collect()
-            },
-        )
-        .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    auth::remember_session(ctx, principal, epoch, row.get(0), row.get(14));
-    body.extend_from_slice(&me_json(row));
     Ok(Reply::json(200))
 }
 
-/// `{user, profile, prefs}` from a `Me` or `MeById` row.
-fn me_json(row: Row<'_>) -> Vec<u8> {
+/// `{user, profile, prefs}`.
+fn me_json(row: MeRow) -> Vec<u8> {
     #[derive(Serialize)]
     struct Me {
         user: super::identity::User,
@@ -108,14 +122,25 @@ fn me_json(row: Row<'_>) -> Vec<u8> {
     }
     let me = Me {
         user: super::identity::User {
-            id: row.get(0),
-            email: row.get(1),
-            name: row.get(2),
-            created_at: timestamp(row.get(3)),
-            updated_at: timestamp(row.get(4)),
+            id: row.id,
+            email: row.email,
+            name: row.name,
+            created_at: timestamp(row.created_at),
+            updated_at: timestamp(row.updated_at),
         },
-        profile: Profile::from_row(row, 5),
-        prefs: Prefs::from_row(row, 9),
+        profile: Profile {
+            display_name: row.display_name,
+            bio: row.bio,
+            avatar_url: row.avatar_url,
+            updated_at: timestamp(row.profile_updated_at),
+        },
+        prefs: Prefs {
+            locale: row.locale,
+            timezone: row.timezone,
+            theme: row.theme,
+            email_opt_in: row.email_opt_in,
+            updated_at: timestamp(row.prefs_updated_at),
+        },
     };
     let mut json = Vec::with_capacity(512);
     write_json(&mut json, &me);
@@ -191,10 +216,15 @@ pub async fn patch_profile(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
             ],
         )
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let user_id: i64 = row.get(4);
-    bus::invalidate(&ctx.shard.store, &[Key::Me(user_id), Key::User(user_id)]).await;
-    write_json(body, &Profile::from_row(row, 0));
+    let row = ProfileRow::from_row(rows.first().ok_or_else(auth::invalid_token)?);
+    bus::invalidate(&ctx.shard.store, &[Key::Me(row.user_id), Key::User(row.user_id)]).await;
+    let profile = Profile {
+        display_name: row.display_name,
+        bio: row.bio,
+        avatar_url: row.avatar_url,
+        updated_at: timestamp(row.updated_at),
+    };
+    write_json(body, &profile);
     Ok(Reply::json(200))
 }
 
@@ -244,10 +274,16 @@ pub async fn put_prefs(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>)
             ],
         )
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let user_id: i64 = row.get(5);
-    bus::invalidate(&ctx.shard.store, &[Key::Me(user_id)]).await;
-    write_json(body, &Prefs::from_row(row, 0));
+    let row = PrefsRow::from_row(rows.first().ok_or_else(auth::invalid_token)?);
+    bus::invalidate(&ctx.shard.store, &[Key::Me(row.user_id)]).await;
+    let prefs = Prefs {
+        locale: row.locale,
+        timezone: row.timezone,
+        theme: row.theme,
+        email_opt_in: row.email_opt_in,
+        updated_at: timestamp(row.updated_at),
+    };
+    write_json(body, &prefs);
     Ok(Reply::json(200))
 }
 

@@ -113,12 +113,12 @@ catalogue! {
     /// $1 token hash. Revokes the session; no row affected when it was not live.
     Logout: Write, Primary,
         concat!("UPDATE sessions s SET revoked_at = now() WHERE ", live_session!());
-    /// $1 token hash → user, profile and prefs in one row, then the session's expiry.
+    /// $1 token hash → user, profile and prefs in one row, then the session's user and expiry.
     Me: Read, SessionCheckedReplica,
         concat!(
             "SELECT u.id, u.email::text, u.name, u.created_at, u.updated_at,
                     p.display_name, p.bio, p.avatar_url, p.updated_at,
-                    q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at, s.expires_at
+                    q.locale, q.timezone, q.theme, q.email_opt_in, q.updated_at, s.user_id, s.expires_at
              FROM sessions s
              JOIN users u ON u.id = s.user_id
              JOIN profiles p ON p.user_id = s.user_id
@@ -367,6 +367,15 @@ mod tests {
             assert_eq!(stmt.kind(), Kind::Read, "{stmt:?}");
             assert!(stmt.sql().contains("FROM sessions s"), "{stmt:?}");
             assert!(!stmt.may_run_on_replica(), "{stmt:?} is in both lists");
+        }
+    }
+
+    #[test]
+    fn session_checked_replica_reads_end_with_the_sessions_user_and_expiry() {
+        // `api::session::SessionColumns` reads the last two columns of these.
+        for stmt in Stmt::ALL.iter().filter(|stmt| stmt.checks_session_on_replica()) {
+            let select = stmt.sql().split("FROM sessions s").next().unwrap_or_default();
+            assert!(select.trim_end().ends_with("s.user_id, s.expires_at"), "{stmt:?}");
         }
     }
 

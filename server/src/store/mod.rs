@@ -23,6 +23,7 @@ pub mod redis;
 pub mod replicas;
 pub mod room;
 pub mod settings;
+pub mod typed_row;
 
 pub use catalogue::{Kind, Stmt};
 pub use error::StoreError;
