@@ -12,6 +12,7 @@ use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::limits::throttle::Key;
 use crate::store::Stmt;
+use crate::store::typed_row::typed_row;
 use percore_workers::password::{self, Argon2Params};
 use serde::{Deserialize, Serialize};
 use std::time::{Instant, SystemTime};
@@ -40,6 +41,32 @@ pub struct User {
     pub name: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+typed_row! {
+    /// What `Register` returns.
+    struct UserRow {
+        id: i64,
+        email: String,
+        name: String,
+        created_at: SystemTime,
+        updated_at: SystemTime,
+    }
+}
+
+typed_row! {
+    /// What `LoginLookup` returns: the user and the PHC string of their password hash.
+    struct LoginRow {
+        user_id: i64,
+        phc: String,
+    }
+}
+
+typed_row! {
+    /// What `SessionInsert` returns.
+    struct SessionRow {
+        expires_at: SystemTime,
+    }
 }
 
 /// RFC 3339 in UTC with microseconds, Postgres's precision: `2026-11-25T13:00:00.123456Z`.
@@ -104,11 +131,11 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
             &[&input.email, &phc, &input.name, &queue.name, &welcome, &max_attempts],
         )
         .await?;
-    let Some(row) = rows.first() else {
+    let Some(row) = rows.first().map(UserRow::from_row) else {
         return Err(ApiError::new(409, "email_taken", "an account with this email exists"));
     };
     queue.wake();
-    let id: i64 = row.get(0);
+    let id = row.id;
     // A new user is news to every replica: heard by every shard (of every instance) before
     // this answers, so no shard asks a replica that has not replayed it for this user
     // (`replicas.rs`); a 404 for a user who exists would follow otherwise.
@@ -117,10 +144,10 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     }
     let user = User {
         id,
-        email: row.get(1),
-        name: row.get(2),
-        created_at: timestamp(row.get(3)),
-        updated_at: timestamp(row.get(4)),
+        email: row.email,
+        name: row.name,
+        created_at: timestamp(row.created_at),
+        updated_at: timestamp(row.updated_at),
     };
     write_json(body, &user);
     Ok(Reply::json(201).with_header("Location", format!("/v1/users/{}", user.id)))
@@ -181,10 +208,9 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         return Err(spend_verification(ctx.shard, input.password).await);
     }
     let rows = ctx.sql.query(Stmt::LoginLookup, &[&input.email]).await?;
-    let Some(row) = rows.first() else {
+    let Some(LoginRow { user_id, phc }) = rows.first().map(LoginRow::from_row) else {
         return Err(spend_verification(ctx.shard, input.password).await);
     };
-    let (user_id, phc): (i64, String) = (row.get(0), row.get(1));
     let secret = input.password.into_bytes();
     let verifying = ctx
         .shard
@@ -205,7 +231,7 @@ pub async fn login(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     // address (its registration, say) must still be what its first reads see.
     ctx.sql
         .wrote_as(crate::limits::throttle::Key::Token(token_hash).client_id());
-    let expires_at: SystemTime = rows.first().ok_or_else(ApiError::internal)?.get(0);
+    let SessionRow { expires_at } = SessionRow::from_row(rows.first().ok_or_else(ApiError::internal)?);
     write_json(
         body,
         &Session {

@@ -12,6 +12,7 @@ use super::{Answer, Ctx, extract, workers_busy, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
+use crate::store::typed_row::typed_row;
 use percore_pg::Row;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -118,25 +119,23 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
             ],
         )
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let (id, status, stored_hash): (i64, String, Option<Vec<u8>>) = match row.get::<Option<i64>>(1) {
-        Some(id) => {
+    let row = InsertedJob::from_row(rows.first().ok_or_else(auth::invalid_token)?);
+    let (id, status, stored_hash) = match (row.new_id, row.new_status, row.old_id, row.old_status) {
+        (Some(id), Some(status), _, _) => {
             admission.committed();
             queue.wake();
-            (id, row.get(2), None)
+            (id, status, None)
         }
-        None => match row.get::<Option<i64>>(3) {
-            Some(id) => (id, row.get(4), row.get(5)),
-            None => {
-                // The key's job committed while our statement ran: its snapshot missed it.
-                let user_id: i64 = row.get(0);
-                let again = ctx.sql.query(Stmt::JobByKey, &[&user_id, &key]).await?;
-                let old = again.first().ok_or_else(|| {
-                    ApiError::unavailable("idempotency_conflict", "a request with this key is in flight; retry", 1)
-                })?;
-                (old.get(0), old.get(1), old.get(2))
-            }
-        },
+        (_, _, Some(id), Some(status)) => (id, status, row.old_request_hash),
+        _ => {
+            // The key's job committed while our statement ran: its snapshot missed it.
+            let again = ctx.sql.query(Stmt::JobByKey, &[&row.user_id, &key]).await?;
+            let old = again.first().ok_or_else(|| {
+                ApiError::unavailable("idempotency_conflict", "a request with this key is in flight; retry", 1)
+            })?;
+            let old = JobByKeyRow::from_row(old);
+            (old.id, old.status, old.request_hash)
+        }
     };
     if stored_hash.is_some() && stored_hash != request_hash {
         return Err(ApiError::new(
@@ -165,28 +164,70 @@ fn idempotency_key<'a>(ctx: &Ctx<'a>) -> Result<Option<&'a str>, ApiError> {
     }
 }
 
+typed_row! {
+    /// What `JobInsert` returns: the session's user, then the new job, or the one a used
+    /// key already names.
+    struct InsertedJob {
+        user_id: i64,
+        new_id: Option<i64>,
+        new_status: Option<String>,
+        old_id: Option<i64>,
+        old_status: Option<String>,
+        old_request_hash: Option<Vec<u8>>,
+    }
+}
+
+typed_row! {
+    struct JobByKeyRow {
+        id: i64,
+        status: String,
+        request_hash: Option<Vec<u8>>,
+    }
+}
+
+typed_row! {
+    /// A `JobGet` or `JobsList` row: the session's user, then the job's columns, NULL when
+    /// there is no job.
+    struct JobRow {
+        _session_user_id: i64,
+        id: Option<i64>,
+        kind: Option<String>,
+        queue: Option<String>,
+        status: Option<String>,
+        attempts: Option<i32>,
+        max_attempts: Option<i32>,
+        error: Option<String>,
+        result: Option<String>,
+        run_after: Option<SystemTime>,
+        created_at: Option<SystemTime>,
+        updated_at: Option<SystemTime>,
+    }
+}
+
 fn job_of(row: Row<'_>) -> Result<Option<Job>, ApiError> {
-    let Some(id) = row.get::<Option<i64>>(1) else {
+    let row = JobRow::from_row(row);
+    let (Some(id), Some(status), Some(run_after), Some(created_at), Some(updated_at)) =
+        (row.id, row.status, row.run_after, row.created_at, row.updated_at)
+    else {
         return Ok(None);
     };
-    let status: String = row.get(4);
-    let result = match row.get::<Option<String>>(8) {
+    let result = match row.result {
         Some(text) => Some(RawValue::from_string(text).map_err(|_| ApiError::internal())?),
         None => None,
     };
     Ok(Some(Job {
         id,
-        kind: row.get(2),
-        queue: row.get(3),
+        kind: row.kind.unwrap_or_default(),
+        queue: row.queue.unwrap_or_default(),
         result_url: (status == "done").then(|| format!("/v1/jobs/{id}/result")),
         status,
-        attempts: row.get(5),
-        max_attempts: row.get(6),
-        error: row.get(7),
+        attempts: row.attempts.unwrap_or_default(),
+        max_attempts: row.max_attempts.unwrap_or_default(),
+        error: row.error,
         result,
-        run_after: timestamp(row.get::<SystemTime>(9)),
-        created_at: timestamp(row.get::<SystemTime>(10)),
-        updated_at: timestamp(row.get::<SystemTime>(11)),
+        run_after: timestamp(run_after),
+        created_at: timestamp(created_at),
+        updated_at: timestamp(updated_at),
     }))
 }
 

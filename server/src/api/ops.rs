@@ -4,6 +4,7 @@ use super::Answer;
 use crate::api::state::Shard;
 use crate::http::{ApiError, Reply, response};
 use crate::metrics::{self, Globals};
+use crate::store::typed_row::typed_row;
 use crate::store::{Sql, Stmt};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,13 +18,20 @@ pub fn healthz(body: &mut Vec<u8>) -> Answer {
     Ok(Reply::json(200))
 }
 
+typed_row! {
+    /// What `Ping` returns.
+    struct Pong {
+        one: i32,
+    }
+}
+
 /// Ready when this shard answers `SELECT 1` and every other shard has a live connection.
 /// Redis is reported but does not gate readiness: the cache falls back to the database.
 pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer {
     let local = sql
         .query(Stmt::Ping, &[])
         .await
-        .is_ok_and(|rows| rows.first().is_some_and(|row| row.get::<i32>(0) == 1));
+        .is_ok_and(|rows| rows.first().is_some_and(|row| Pong::from_row(row).one == 1));
     // ECHO of a token unique on this shard: a reply paired with the wrong command fails.
     let token = shard.probe_seq.get();
     shard.probe_seq.set(token + 1);

@@ -9,6 +9,7 @@ use super::{Answer, Ctx};
 use crate::http::{ApiError, Reply, response};
 use crate::store::Stmt;
 use crate::store::cache::{Cached, Key};
+use crate::store::typed_row::typed_row;
 use askama::Template;
 use futures::future::try_join_all;
 
@@ -49,11 +50,22 @@ fn row_count(ctx: &Ctx<'_>, names: &[&str]) -> usize {
         .map_or(1, |c| c.clamp(1, QUERIES_MAX as i64)) as usize
 }
 
-#[derive(serde::Serialize, Clone, Copy)]
-struct World {
-    id: i32,
-    #[serde(rename = "randomNumber")]
-    random_number: i32,
+typed_row! {
+    /// A `WorldById` row, serialized as TechEmpower asks.
+    #[derive(serde::Serialize, Clone, Copy)]
+    struct World {
+        id: i32,
+        #[serde(rename = "randomNumber")]
+        random_number: i32,
+    }
+}
+
+typed_row! {
+    /// A `FortunesAll` row.
+    struct Fortune {
+        id: i32,
+        message: String,
+    }
 }
 
 /// One random `world` row by its own statement, from a replica when `from_replica` (reads
@@ -65,11 +77,7 @@ async fn random_world(ctx: &Ctx<'_>, from_replica: bool) -> Result<World, ApiErr
     } else {
         ctx.sql.query(Stmt::WorldById, &[&id]).await?
     };
-    let row = rows.first().ok_or_else(unseeded)?;
-    Ok(World {
-        id: row.get(0),
-        random_number: row.get(1),
-    })
+    rows.first().map(World::from_row).ok_or_else(unseeded)
 }
 
 fn unseeded() -> ApiError {
@@ -139,7 +147,13 @@ struct Fortunes {
 /// rendered by an HTML-escaping template.
 pub async fn fortunes(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     let rows = ctx.sql.query_replica(&[], Stmt::FortunesAll, &[]).await?;
-    let mut fortunes: Vec<(i32, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mut fortunes: Vec<(i32, String)> = rows
+        .iter()
+        .map(|row| {
+            let Fortune { id, message } = Fortune::from_row(row);
+            (id, message)
+        })
+        .collect();
     fortunes.push((0, "Additional fortune added at request time.".into()));
     fortunes.sort_unstable_by(|a, b| a.1.cmp(&b.1));
     Fortunes { fortunes }
@@ -165,8 +179,12 @@ pub async fn cached_queries(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
                     .query_replica(&[Key::World(id)], Stmt::WorldById, &[&id])
                     .await?;
                 Ok(rows.first().map(|row| {
-                    let (id, number): (i32, i32) = (row.get(0), row.get(1));
-                    Cached::Json(format!("{{\"id\":{id},\"randomNumber\":{number}}}").into_bytes().into())
+                    let World { id, random_number } = World::from_row(row);
+                    Cached::Json(
+                        format!("{{\"id\":{id},\"randomNumber\":{random_number}}}")
+                            .into_bytes()
+                            .into(),
+                    )
                 }))
             })
             .await?;

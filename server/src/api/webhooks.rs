@@ -13,6 +13,7 @@ use super::{Answer, Ctx, extract, write_json};
 use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
+use crate::store::typed_row::typed_row;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -126,8 +127,8 @@ pub async fn post_webhook(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
             &[&principal.token_hash(), &input.url, &events, &secret, &per_user_max],
         )
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    let Some(id) = row.get::<Option<i64>>(1) else {
+    let row = InsertedWebhook::from_row(rows.first().ok_or_else(auth::invalid_token)?);
+    let (Some(id), Some(created_at)) = (row.id, row.created_at) else {
         return Err(ApiError::new(
             409,
             "too_many_webhooks",
@@ -139,10 +140,54 @@ pub async fn post_webhook(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
         url: input.url,
         events,
         secret: Some(secret),
-        created_at: timestamp(row.get::<SystemTime>(2)),
+        created_at: timestamp(created_at),
     };
     write_json(body, &webhook);
     Ok(Reply::json(201).with_header("Location", format!("/v1/webhooks/{id}")))
+}
+
+typed_row! {
+    /// What `WebhookInsert` returns: NULL id and time when the caller is at the limit.
+    struct InsertedWebhook {
+        _session_user_id: i64,
+        id: Option<i64>,
+        created_at: Option<SystemTime>,
+    }
+}
+
+typed_row! {
+    /// A `WebhooksList` row; NULL columns in the one row of an empty list.
+    struct WebhookRow {
+        _session_user_id: i64,
+        id: Option<i64>,
+        url: Option<String>,
+        events: Option<Vec<String>>,
+        created_at: Option<SystemTime>,
+    }
+}
+
+typed_row! {
+    /// What `WebhookDelete` returns: NULL when there was no such webhook of the caller's.
+    struct DeletedWebhook {
+        _session_user_id: i64,
+        id: Option<i64>,
+    }
+}
+
+typed_row! {
+    /// A `WebhookDeliveries` row: the webhook (NULL: not the caller's), then one attempt
+    /// (NULL columns when there is none).
+    struct DeliveryRow {
+        _session_user_id: i64,
+        webhook_id: Option<i64>,
+        id: Option<i64>,
+        job_id: Option<i64>,
+        attempt: Option<i32>,
+        status_code: Option<i32>,
+        error: Option<String>,
+        duration_ms: Option<i32>,
+        attempted_at: Option<SystemTime>,
+    }
 }
 
 pub async fn list_webhooks(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
@@ -153,12 +198,13 @@ pub async fn list_webhooks(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<
     let mut webhooks: Vec<Webhook> = rows
         .iter()
         .filter_map(|row| {
+            let row = WebhookRow::from_row(row);
             Some(Webhook {
-                id: row.get::<Option<i64>>(1)?,
-                url: row.get(2),
-                events: row.get(3),
+                id: row.id?,
+                url: row.url?,
+                events: row.events?,
                 secret: None,
-                created_at: timestamp(row.get::<SystemTime>(4)),
+                created_at: timestamp(row.created_at?),
             })
         })
         .collect();
@@ -177,8 +223,7 @@ pub async fn delete_webhook(ctx: &Ctx<'_>, principal: &Principal) -> Answer {
         .sql
         .query(Stmt::WebhookDelete, &[&principal.token_hash(), &id])
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    match row.get::<Option<i64>>(1) {
+    match DeletedWebhook::from_row(rows.first().ok_or_else(auth::invalid_token)?).id {
         Some(_) => Ok(Reply::new(204, crate::http::response::JSON)),
         None => Err(ApiError::new(404, "not_found", "no such webhook")),
     }
@@ -192,21 +237,24 @@ pub async fn deliveries(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
         .sql
         .query(Stmt::WebhookDeliveries, &[&principal.token_hash(), &id, &limit])
         .await?;
-    let row = rows.first().ok_or_else(auth::invalid_token)?;
-    if row.get::<Option<i64>>(1).is_none() {
+    if DeliveryRow::from_row(rows.first().ok_or_else(auth::invalid_token)?)
+        .webhook_id
+        .is_none()
+    {
         return Err(ApiError::new(404, "not_found", "no such webhook"));
     }
     let mut deliveries: Vec<Delivery> = rows
         .iter()
         .filter_map(|row| {
+            let row = DeliveryRow::from_row(row);
             Some(Delivery {
-                id: row.get::<Option<i64>>(2)?,
-                delivery_id: row.get(3),
-                attempt: row.get(4),
-                status_code: row.get(5),
-                error: row.get(6),
-                duration_ms: row.get(7),
-                attempted_at: timestamp(row.get::<SystemTime>(8)),
+                id: row.id?,
+                delivery_id: row.job_id?,
+                attempt: row.attempt?,
+                status_code: row.status_code,
+                error: row.error,
+                duration_ms: row.duration_ms?,
+                attempted_at: timestamp(row.attempted_at?),
             })
         })
         .collect();
