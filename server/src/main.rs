@@ -9,23 +9,56 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: percore [--config PATH] [serve]\n       percore [--config PATH] migrate\n       percore [--config PATH] jobs retry ID\n       percore check-config [PATH]";
 
+/// What the command line asks for.
+struct Invocation {
+    command: String,
+    config_path: Option<PathBuf>,
+    job_to_retry: Option<i64>,
+}
+
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let invocation = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(invocation)) => invocation,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => return usage_error(&message),
+    };
+    let explicit = invocation.config_path.is_some();
+    let path = invocation
+        .config_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("tuning.toml"));
+    let config = match Config::load(&path, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log.level);
+    // The binary never provisions a service: serving and migrating need both URLs.
+    if invocation.command != "check-config"
+        && let Err((key, reason)) = config.require_services()
+    {
+        eprintln!("percore: bad configuration: {}: key `{key}`: {reason}", path.display());
+        return ExitCode::from(2);
+    }
+    run_command(&invocation, &path, config)
+}
+
+/// `Ok(None)`: help was asked for.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Invocation>, String> {
     let mut config_path: Option<PathBuf> = None;
     let mut command = None;
     let mut positional = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(path) => config_path = Some(path.into()),
-                None => return usage_error("--config needs a PATH"),
-            },
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
+            "--config" | "-c" => config_path = Some(args.next().ok_or("--config needs a PATH")?.into()),
+            "-h" | "--help" => return Ok(None),
             "serve" | "check-config" | "migrate" | "jobs" if command.is_none() => command = Some(arg),
-            _ if arg.starts_with('-') => return usage_error(&format!("unknown option {arg}")),
+            _ if arg.starts_with('-') => return Err(format!("unknown option {arg}")),
             _ => positional.push(PathBuf::from(arg)),
         }
     }
@@ -38,76 +71,52 @@ fn main() -> ExitCode {
         match positional.as_slice() {
             [verb, id] if verb.as_os_str() == "retry" => match id.to_string_lossy().parse::<i64>() {
                 Ok(id) if id > 0 => job_to_retry = Some(id),
-                _ => return usage_error("jobs retry needs a job id (a positive integer)"),
+                _ => return Err("jobs retry needs a job id (a positive integer)".into()),
             },
-            _ => return usage_error("jobs: the only subcommand is `retry ID`"),
+            _ => return Err("jobs: the only subcommand is `retry ID`".into()),
         }
         positional.clear();
     }
     if !positional.is_empty() {
-        return usage_error("unexpected arguments");
+        return Err("unexpected arguments".into());
     }
-    let explicit = config_path.is_some();
-    let path = config_path.unwrap_or_else(|| PathBuf::from("tuning.toml"));
-    let config = match Config::load(&path, explicit) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("percore: bad configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logging(&config.log.level);
-    if command != "check-config"
-        && let Err((key, reason)) = config.require_services()
-    {
-        eprintln!("percore: bad configuration: {}: key `{key}`: {reason}", path.display());
-        return ExitCode::from(2);
-    }
-    match command.as_str() {
+    Ok(Some(Invocation {
+        command,
+        config_path,
+        job_to_retry,
+    }))
+}
+
+fn run_command(invocation: &Invocation, path: &std::path::Path, config: Config) -> ExitCode {
+    let outcome = match invocation.command.as_str() {
         "check-config" => {
             println!("# {}: valid; effective configuration:", path.display());
             print!(
                 "{}",
                 toml::to_string_pretty(&config).expect("a parsed config serializes back")
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
-        "migrate" => match percore::engine::start::migrate(&config.database) {
-            Ok(outcome) => {
-                println!(
-                    "migrations: {} applied ({:?}), {} already applied",
-                    outcome.applied.len(),
-                    outcome.applied,
-                    outcome.already
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("percore: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        "migrate" => percore::engine::start::migrate(&config.database).map(|outcome| {
+            println!(
+                "migrations: {} applied ({:?}), {} already applied",
+                outcome.applied.len(),
+                outcome.applied,
+                outcome.already
+            );
+        }),
         "jobs" => {
-            let id = job_to_retry.expect("parsed above");
-            match percore::engine::start::retry_job(&config.database, id) {
-                Ok(done) => {
-                    println!("{done}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("percore: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let id = invocation.job_to_retry.expect("parsed with the command");
+            percore::engine::start::retry_job(&config.database, id).map(|done| println!("{done}"))
         }
-        _ => match percore::engine::start::run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                log::error!("{e}");
-                eprintln!("percore: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        _ => percore::engine::start::run(config).inspect_err(|e| log::error!("{e}")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("percore: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

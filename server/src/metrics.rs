@@ -233,6 +233,16 @@ pub struct Globals {
 
 /// Renders every family in the Prometheus text format, version 0.0.4.
 pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
+    render_requests(shards, out);
+    render_durations(shards, out);
+    render_statements(shards, out);
+    render_per_shard(shards, out);
+    render_replicas(shards, globals.replicas as usize, out);
+    render_globals(globals, out);
+}
+
+/// Requests answered, by shard, route and status.
+fn render_requests(shards: &[&ShardMetrics], out: &mut String) {
     family(
         out,
         "percore_http_requests_total",
@@ -254,6 +264,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             }
         }
     }
+}
+
+/// The latency histogram, by shard and route.
+fn render_durations(shards: &[&ShardMetrics], out: &mut String) {
     family(
         out,
         "percore_http_request_duration_seconds",
@@ -284,6 +298,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             );
         }
     }
+}
+
+/// Statements run, by shard, route and kind, and the most one request ran.
+fn render_statements(shards: &[&ShardMetrics], out: &mut String) {
     family(
         out,
         "percore_db_statements_total",
@@ -319,6 +337,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             }
         }
     }
+}
+
+/// The heartbeat and the one-sample-per-shard families.
+fn render_per_shard(shards: &[&ShardMetrics], out: &mut String) {
     family(
         out,
         "percore_shard_heartbeat_timestamp_seconds",
@@ -365,7 +387,10 @@ pub fn render(shards: &[&ShardMetrics], globals: &Globals, out: &mut String) {
             let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {}", get(shard).load(Relaxed));
         }
     }
-    render_replicas(shards, globals.replicas as usize, out);
+}
+
+/// Process-wide gauges.
+fn render_globals(globals: &Globals, out: &mut String) {
     #[rustfmt::skip]
     let global: [(&str, &str, &str, u64); 7] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),

@@ -79,34 +79,7 @@ pub fn timestamp(time: SystemTime) -> String {
 
 pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     let input: Registration = extract::json(ctx.request)?;
-    let mut problems = Vec::new();
-    if let Err(problem) = check_email(&input.email) {
-        problems.push(problem);
-    }
-    if input.password.len() > PASSWORD_BYTES_MAX || input.password.chars().count() < PASSWORD_CHARS_MIN {
-        problems.push(FieldError::new(
-            "password",
-            "length",
-            format!("must be at least {PASSWORD_CHARS_MIN} characters and at most {PASSWORD_BYTES_MAX} bytes"),
-        ));
-    }
-    let name_chars = input.name.chars().count();
-    if !(1..=NAME_CHARS_MAX).contains(&name_chars) || input.name.trim().is_empty() {
-        problems.push(FieldError::new(
-            "name",
-            "length",
-            format!("must be 1 to {NAME_CHARS_MAX} characters, not all blank"),
-        ));
-    } else if input.name.chars().any(char::is_control) {
-        problems.push(FieldError::new(
-            "name",
-            "invalid",
-            "must not contain control characters",
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::invalid_fields(problems));
-    }
+    check_registration(&input)?;
     let params = argon2_params(ctx.shard);
     let secret = input.password.into_bytes();
     let hashing = ctx
@@ -151,6 +124,39 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     };
     write_json(body, &user);
     Ok(Reply::json(201).with_header("Location", format!("/v1/users/{}", user.id)))
+}
+
+/// Every field of a registration, each problem listed (422).
+fn check_registration(input: &Registration) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    if let Err(problem) = check_email(&input.email) {
+        problems.push(problem);
+    }
+    if input.password.len() > PASSWORD_BYTES_MAX || input.password.chars().count() < PASSWORD_CHARS_MIN {
+        problems.push(FieldError::new(
+            "password",
+            "length",
+            format!("must be at least {PASSWORD_CHARS_MIN} characters and at most {PASSWORD_BYTES_MAX} bytes"),
+        ));
+    }
+    let name_chars = input.name.chars().count();
+    if !(1..=NAME_CHARS_MAX).contains(&name_chars) || input.name.trim().is_empty() {
+        problems.push(FieldError::new(
+            "name",
+            "length",
+            format!("must be 1 to {NAME_CHARS_MAX} characters, not all blank"),
+        ));
+    } else if input.name.chars().any(char::is_control) {
+        problems.push(FieldError::new(
+            "name",
+            "invalid",
+            "must not contain control characters",
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_fields(problems))
 }
 
 fn check_email(email: &str) -> Result<(), FieldError> {

@@ -57,36 +57,7 @@ struct Job {
 
 pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) -> Answer {
     let input: NewJob = extract::json(ctx.request)?;
-    let jobs = &ctx.shard.shared.jobs;
-    let settings = &jobs.settings().jobs;
-    let params_text = match input.params {
-        None => "{}",
-        Some(Some(params)) if params.get().starts_with('{') => params.get(),
-        Some(_) => {
-            return Err(ApiError::invalid_fields(vec![FieldError::new(
-                "params",
-                "invalid_type",
-                "must be a JSON object",
-            )]));
-        }
-    };
-    if params_text.len() > settings.params_bytes_max {
-        return Err(ApiError::new(
-            413,
-            "params_too_large",
-            format!("params must be at most {} bytes of JSON", settings.params_bytes_max),
-        ));
-    }
-    if !percore_workers::kinds::ENQUEUEABLE.contains(&input.kind.as_str()) {
-        let why = if input.kind == "webhook" {
-            "webhook deliveries are enqueued by events for your subscriptions".to_string()
-        } else {
-            format!("must be one of {:?}", percore_workers::kinds::ENQUEUEABLE)
-        };
-        return Err(ApiError::invalid_fields(vec![FieldError::new("kind", "invalid", why)]));
-    }
-    let params = percore_workers::kinds::canonical_params(&input.kind, params_text)
-        .map_err(|why| ApiError::invalid_fields(vec![FieldError::new("params", "invalid", why)]))?;
+    let params = job_params(ctx, &input)?;
     let key = idempotency_key(ctx)?;
     let request_hash = key.map(|_| {
         let mut hash = Sha256::new();
@@ -146,6 +117,39 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
     }
     write_json(body, &Accepted { id, status: &status });
     Ok(Reply::json(202).with_header("Location", format!("/v1/jobs/{id}")))
+}
+
+/// The job's kind checked and its params in canonical form (422 or 413 otherwise).
+fn job_params(ctx: &Ctx<'_>, input: &NewJob) -> Result<String, ApiError> {
+    let settings = &ctx.shard.shared.jobs.settings().jobs;
+    let params_text = match input.params {
+        None => "{}",
+        Some(Some(params)) if params.get().starts_with('{') => params.get(),
+        Some(_) => {
+            return Err(ApiError::invalid_fields(vec![FieldError::new(
+                "params",
+                "invalid_type",
+                "must be a JSON object",
+            )]));
+        }
+    };
+    if params_text.len() > settings.params_bytes_max {
+        return Err(ApiError::new(
+            413,
+            "params_too_large",
+            format!("params must be at most {} bytes of JSON", settings.params_bytes_max),
+        ));
+    }
+    if !percore_workers::kinds::ENQUEUEABLE.contains(&input.kind.as_str()) {
+        let why = if input.kind == "webhook" {
+            "webhook deliveries are enqueued by events for your subscriptions".to_string()
+        } else {
+            format!("must be one of {:?}", percore_workers::kinds::ENQUEUEABLE)
+        };
+        return Err(ApiError::invalid_fields(vec![FieldError::new("kind", "invalid", why)]));
+    }
+    percore_workers::kinds::canonical_params(&input.kind, params_text)
+        .map_err(|why| ApiError::invalid_fields(vec![FieldError::new("params", "invalid", why)]))
 }
 
 /// `Idempotency-Key`: absent, or 1-255 visible ASCII characters (400 otherwise).

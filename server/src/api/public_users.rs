@@ -9,7 +9,7 @@ use crate::http::error::FieldError;
 use crate::http::{ApiError, Reply};
 use crate::store::Stmt;
 use crate::store::cache::l2::Lookup;
-use crate::store::cache::{Cached, Key};
+use crate::store::cache::{Cached, Epoch, Key};
 use crate::store::typed_row::typed_row;
 use percore_pg::Row;
 use serde::Serialize;
@@ -89,44 +89,7 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
     // Generations read from Redis for the ids it did not have: their loads are stored.
     let mut generations: Vec<(i64, Vec<u8>)> = Vec::new();
     let rows = if auth::cached_user(ctx, principal).is_some() {
-        let mut missing: Vec<Key> = Vec::new();
-        for id in &ids {
-            match cache.get(&Key::User(*id)) {
-                Some(Cached::Json(json)) => found.push((*id, json)),
-                _ => missing.push(Key::User(*id)),
-            }
-        }
-        let mut from_db = Vec::new();
-        if !missing.is_empty() {
-            for (key, lookup) in missing.iter().zip(cache.l2.get_many(&missing).await) {
-                let Key::User(id) = *key else {
-                    unreachable!("only user keys are looked up")
-                };
-                match lookup {
-                    Lookup::Hit(value @ Cached::Json(_)) => {
-                        if let Cached::Json(json) = &value {
-                            found.push((id, json.clone()));
-                        }
-                        cache.insert_unless_invalidated(epoch, key.clone(), value);
-                    }
-                    Lookup::Miss(generation) => {
-                        generations.push((id, generation));
-                        from_db.push(id);
-                    }
-                    Lookup::Hit(_) | Lookup::Unavailable => from_db.push(id),
-                }
-            }
-        }
-        if from_db.is_empty() {
-            None
-        } else {
-            let fills: Vec<Key> = from_db.iter().map(|id| Key::User(*id)).collect();
-            Some(
-                ctx.sql
-                    .query_replica(&fills, Stmt::UsersPublicByIds, &[&from_db])
-                    .await?,
-            )
-        }
+        known_users(ctx, &ids, epoch, &mut found, &mut generations).await?
     } else {
         let fills: Vec<Key> = ids.iter().map(|id| Key::User(*id)).collect();
         let checked = Checked {
@@ -157,6 +120,56 @@ pub async fn users_by_ids(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u
     }
     body.extend_from_slice(b"]}");
     Ok(Reply::json(200))
+}
+
+/// For a caller whose session the cache knows: each user's view from L1, else L2 (noting
+/// the generation a miss read, so the load may be stored), and one statement by id for
+/// the rest (`None` when there is no rest).
+async fn known_users(
+    ctx: &Ctx<'_>,
+    ids: &[i64],
+    epoch: Epoch,
+    found: &mut Vec<(i64, Rc<[u8]>)>,
+    generations: &mut Vec<(i64, Vec<u8>)>,
+) -> Result<Option<percore_pg::Rows>, ApiError> {
+    let cache = &ctx.shard.store.cache;
+    let mut missing: Vec<Key> = Vec::new();
+    for id in ids {
+        match cache.get(&Key::User(*id)) {
+            Some(Cached::Json(json)) => found.push((*id, json)),
+            _ => missing.push(Key::User(*id)),
+        }
+    }
+    let mut from_db = Vec::new();
+    if !missing.is_empty() {
+        for (key, lookup) in missing.iter().zip(cache.l2.get_many(&missing).await) {
+            let Key::User(id) = *key else {
+                unreachable!("only user keys are looked up")
+            };
+            match lookup {
+                Lookup::Hit(value @ Cached::Json(_)) => {
+                    if let Cached::Json(json) = &value {
+                        found.push((id, json.clone()));
+                    }
+                    cache.insert_unless_invalidated(epoch, key.clone(), value);
+                }
+                Lookup::Miss(generation) => {
+                    generations.push((id, generation));
+                    from_db.push(id);
+                }
+                Lookup::Hit(_) | Lookup::Unavailable => from_db.push(id),
+            }
+        }
+    }
+    if from_db.is_empty() {
+        return Ok(None);
+    }
+    let fills: Vec<Key> = from_db.iter().map(|id| Key::User(*id)).collect();
+    Ok(Some(
+        (ctx.sql)
+            .query_replica(&fills, Stmt::UsersPublicByIds, &[&from_db])
+            .await?,
+    ))
 }
 
 /// `?ids=1,2,3`: 1 to `api.user_ids_max` positive ids, duplicates dropped.

@@ -84,43 +84,7 @@ pub async fn run(
             return;
         }
     };
-    let redis = RedisClient::start(shared.redis_target.clone(), &config.redis, metrics);
-    let db = crate::store::pg::Pool::start(
-        shared.db_target.clone(),
-        &config.database,
-        crate::store::pg::Role::Primary,
-        id,
-        metrics,
-    );
-    let replicas =
-        crate::store::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
-    let app = Rc::new(Shard {
-        id,
-        shared,
-        metrics,
-        store: Rc::new(Store {
-            shard_id: id,
-            db,
-            replicas,
-            redis: redis.clone(),
-            cache: crate::store::cache::Cache::new(&config.cache, &config.database, id, redis.clone(), metrics),
-            recent_writers: &shared.recent_writers,
-            metrics,
-            redis_settings: &config.redis,
-            cache_settings: &config.cache,
-        }),
-        probe_seq: Cell::new(0),
-        random: Cell::new(seed_random()),
-        login_throttle: RefCell::new(Throttle::new(
-            f64::from(config.identity.login_rate_per_minute) / 60.0,
-            config.identity.login_burst,
-            config.identity.login_tracked_max,
-        )),
-        limiter: crate::limits::rate_limit::Limiter::new(
-            &config.rate_limit,
-            config.server.trusted_proxy_nets().expect("validated at start-up"),
-        ),
-    });
+    let app = application(id, shared);
     let shard = Rc::new(ShardService {
         app,
         date: DateCache::default(),
@@ -149,6 +113,50 @@ pub async fn run(
     shard.draining.set(true);
     drain(&shard).await;
     log::info!("shard {id} stopped");
+}
+
+/// The API's state for shard `id`: its connections (they connect in the background), its
+/// cache, its limits.
+fn application(id: usize, shared: &'static Shared) -> Rc<Shard> {
+    let config = &shared.config;
+    let metrics = &shared.metrics[id];
+    let redis = RedisClient::start(shared.redis_target.clone(), &config.redis, metrics);
+    let db = crate::store::pg::Pool::start(
+        shared.db_target.clone(),
+        &config.database,
+        crate::store::pg::Role::Primary,
+        id,
+        metrics,
+    );
+    let replicas =
+        crate::store::replicas::Replicas::start(&shared.replica_targets, &config.database, db.clone(), id, metrics);
+    Rc::new(Shard {
+        id,
+        shared,
+        metrics,
+        store: Rc::new(Store {
+            shard_id: id,
+            db,
+            replicas,
+            redis: redis.clone(),
+            cache: crate::store::cache::Cache::new(&config.cache, &config.database, id, redis.clone(), metrics),
+            recent_writers: &shared.recent_writers,
+            metrics,
+            redis_settings: &config.redis,
+            cache_settings: &config.cache,
+        }),
+        probe_seq: Cell::new(0),
+        random: Cell::new(seed_random()),
+        login_throttle: RefCell::new(Throttle::new(
+            f64::from(config.identity.login_rate_per_minute) / 60.0,
+            config.identity.login_burst,
+            config.identity.login_tracked_max,
+        )),
+        limiter: crate::limits::rate_limit::Limiter::new(
+            &config.rate_limit,
+            config.server.trusted_proxy_nets().expect("validated at start-up"),
+        ),
+    })
 }
 
 fn conn_limits(http: &crate::config::Http) -> ConnLimits {

@@ -212,37 +212,13 @@ pub fn run(config: Config) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
     ensure_schema(&config.database, config.database.auto_migrate)?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
-    let db_target = crate::store::pg::Target::resolve(&config.database)?;
-    let replica_targets = crate::store::pg::Target::resolve_replicas(&config.database)?;
-    let redis_target = RedisTarget::resolve(&config.redis.url)?;
-
-    if placement.worker_cpus.is_empty() {
-        log::info!(
-            "every CPU runs a shard: worker threads run unpinned at nice {}",
-            config.workers.nice
-        );
-    }
-    let pool = Pool::start(&PoolConfig {
-        threads: config.workers.threads,
-        cpus: placement.worker_cpus.clone(),
-        queue_depth_max: config.workers.queue_depth_max,
-        nice: config.workers.nice,
-        wait_ms_max: config.workers.wait_ms_max,
-    })
-    .map_err(|e| format!("starting the worker pool: {e}"))?;
-
-    let dummy_password_hash = {
-        let w = &config.workers;
-        let params = percore_workers::password::Argon2Params {
-            memory_kib: w.argon2_memory_kib,
-            iterations: w.argon2_iterations,
-            parallelism: w.argon2_parallelism,
-        };
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| format!("getrandom: {e}"))?;
-        // blocking-ok: start-up, before any shard; one hash, tens of milliseconds.
-        percore_workers::password::hash(params, &secret)
+    let targets = Targets {
+        db: crate::store::pg::Target::resolve(&config.database)?,
+        replicas: crate::store::pg::Target::resolve_replicas(&config.database)?,
+        redis: RedisTarget::resolve(&config.redis.url)?,
     };
+    let pool = start_worker_pool(&config, &placement)?;
+    let dummy_password_hash = dummy_password_hash(&config)?;
     refuse_a_taken_port(config.server.listen)?;
     let job_settings = percore_workers::jobs::Settings {
         jobs: config.jobs.clone(),
@@ -252,17 +228,16 @@ pub fn run(config: Config) -> Result<(), String> {
     let jobs = percore_workers::jobs::Runtime::start(job_settings, &config.database.url, config.workers.nice)
         .map_err(|e| format!("starting the job workers: {e}"))?;
     let shard_count = placement.shard_cpus.len();
-    let detect_stalls = config.server.detect_stalls || cfg!(debug_assertions);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         metrics: (0..shard_count)
             .map(|_| ShardMetrics::new(&crate::api::routes::Label::NAMES))
             .collect(),
         workers: pool.handle(),
         jobs: jobs.handle(),
-        db_target,
-        replica_targets,
+        db_target: targets.db,
+        replica_targets: targets.replicas,
         recent_writers: crate::store::replicas::RecentWriters::new(config.database.recent_writers_slots),
-        redis_target,
+        redis_target: targets.redis,
         dummy_password_hash,
         memory_pressure: AtomicBool::new(false),
         config,
@@ -270,25 +245,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let stopping: &'static Stopping = Box::leak(Box::default());
     lifecycle::watch_signals(shared, stopping).map_err(|e| format!("installing signal handlers: {e}"))?;
     lifecycle::start_memory_guard(shared).map_err(|e| format!("starting the memory guard: {e}"))?;
-
-    let (bound, bound_rx) = std::sync::mpsc::sync_channel(shard_count);
-    let mut handles = Vec::with_capacity(shard_count);
-    for (id, cpu) in placement.shard_cpus.iter().copied().enumerate() {
-        let bound = bound.clone();
-        let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || {
-            shard::run(id, shared, stopping, bound)
-        })
-        .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
-        handles.push(handle);
-    }
-    for _ in 0..shard_count {
-        let bound = bound_rx.recv(); // blocking-ok: the main thread waits for shards to bind
-        match bound {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("a shard exited during start-up".into()),
-        }
-    }
+    let handles = start_shards(shared, stopping, &placement.shard_cpus)?;
     log::info!(
         "percore listening on {} with {shard_count} shards on CPUs {:?}, {} worker threads",
         shared.config.server.listen,
@@ -308,6 +265,74 @@ pub fn run(config: Config) -> Result<(), String> {
     ));
     log::info!("all shards stopped; exiting");
     Ok(())
+}
+
+fn start_worker_pool(config: &Config, placement: &Placement) -> Result<Pool, String> {
+    if placement.worker_cpus.is_empty() {
+        log::info!(
+            "every CPU runs a shard: worker threads run unpinned at nice {}",
+            config.workers.nice
+        );
+    }
+    Pool::start(&PoolConfig {
+        threads: config.workers.threads,
+        cpus: placement.worker_cpus.clone(),
+        queue_depth_max: config.workers.queue_depth_max,
+        nice: config.workers.nice,
+        wait_ms_max: config.workers.wait_ms_max,
+    })
+    .map_err(|e| format!("starting the worker pool: {e}"))
+}
+
+/// Where the shards connect, resolved once at start-up.
+struct Targets {
+    db: crate::store::pg::Target,
+    replicas: Vec<crate::store::pg::Target>,
+    redis: RedisTarget,
+}
+
+/// An Argon2 hash of nothing anyone knows, with the configured cost: a login for an
+/// unknown email verifies against it, so it costs what a real one does.
+fn dummy_password_hash(config: &Config) -> Result<String, String> {
+    let w = &config.workers;
+    let params = percore_workers::password::Argon2Params {
+        memory_kib: w.argon2_memory_kib,
+        iterations: w.argon2_iterations,
+        parallelism: w.argon2_parallelism,
+    };
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| format!("getrandom: {e}"))?;
+    // blocking-ok: start-up, before any shard; one hash, tens of milliseconds.
+    Ok(percore_workers::password::hash(params, &secret))
+}
+
+/// One pinned thread per CPU in `cpus`, each running a shard; returns once every shard
+/// has bound its listener (or the first error).
+fn start_shards(
+    shared: &'static Shared,
+    stopping: &'static Stopping,
+    cpus: &[usize],
+) -> Result<Vec<runtime::ShardHandle>, String> {
+    let detect_stalls = shared.config.server.detect_stalls || cfg!(debug_assertions);
+    let (bound, bound_rx) = std::sync::mpsc::sync_channel(cpus.len());
+    let mut handles = Vec::with_capacity(cpus.len());
+    for (id, cpu) in cpus.iter().copied().enumerate() {
+        let bound = bound.clone();
+        let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || {
+            shard::run(id, shared, stopping, bound)
+        })
+        .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    for _ in 0..cpus.len() {
+        let bound = bound_rx.recv(); // blocking-ok: the main thread waits for shards to bind
+        match bound {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a shard exited during start-up".into()),
+        }
+    }
+    Ok(handles)
 }
 
 #[cfg(test)]

@@ -43,93 +43,106 @@ impl ChunkedDecoder {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
-            match self.state {
+            let step = match self.state {
                 State::Done => return Ok(pos),
-                State::Size => {
-                    let Some(line_end) = rest.iter().take(CHUNK_LINE_BYTES_MAX).position(|b| *b == b'\n') else {
-                        if rest.len() >= CHUNK_LINE_BYTES_MAX {
-                            return Err(HttpError::BadRequest("chunk-size line too long"));
-                        }
-                        return Ok(pos);
-                    };
-                    if line_end == 0 || rest[line_end - 1] != b'\r' {
-                        return Err(HttpError::BadRequest("chunk-size line must end with CRLF"));
-                    }
-                    if !rest[0].is_ascii_hexdigit() {
-                        return Err(HttpError::BadRequest("invalid chunk size"));
-                    }
-                    // RFC 9112 §7.1: after the size comes CRLF or an extension (";", maybe
-                    // after whitespace); httparse would also take bare trailing whitespace,
-                    // which a proxy in front might read differently.
-                    let after_size = &rest[rest.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(0)..line_end];
-                    if after_size != b"\r" && after_size.trim_ascii_start().first() != Some(&b';') {
-                        return Err(HttpError::BadRequest("invalid chunk size"));
-                    }
-                    let (used, size) = match httparse::parse_chunk_size(&rest[..=line_end]) {
-                        Ok(httparse::Status::Complete(done)) => done,
-                        _ => return Err(HttpError::BadRequest("invalid chunk size")),
-                    };
-                    debug_assert_eq!(used, line_end + 1);
-                    pos += used;
-                    if size == 0 {
-                        self.state = State::Trailers;
-                        continue;
-                    }
-                    let room = (self.body_bytes_max - out.len()) as u64;
-                    if size > room {
-                        return Err(HttpError::BodyTooLarge);
-                    }
-                    self.state = State::Data {
-                        remaining: size as usize,
-                    };
-                }
-                State::Data { remaining } => {
-                    let take = remaining.min(rest.len());
-                    out.extend_from_slice(&rest[..take]);
-                    pos += take;
-                    self.state = if take == remaining {
-                        State::DataEnd
-                    } else {
-                        State::Data {
-                            remaining: remaining - take,
-                        }
-                    };
-                    if take < remaining {
-                        return Ok(pos);
-                    }
-                }
-                State::DataEnd => {
-                    if rest.len() < 2 {
-                        if rest.first().is_some_and(|b| *b != b'\r') {
-                            return Err(HttpError::BadRequest("chunk data must end with CRLF"));
-                        }
-                        return Ok(pos);
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err(HttpError::BadRequest("chunk data must end with CRLF"));
-                    }
-                    pos += 2;
-                    self.state = State::Size;
-                }
-                State::Trailers => {
-                    let mut fields = [httparse::EMPTY_HEADER; TRAILER_FIELDS_MAX];
-                    match httparse::parse_headers(rest, &mut fields) {
-                        Ok(httparse::Status::Complete((used, _))) => {
-                            pos += used;
-                            self.state = State::Done;
-                        }
-                        Ok(httparse::Status::Partial) if rest.len() < TRAILER_BYTES_MAX => {
-                            return Ok(pos);
-                        }
-                        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                            return Err(HttpError::HeadTooLarge);
-                        }
-                        Err(_) => return Err(HttpError::BadRequest("malformed trailer section")),
-                    }
-                }
+                State::Size => self.size_line(rest, out.len())?,
+                State::Data { remaining } => self.data(rest, remaining, out),
+                State::DataEnd => self.data_end(rest)?,
+                State::Trailers => self.trailers(rest)?,
+            };
+            match step {
+                Step::Went(used) => pos += used,
+                Step::Wait(used) => return Ok(pos + used),
             }
         }
     }
+
+    /// A chunk-size line; `decoded` bytes of payload came before it.
+    fn size_line(&mut self, rest: &[u8], decoded: usize) -> Result<Step, HttpError> {
+        let Some(line_end) = rest.iter().take(CHUNK_LINE_BYTES_MAX).position(|b| *b == b'\n') else {
+            if rest.len() >= CHUNK_LINE_BYTES_MAX {
+                return Err(HttpError::BadRequest("chunk-size line too long"));
+            }
+            return Ok(Step::Wait(0));
+        };
+        if line_end == 0 || rest[line_end - 1] != b'\r' {
+            return Err(HttpError::BadRequest("chunk-size line must end with CRLF"));
+        }
+        if !rest[0].is_ascii_hexdigit() {
+            return Err(HttpError::BadRequest("invalid chunk size"));
+        }
+        // RFC 9112 §7.1: after the size comes CRLF or an extension (";", maybe after
+        // whitespace); httparse would also take bare trailing whitespace, which a proxy in
+        // front might read differently.
+        let after_size = &rest[rest.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(0)..line_end];
+        if after_size != b"\r" && after_size.trim_ascii_start().first() != Some(&b';') {
+            return Err(HttpError::BadRequest("invalid chunk size"));
+        }
+        let (used, size) = match httparse::parse_chunk_size(&rest[..=line_end]) {
+            Ok(httparse::Status::Complete(done)) => done,
+            _ => return Err(HttpError::BadRequest("invalid chunk size")),
+        };
+        debug_assert_eq!(used, line_end + 1);
+        if size == 0 {
+            self.state = State::Trailers;
+            return Ok(Step::Went(used));
+        }
+        let room = (self.body_bytes_max - decoded) as u64;
+        if size > room {
+            return Err(HttpError::BodyTooLarge);
+        }
+        self.state = State::Data {
+            remaining: size as usize,
+        };
+        Ok(Step::Went(used))
+    }
+
+    fn data(&mut self, rest: &[u8], remaining: usize, out: &mut Vec<u8>) -> Step {
+        let take = remaining.min(rest.len());
+        out.extend_from_slice(&rest[..take]);
+        if take < remaining {
+            self.state = State::Data {
+                remaining: remaining - take,
+            };
+            return Step::Wait(take);
+        }
+        self.state = State::DataEnd;
+        Step::Went(take)
+    }
+
+    fn data_end(&mut self, rest: &[u8]) -> Result<Step, HttpError> {
+        if rest.len() < 2 {
+            if rest.first().is_some_and(|b| *b != b'\r') {
+                return Err(HttpError::BadRequest("chunk data must end with CRLF"));
+            }
+            return Ok(Step::Wait(0));
+        }
+        if &rest[..2] != b"\r\n" {
+            return Err(HttpError::BadRequest("chunk data must end with CRLF"));
+        }
+        self.state = State::Size;
+        Ok(Step::Went(2))
+    }
+
+    /// The trailer section: parsed, bounded, dropped.
+    fn trailers(&mut self, rest: &[u8]) -> Result<Step, HttpError> {
+        let mut fields = [httparse::EMPTY_HEADER; TRAILER_FIELDS_MAX];
+        match httparse::parse_headers(rest, &mut fields) {
+            Ok(httparse::Status::Complete((used, _))) => {
+                self.state = State::Done;
+                Ok(Step::Went(used))
+            }
+            Ok(httparse::Status::Partial) if rest.len() < TRAILER_BYTES_MAX => Ok(Step::Wait(0)),
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Err(HttpError::HeadTooLarge),
+            Err(_) => Err(HttpError::BadRequest("malformed trailer section")),
+        }
+    }
+}
+
+/// What one state consumed, and whether to go on or wait for more input.
+enum Step {
+    Went(usize),
+    Wait(usize),
 }
 
 #[cfg(test)]
