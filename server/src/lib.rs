@@ -6,6 +6,10 @@
 //! shard thread; heavy work goes to the worker pool (`percore-workers`). The exceptions run
 //! before the shards start (configuration, name resolution, migrations) and say so
 //! with a `blocking-ok` comment.
+//!
+//! Layers, each importing only those below it (README.md, "How a request flows"):
+//! `engine` > `api` > `config` > `limits` > `store` > `http`, `metrics`, `units`,
+//! `runtime`.
 
 pub mod api;
 pub mod config;

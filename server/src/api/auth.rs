@@ -3,7 +3,7 @@
 //! A token is 32 bytes from the kernel's CSPRNG, sent to the client as unpadded base64url
 //! (43 characters) and stored only as its SHA-256. The middleware checks a bearer token's
 //! shape and hashes it; whether the session is live is decided by the one statement each
-//! authenticated handler runs (see `sql.rs`), so checking costs no extra round trip.
+//! authenticated handler runs (see `store/catalogue.rs`), so checking costs no extra round trip.
 
 use super::Ctx;
 use crate::http::{ApiError, Request};

@@ -111,7 +111,7 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
     let id = row.id;
     // A new user is news to every replica: heard by every shard (of every instance) before
     // this answers, so no shard asks a replica that has not replayed it for this user
-    // (`replicas.rs`); a 404 for a user who exists would follow otherwise.
+    // (`store/replicas.rs`); a 404 for a user who exists would follow otherwise.
     if !ctx.shard.store.replicas.is_empty() {
         crate::store::cache::bus::invalidate(&ctx.shard.store, &[crate::store::cache::Key::User(id)]).await;
     }

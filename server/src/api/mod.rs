@@ -5,6 +5,9 @@
 //! `dispatch` then `handle` are the core API's one hop: they find the row, apply the auth
 //! middleware to every `Access::User` row, the rate limit of the row's class, hand the
 //! handler a statement-counting `Sql`, and record the statements each route ran.
+//!
+//! It may import `config`, `http`, `limits`, `store` and `metrics`; never the engine,
+//! which builds its state (`state`) and calls `dispatch` and `handle`.
 
 pub mod auth;
 mod bench;

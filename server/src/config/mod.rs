@@ -6,7 +6,8 @@
 
 //!
 //! Each section is a struct with its own `validate`, beside the code it configures or in
-//! this folder; `Config::validate` runs them all.
+//! this folder; `Config::validate` runs them all. It imports the layers whose sections it
+//! holds (`store`, `limits`, `http` for a limit), never `api` or `engine`.
 
 mod api;
 mod http;

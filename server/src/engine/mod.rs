@@ -4,9 +4,8 @@
 //! shard's application as its service; `lifecycle` is signals, the watchdog and the memory
 //! guard; `budget` refuses a start that would exhaust the database's connections.
 //!
-//! It may import every layer below it (`http`, `api`, the data layer, `limits`, `runtime`,
-//! `config`, `metrics`); nothing below imports it, except through the `Shard` handle that
-//! handlers still take (see README, "How a request flows").
+//! It may import every layer below it (`api`, `config`, `limits`, `store`, `http`,
+//! `metrics`, `units`, `runtime`); nothing imports it but `main`.
 
 pub mod budget;
 pub mod connection;

@@ -1,6 +1,7 @@
 //! The shard runtime behind one thin seam: executors pinned to a CPU, TCP sockets, timers
-//! and local task spawning. Nothing else in the crate names glommio, so the runtime could
-//! be swapped by rewriting this file alone.
+//! and local task spawning, and the read deadlines of client sockets (`deadlines`).
+//! Nothing else in the crate names glommio, so the runtime could be swapped by rewriting
+//! this folder alone. It imports nothing of the server.
 
 pub mod deadlines;
 
