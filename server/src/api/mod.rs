@@ -97,7 +97,7 @@ pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) ->
         return Dispatch::Answered(label, Err(error));
     }
     match route.handler {
-        Handler::Now(answer) => Dispatch::Answered(label, answer(shard, body)),
+        Handler::Now(handler) => Dispatch::Answered(label, handler.call(shard, body)),
         Handler::Waits(handler) => Dispatch::Pending(Routed {
             label,
             route,
@@ -109,11 +109,8 @@ pub fn dispatch<'r>(shard: &Shard, request: &Request<'r>, body: &mut Vec<u8>) ->
 
 /// Who is calling a waiting handler: anyone, or the user the auth middleware found.
 enum Caller {
-    Anyone(for<'a> fn(&'a Ctx<'a>, &'a mut Vec<u8>) -> routes::Waits<'a>),
-    User(
-        for<'a> fn(&'a Ctx<'a>, &'a auth::Principal, &'a mut Vec<u8>) -> routes::Waits<'a>,
-        auth::Principal,
-    ),
+    Anyone(routes::PublicHandler),
+    User(routes::UserHandler, auth::Principal),
 }
 
 /// Runs the handler of a routed request: the auth middleware (once, here, for every
@@ -162,8 +159,8 @@ pub async fn handle(shard: &Shard, request: &Request<'_>, routed: Routed<'_>, bo
         return (label, Ok(admission::too_many(&refused, body)));
     }
     let answer = match &caller {
-        Caller::Anyone(handler) => handler(&ctx, body).await,
-        Caller::User(handler, who) => match handler(&ctx, who, body).await {
+        Caller::Anyone(handler) => handler.call(&ctx, body).await,
+        Caller::User(handler, who) => match handler.call(&ctx, who, body).await {
             Err(error) => Err(unless_unauthenticated(&ctx, who, error).await),
             answer => answer,
         },

@@ -9,8 +9,6 @@ use super::{Answer, Ctx, bench, events, identity, jobs, ops, public_users, teche
 use crate::api::state::Shard;
 use crate::http::Method::{self, *};
 use crate::limits::rate_limit::Class;
-use std::future::Future;
-use std::pin::Pin;
 
 /// Who may reach a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +26,22 @@ pub enum Access {
     DebugBuild,
 }
 
-/// A handler's future; boxed because a table row holds a plain function pointer.
-pub type Waits<'a> = Pin<Box<dyn Future<Output = Answer> + 'a>>;
-
+/// How a row's handler is called. Each kind names its handlers by an id (generated
+/// below with one `match` per kind), so a call is direct and a waiting handler's future
+/// lives inside the request's own, with no allocation per request.
 #[derive(Clone, Copy)]
 pub enum Handler {
     /// Never waits and checks nothing per client: answered while routing, with no
     /// future built (probes, the benchmark's plaintext and json).
-    Now(fn(&Shard, &mut Vec<u8>) -> Answer),
+    Now(NowHandler),
     Waits(Waiting),
 }
 
 #[derive(Clone, Copy)]
 pub enum Waiting {
-    Public(for<'a> fn(&'a Ctx<'a>, &'a mut Vec<u8>) -> Waits<'a>),
+    Public(PublicHandler),
     /// Called with the caller the auth middleware authenticated.
-    User(for<'a> fn(&'a Ctx<'a>, &'a Principal, &'a mut Vec<u8>) -> Waits<'a>),
+    User(UserHandler),
 }
 
 pub struct Route {
@@ -106,26 +104,98 @@ const fn route(
     }
 }
 
-/// `Handler::Waits(Waiting::Public(..))` for an `async fn(&Ctx, body)`, or for a closure
-/// body given its arguments' names.
-macro_rules! public {
-    ($handler:path) => {
-        Handler::Waits(Waiting::Public(|ctx, body| Box::pin($handler(ctx, body))))
+/// Declares a handler id enum whose `call` runs the expression given for each id, with
+/// the arguments named in the header bound: `kind Name(args) { Id => expression, … }`.
+macro_rules! handlers {
+    (now $name:ident($shard:ident, $body:ident) { $($id:ident => $call:expr),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($id),* }
+
+        impl $name {
+            pub fn call(self, $shard: &Shard, $body: &mut Vec<u8>) -> Answer {
+                match self { $($name::$id => $call,)* }
+            }
+        }
     };
-    (|$ctx:ident, $body:ident| $call:expr) => {
-        Handler::Waits(Waiting::Public(|$ctx, $body| Box::pin($call)))
+    (public $name:ident($ctx:ident, $body:ident) { $($id:ident => $call:expr),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($id),* }
+
+        impl $name {
+                        pub async fn call(self, $ctx: &Ctx<'_>, $body: &mut Vec<u8>) -> Answer {
+                match self { $($name::$id => $call.await,)* }
+            }
+        }
+    };
+    (user $name:ident($ctx:ident, $who:ident, $body:ident) { $($id:ident => $call:expr),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($id),* }
+
+        impl $name {
+                        pub async fn call(self, $ctx: &Ctx<'_>, $who: &Principal, $body: &mut Vec<u8>) -> Answer {
+                match self { $($name::$id => $call.await,)* }
+            }
+        }
     };
 }
 
-/// `Handler::Waits(Waiting::User(..))` for an `async fn(&Ctx, &Principal, body)`, or for a
-/// closure body given its arguments' names.
-macro_rules! user {
-    ($handler:path) => {
-        Handler::Waits(Waiting::User(|ctx, who, body| Box::pin($handler(ctx, who, body))))
-    };
-    (|$ctx:ident, $who:ident, $body:ident| $call:expr) => {
-        Handler::Waits(Waiting::User(|$ctx, $who, $body| Box::pin($call)))
-    };
+handlers! {
+    now NowHandler(shard, body) {
+        Healthz => ops::healthz(body),
+        Metrics => ops::metrics(shard, body),
+        OpenApi => ops::openapi(body),
+        Plaintext => techempower::plaintext(body),
+        Json => techempower::json(body),
+    }
+}
+
+handlers! {
+    public PublicHandler(ctx, body) {
+        Readyz => ops::readyz(ctx.shard, &ctx.sql, body),
+        Register => identity::register(ctx, body),
+        Login => identity::login(ctx, body),
+        Db => techempower::db(ctx, body),
+        Queries => techempower::queries(ctx, body),
+        Fortunes => techempower::fortunes(ctx, body),
+        Updates => techempower::updates(ctx, body),
+        CachedQueries => techempower::cached_queries(ctx, body),
+        BenchHash => bench::hash(ctx.shard, ctx.request, body),
+        DebugPanic => async { panic!("GET /bench/panic panics on purpose") },
+        DebugStall => std::future::ready(bench::stall(ctx.request, body)),
+    }
+}
+
+handlers! {
+    user UserHandler(ctx, who, body) {
+        Logout => identity::logout(ctx, who),
+        Me => users::me(ctx, who, body),
+        PatchProfile => users::patch_profile(ctx, who, body),
+        PutPrefs => users::put_prefs(ctx, who, body),
+        MyEvents => events::my_events(ctx, who, body),
+        UserById => public_users::user_by_id(ctx, who, body),
+        UsersByIds => public_users::users_by_ids(ctx, who, body),
+        PostEvent => events::post_event(ctx, who, body),
+        PostJob => jobs::post_job(ctx, who, body),
+        ListJobs => jobs::list_jobs(ctx, who, body),
+        GetJob => jobs::get_job(ctx, who, body),
+        JobResult => jobs::job_result(ctx, who, body),
+        PostWebhook => webhooks::post_webhook(ctx, who, body),
+        ListWebhooks => webhooks::list_webhooks(ctx, who, body),
+        DeleteWebhook => webhooks::delete_webhook(ctx, who),
+        WebhookDeliveries => webhooks::deliveries(ctx, who, body),
+    }
+}
+
+const fn now(handler: NowHandler) -> Handler {
+    Handler::Now(handler)
+}
+
+const fn public(handler: PublicHandler) -> Handler {
+    Handler::Waits(Waiting::Public(handler))
+}
+
+const fn user(handler: UserHandler) -> Handler {
+    Handler::Waits(Waiting::User(handler))
 }
 
 use Access::{Bench, DebugBuild, Operator, Public, User};
@@ -133,40 +203,40 @@ use Class::{Auth, Jobs, Read, Write};
 
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    route(Get, "/healthz", Operator, None, "healthz", Handler::Now(|_, body| ops::healthz(body))),
-    route(Get, "/readyz", Operator, None, "readyz", public!(|ctx, body| ops::readyz(ctx.shard, &ctx.sql, body))),
-    route(Get, "/metrics", Operator, None, "metrics", Handler::Now(ops::metrics)),
-    route(Get, "/openapi.json", Public, None, "openapi", Handler::Now(|_, body| ops::openapi(body))),
-    route(Post, "/v1/auth/register", Public, Some(Auth), "register", public!(identity::register)),
-    route(Post, "/v1/auth/login", Public, Some(Auth), "login", public!(identity::login)),
-    route(Post, "/v1/auth/logout", User, Some(Write), "logout", user!(|ctx, who, _body| identity::logout(ctx, who))),
-    route(Get, "/v1/me", User, Some(Read), "me", user!(users::me)),
-    route(Patch, "/v1/me/profile", User, Some(Write), "patch_profile", user!(users::patch_profile)),
-    route(Put, "/v1/me/prefs", User, Some(Write), "put_prefs", user!(users::put_prefs)),
-    route(Get, "/v1/me/events", User, Some(Read), "my_events", user!(events::my_events)),
-    route(Get, "/v1/users/{id}", User, Some(Read), "user_by_id", user!(public_users::user_by_id)),
-    route(Get, "/v1/users", User, Some(Read), "users_by_ids", user!(public_users::users_by_ids)),
-    route(Post, "/v1/events", User, Some(Write), "post_event", user!(events::post_event)),
-    route(Post, "/v1/jobs", User, Some(Jobs), "post_job", user!(jobs::post_job)),
-    route(Get, "/v1/jobs", User, Some(Read), "list_jobs", user!(jobs::list_jobs)),
-    route(Get, "/v1/jobs/{id}", User, Some(Read), "get_job", user!(jobs::get_job)),
-    route(Get, "/v1/jobs/{id}/result", User, Some(Read), "job_result", user!(jobs::job_result)),
-    route(Post, "/v1/webhooks", User, Some(Write), "post_webhook", user!(webhooks::post_webhook)),
-    route(Get, "/v1/webhooks", User, Some(Read), "list_webhooks", user!(webhooks::list_webhooks)),
-    route(Delete, "/v1/webhooks/{id}", User, Some(Write), "delete_webhook", user!(|ctx, who, _body| webhooks::delete_webhook(ctx, who))),
-    route(Get, "/v1/webhooks/{id}/deliveries", User, Some(Read), "webhook_deliveries", user!(webhooks::deliveries)),
-    route(Get, "/plaintext", Bench, None, "plaintext", Handler::Now(|_, body| techempower::plaintext(body))),
-    route(Get, "/json", Bench, None, "json", Handler::Now(|_, body| techempower::json(body))),
-    route(Get, "/db", Bench, None, "db", public!(techempower::db)),
-    route(Get, "/queries", Bench, None, "queries", public!(techempower::queries)),
-    route(Get, "/fortunes", Bench, None, "fortunes", public!(techempower::fortunes)),
-    route(Get, "/updates", Bench, None, "updates", public!(techempower::updates)),
-    route(Get, "/cached-queries", Bench, None, "cached_queries", public!(techempower::cached_queries)),
-    route(Post, "/bench/hash", Bench, None, "bench_hash", public!(|ctx, body| bench::hash(ctx.shard, ctx.request, body))),
+    route(Get, "/healthz", Operator, None, "healthz", now(NowHandler::Healthz)),
+    route(Get, "/readyz", Operator, None, "readyz", public(PublicHandler::Readyz)),
+    route(Get, "/metrics", Operator, None, "metrics", now(NowHandler::Metrics)),
+    route(Get, "/openapi.json", Public, None, "openapi", now(NowHandler::OpenApi)),
+    route(Post, "/v1/auth/register", Public, Some(Auth), "register", public(PublicHandler::Register)),
+    route(Post, "/v1/auth/login", Public, Some(Auth), "login", public(PublicHandler::Login)),
+    route(Post, "/v1/auth/logout", User, Some(Write), "logout", user(UserHandler::Logout)),
+    route(Get, "/v1/me", User, Some(Read), "me", user(UserHandler::Me)),
+    route(Patch, "/v1/me/profile", User, Some(Write), "patch_profile", user(UserHandler::PatchProfile)),
+    route(Put, "/v1/me/prefs", User, Some(Write), "put_prefs", user(UserHandler::PutPrefs)),
+    route(Get, "/v1/me/events", User, Some(Read), "my_events", user(UserHandler::MyEvents)),
+    route(Get, "/v1/users/{id}", User, Some(Read), "user_by_id", user(UserHandler::UserById)),
+    route(Get, "/v1/users", User, Some(Read), "users_by_ids", user(UserHandler::UsersByIds)),
+    route(Post, "/v1/events", User, Some(Write), "post_event", user(UserHandler::PostEvent)),
+    route(Post, "/v1/jobs", User, Some(Jobs), "post_job", user(UserHandler::PostJob)),
+    route(Get, "/v1/jobs", User, Some(Read), "list_jobs", user(UserHandler::ListJobs)),
+    route(Get, "/v1/jobs/{id}", User, Some(Read), "get_job", user(UserHandler::GetJob)),
+    route(Get, "/v1/jobs/{id}/result", User, Some(Read), "job_result", user(UserHandler::JobResult)),
+    route(Post, "/v1/webhooks", User, Some(Write), "post_webhook", user(UserHandler::PostWebhook)),
+    route(Get, "/v1/webhooks", User, Some(Read), "list_webhooks", user(UserHandler::ListWebhooks)),
+    route(Delete, "/v1/webhooks/{id}", User, Some(Write), "delete_webhook", user(UserHandler::DeleteWebhook)),
+    route(Get, "/v1/webhooks/{id}/deliveries", User, Some(Read), "webhook_deliveries", user(UserHandler::WebhookDeliveries)),
+    route(Get, "/plaintext", Bench, None, "plaintext", now(NowHandler::Plaintext)),
+    route(Get, "/json", Bench, None, "json", now(NowHandler::Json)),
+    route(Get, "/db", Bench, None, "db", public(PublicHandler::Db)),
+    route(Get, "/queries", Bench, None, "queries", public(PublicHandler::Queries)),
+    route(Get, "/fortunes", Bench, None, "fortunes", public(PublicHandler::Fortunes)),
+    route(Get, "/updates", Bench, None, "updates", public(PublicHandler::Updates)),
+    route(Get, "/cached-queries", Bench, None, "cached_queries", public(PublicHandler::CachedQueries)),
+    route(Post, "/bench/hash", Bench, None, "bench_hash", public(PublicHandler::BenchHash)),
     // Panics on purpose: proves a handler panic becomes a 500.
-    route(Get, "/bench/panic", DebugBuild, None, "debug_panic", Handler::Waits(Waiting::Public(|_, _| panic!("GET /bench/panic panics on purpose")))),
+    route(Get, "/bench/panic", DebugBuild, None, "debug_panic", public(PublicHandler::DebugPanic)),
     // Blocks its shard's thread on purpose (`?ms=`): proves the watchdog sees a stalled shard.
-    route(Get, "/bench/stall", DebugBuild, None, "debug_stall", public!(|ctx, body| std::future::ready(bench::stall(ctx.request, body)))),
+    route(Get, "/bench/stall", DebugBuild, None, "debug_stall", public(PublicHandler::DebugStall)),
 ];
 
 /// A response's name in the metrics: a row of `ROUTES`, or one of the pseudo-routes for

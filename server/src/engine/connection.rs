@@ -16,6 +16,7 @@ use crate::runtime::deadlines::ReadDeadline;
 use crate::runtime::{self, TcpStream};
 use crate::units::ms;
 use futures::AsyncWriteExt;
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,13 +52,20 @@ impl Transport for ClientSocket {
             .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
     }
 
-    async fn read(&mut self, buf: &mut [u8], timeout: Duration, peer_is_answering: bool) -> io::Result<usize> {
+    // Not `async fn`s: the runtime's futures are handed over as they are, with no layer
+    // around them (one per read and per write, on every request).
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+        peer_is_answering: bool,
+    ) -> impl Future<Output = io::Result<usize>> {
         let deadline = (&*self.deadline, timeout);
-        runtime::read(&self.stream, buf, deadline, self.read_retries_max, peer_is_answering).await
+        runtime::read(&self.stream, buf, deadline, self.read_retries_max, peer_is_answering)
     }
 
-    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.stream.write_all(buf).await
+    fn write_all<'a>(&'a mut self, buf: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a {
+        self.stream.write_all(buf)
     }
 }
 
@@ -88,13 +96,14 @@ impl Service for ShardService {
         }
     }
 
-    async fn respond<'r>(
+    // Not an `async fn`: the API's future is handed over as it is, with no layer around it.
+    fn respond<'r>(
         &self,
         request: &Request<'r>,
         pending: Pending<'r>,
         body: &mut Vec<u8>,
-    ) -> (Label, Result<Reply, ApiError>) {
-        api::handle(&self.app, request, pending, body).await
+    ) -> impl Future<Output = (Label, Result<Reply, ApiError>)> {
+        api::handle(&self.app, request, pending, body)
     }
 
     fn connection_opened(&self) {

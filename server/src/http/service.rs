@@ -91,5 +91,5 @@ pub trait Transport {
         timeout: Duration,
         peer_is_answering: bool,
     ) -> impl Future<Output = io::Result<usize>>;
-    fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>>;
+    fn write_all<'a>(&'a mut self, buf: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a;
 }
