@@ -2,7 +2,7 @@
 //! error body, and the stated connection behaviour (closed, or still usable).
 
 mod common;
-use common::{ResponseReader, Server, Services};
+use common::{ResponseReader, Server, Services, request_on};
 use std::io::Write;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -467,6 +467,29 @@ fn every_framing_and_limit_case_gets_its_status_and_close_behaviour() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The 405 row of RELIABILITY.md: an unknown, lower-case or TRACE method gets 405 with
+/// `Allow` listing what the path serves, as a JSON error, and the message never echoes a
+/// token the client made up (so a reflected method cannot inject into a log or page).
+#[test]
+fn a_disallowed_method_gets_405_with_allow_and_no_echo_of_its_token() {
+    let services = Services::start();
+    let server = Server::start(&services, "");
+    let stream = server.connect();
+    for method in ["get", "BREW", "TRACE", "X-EVIL-TOKEN"] {
+        let got = request_on(&stream, &format!("{method} /healthz HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert_eq!(got.status, 405, "{method}");
+        assert_eq!(got.header("Allow"), Some("GET, HEAD"), "{method}");
+        assert_eq!(got.error_code(), "method_not_allowed", "{method}");
+        let message = got.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(!message.contains(method), "{method} echoed: {message}");
+        assert!(!got.text().contains(method), "{method} echoed: {}", got.text());
+    }
+    // A method the path does serve elsewhere: the Allow header lists exactly those.
+    let got = request_on(&stream, "DELETE /v1/users HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(got.status, 405);
+    assert_eq!(got.header("Allow"), Some("GET, HEAD"));
 }
 
 #[test]

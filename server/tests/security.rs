@@ -75,6 +75,24 @@ fn another_users_resources_are_not_found_and_lists_are_the_callers_own() {
     );
     assert_eq!(hook.status, 201, "{}", hook.text());
     let hook_id = hook.json()["id"].as_i64().unwrap();
+    // GET /v1/webhooks: the owner's list holds the subscription, the other user's does not
+    // (checked before the matrix below deletes it).
+    let hook_ids = |response: &Response| -> Vec<i64> {
+        response.json()["webhooks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no webhooks list: {}", response.text()))
+            .iter()
+            .map(|w| w["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert!(hook_ids(&server.call("GET", "/v1/webhooks", Some(&owner), None)).contains(&hook_id));
+    let theirs = server.call("GET", "/v1/webhooks", Some(&other), None);
+    assert_eq!(theirs.status, 200, "{}", theirs.text());
+    assert!(
+        !hook_ids(&theirs).contains(&hook_id),
+        "/v1/webhooks leaks: {}",
+        theirs.text()
+    );
     let event = server.call(
         "POST",
         "/v1/events",
@@ -385,6 +403,7 @@ fn error_bodies_and_headers_give_nothing_away() {
 #[test]
 fn tokens_are_32_random_bytes_and_never_logged() {
     use base64::Engine as _;
+    use sha2::Digest as _;
     let services = Services::start();
     // Log everything percore logs, to look for tokens and passwords in it.
     let port = common::free_port();
@@ -394,10 +413,33 @@ fn tokens_are_32_random_bytes_and_never_logged() {
         &[("RUST_LOG", "trace")],
     );
     let mut tokens = Vec::new();
+    let mut db = postgres::Client::connect(&services.postgres.url, postgres::NoTls).unwrap();
     for i in 0..4 {
-        let (_, token) = server.sign_up(&format!("tok{i}"));
+        let (user_id, token) = server.sign_up(&format!("tok{i}"));
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
         assert_eq!(raw.len(), 32, "{token}");
+        // Stored as the SHA-256 of its 32 bytes, and only so: the one session row holds
+        // that digest, neither the token's text nor its bytes.
+        let stored: Vec<Vec<u8>> = db
+            .query("SELECT token_hash FROM sessions WHERE user_id = $1", &[&user_id])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let digest: Vec<u8> = sha2::Sha256::digest(&raw).to_vec();
+        assert_eq!(
+            stored,
+            vec![digest],
+            "user {user_id}'s session is stored as its token's SHA-256"
+        );
+        let as_text: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sessions WHERE token_hash = $1 OR token_hash = $2",
+                &[&raw, &token.as_bytes()],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(as_text, 0, "a token is stored as itself");
         // 32 random bytes: two tokens never share more than a few bytes by chance.
         tokens.push((token, raw));
     }
