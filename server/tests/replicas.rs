@@ -301,6 +301,11 @@ fn a_replica_that_is_not_a_standby_is_never_read_from() {
     assert_eq!(server.call("GET", "/v1/me", Some(&token), None).status, 200);
     let warned = percore_testkit::wait_until(Duration::from_secs(10), || server.stderr().contains("is not a standby"));
     assert!(warned, "{}", server.stderr());
+    // Warned once: the replica is sampled every replica_check_interval_ms (10 ms), so half
+    // a second later it has been found not a standby some fifty times more.
+    std::thread::sleep(Duration::from_millis(500));
+    let warnings = server.stderr().matches("is not a standby").count();
+    assert_eq!(warnings, 1, "one shard, one warning: {}", server.stderr());
     let got = server.call("GET", &format!("/v1/users/{user_id}"), Some(&token), None);
     assert_eq!(got.status, 200, "{}", got.text());
     let text = metrics(&server);
