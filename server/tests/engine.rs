@@ -478,8 +478,10 @@ fn a_paused_redis_costs_at_most_the_command_timeout_and_replies_stay_paired() {
         let took = asked.elapsed();
         assert_eq!(paused.status, 200, "{}", paused.text());
         assert_eq!(paused.json()["redis"], false);
+        // redis.command_timeout_ms (100 ms by default), plus 150 ms for a busy 2-core
+        // machine running a debug build (measured: 101-106 ms beside the other tests).
         assert!(
-            took < Duration::from_secs(1),
+            took < Duration::from_millis(100 + 150),
             "a paused Redis held a request for {took:?}"
         );
     }
