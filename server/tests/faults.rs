@@ -21,7 +21,9 @@ struct Sample {
 }
 
 /// `threads` clients send GET `path` back to back, each on its own keep-alive connection
-/// (reconnecting when the server closes it), until `stop`.
+/// (reconnecting when the server closes it), until `stop`. Every request sent is a sample:
+/// one that got no answer (a failed write, a close or reset before the response) has
+/// status 0, so no test can miss a dropped request.
 fn load(
     server: &Server,
     path: &'static str,
@@ -53,10 +55,21 @@ fn load(
                     let sent = began.elapsed();
                     let started = Instant::now();
                     let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    // A request written (or half written) that gets no answer is a sample
+                    // too, with status 0: a test sees every dropped request.
+                    let unanswered = |why: &str| Sample {
+                        sent,
+                        status: 0,
+                        retry_after: None,
+                        code: why.to_string(),
+                        latency: started.elapsed(),
+                    };
                     if std::io::Write::write_all(&mut &connection, raw.as_bytes()).is_err() {
+                        samples.push(unanswered("the write failed"));
                         continue;
                     }
                     let Some(response) = common::ResponseReader::new(&connection).next(false) else {
+                        samples.push(unanswered("closed with no answer"));
                         continue;
                     };
                     samples.push(Sample {
@@ -124,6 +137,13 @@ fn postgres_killed_and_restarted_under_load_answers_503_fast_and_recovers() {
     let recovered = recovered.unwrap_or_else(|| panic!("/readyz never came back\n{}", server.stderr()));
 
     assert_eq!(readyz_down, 503, "/readyz while the database is down");
+    let unanswered = samples.iter().filter(|s| s.status == 0).count();
+    assert_eq!(
+        unanswered,
+        0,
+        "every request gets an answer: {:?}",
+        samples.iter().find(|s| s.status == 0)
+    );
     let unexpected: Vec<&Sample> = samples.iter().filter(|s| s.status != 200 && s.status != 503).collect();
     assert!(
         unexpected.is_empty(),
@@ -135,11 +155,12 @@ fn postgres_killed_and_restarted_under_load_answers_503_fast_and_recovers() {
     assert!(!outage.is_empty(), "no 503 while the database was down");
     for sample in &outage {
         assert_eq!(sample.retry_after.as_deref(), Some("1"), "{sample:?}");
-        assert!(sample.code.starts_with("database_"), "{sample:?}");
+        assert_eq!(sample.code, "database_unavailable", "{sample:?}");
     }
-    // pool_wait_ms is 300 in the test tuning: nobody waits much past it.
+    // pool_wait_ms is 300 in the test tuning: nobody waits past it, but for 200 ms of a
+    // busy machine (measured: 305-307 ms at most).
     let slowest = samples.iter().map(|s| s.latency).max().unwrap();
-    assert!(slowest < Duration::from_secs(2), "a request took {slowest:?}");
+    assert!(slowest < Duration::from_millis(300 + 200), "a request took {slowest:?}");
     assert!(
         samples.iter().any(|s| s.status == 200 && s.sent < killed_at),
         "served before the kill"
@@ -249,9 +270,19 @@ fn sigterm_under_load_gives_no_5xx_and_exits_0() {
     let samples = collect(handles);
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
     assert!(samples.len() > 100, "the load ran: {} requests", samples.len());
+    // Known gap (issue 17): a keep-alive connection idle when the shard finishes draining
+    // is closed, and a request its client sent at that moment goes unanswered (measured:
+    // one or two). Bounded here by one per client connection (9) until drained shards
+    // answer such late requests too.
+    let (unanswered, answered): (Vec<&Sample>, Vec<&Sample>) = samples.iter().partition(|s| s.status == 0);
     assert!(
-        samples.iter().all(|s| s.status == 200),
+        unanswered.len() <= 9,
+        "{} requests unanswered: {unanswered:?}",
+        unanswered.len()
+    );
+    assert!(
+        answered.iter().all(|s| s.status == 200),
         "every answer is 200: {:?}",
-        samples.iter().find(|s| s.status != 200)
+        answered.iter().find(|s| s.status != 200)
     );
 }
