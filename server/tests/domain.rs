@@ -6,6 +6,7 @@ mod common;
 use common::{Server, Services, metric_sum};
 use serde_json::json;
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 fn series(metrics: &str, family: &str, shard: usize, route: &str, extra: &str) -> u64 {
     metric_sum(
@@ -406,7 +407,30 @@ fn a_statement_past_statement_timeout_answers_503_and_the_shard_goes_on() {
     tx.execute("SELECT 1 FROM prefs WHERE user_id = $1 FOR UPDATE", &[&id])
         .unwrap();
     let prefs = json!({"locale": "en", "timezone": "UTC", "theme": "dark", "email_opt_in": false});
-    let waited = server.call("PUT", "/v1/me/prefs", Some(&token), Some(&prefs));
+    // While the update waits on the lock, other routes of the same shard stay fast.
+    let asked = Instant::now();
+    let (waited, others_slowest) = std::thread::scope(|scope| {
+        let put = scope.spawn(|| server.call("PUT", "/v1/me/prefs", Some(&token), Some(&prefs)));
+        std::thread::sleep(Duration::from_millis(100));
+        let mut slowest = Duration::ZERO;
+        for path in ["/healthz", "/v1/me", "/v1/me/events"] {
+            let began = Instant::now();
+            let got = server.call("GET", path, Some(&token), None);
+            assert_eq!(got.status, 200, "{path} while the lock is held: {}", got.text());
+            slowest = slowest.max(began.elapsed());
+        }
+        (put.join().unwrap(), slowest)
+    });
+    let took = asked.elapsed();
+    assert!(
+        others_slowest < Duration::from_millis(100),
+        "another route took {others_slowest:?} while a write waited"
+    );
+    // Cancelled at statement_timeout_ms (300), answered within 300 ms more.
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(300 + 300),
+        "the waiting write was answered after {took:?}"
+    );
     assert_eq!(waited.status, 503, "{}", waited.text());
     assert_eq!(waited.error_code(), "database_timeout");
     assert!(waited.header("retry-after").is_some());
