@@ -161,10 +161,12 @@ fn application(id: usize, shared: &'static Shared) -> Rc<Shard> {
 
 fn conn_limits(http: &crate::config::Http) -> ConnLimits {
     ConnLimits {
-        request_line_bytes_max: http.request_line_bytes_max,
-        head_bytes_max: http.head_bytes_max,
+        head: crate::http::head::HeadLimits {
+            request_line_bytes_max: http.request_line_bytes_max,
+            head_bytes_max: http.head_bytes_max,
+            body_bytes_max: http.body_bytes_max,
+        },
         headers_count_max: http.headers_count_max,
-        body_bytes_max: http.body_bytes_max,
         idle_timeout: ms(http.idle_timeout_ms),
         header_read_timeout: ms(http.header_read_timeout_ms),
         body_read_timeout: ms(http.body_read_timeout_ms),

@@ -12,7 +12,7 @@
 
 use super::body::ChunkedDecoder;
 use super::error::{ApiError, HttpError, error_reply};
-use super::head::{self, HeadLimits, Parsed};
+use super::head::{self, Parsed};
 use super::request::{Framing, HeaderSpan, Method, Request, Version};
 use super::response::{Encoder, Persistence, Reply};
 use super::service::{Routed, Service, Transport};
@@ -120,7 +120,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                     return Ok(());
                 }
                 let timeout = self.head_timeout(&mut wait, idle);
-                match self.fill(timeout, self.service.limits().head_bytes_max).await {
+                match self.fill(timeout, self.service.limits().head.head_bytes_max).await {
                     Ok(0) => return Ok(()),
                     Ok(_) => self.head_started(&mut wait),
                     Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
@@ -196,13 +196,8 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
     /// Parses the head at `start` from what the buffer holds.
     fn parse_head(&mut self) -> Result<Parsed, HttpError> {
         let limits = self.service.limits();
-        let head_limits = HeadLimits {
-            request_line_bytes_max: limits.request_line_bytes_max,
-            head_bytes_max: limits.head_bytes_max,
-            body_bytes_max: limits.body_bytes_max,
-        };
         let bytes = &self.read[self.start..self.end];
-        head::parse(bytes, &head_limits, limits.headers_count_max, &mut self.spans)
+        head::parse(bytes, &limits.head, limits.headers_count_max, &mut self.spans)
     }
 
     /// How long to wait for more of the head at `start`: the idle timeout before its
@@ -259,7 +254,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                 if head.expect_continue && body_start == self.end {
                     self.send_continue().await?;
                 }
-                let mut decoder = ChunkedDecoder::new(limits.body_bytes_max);
+                let mut decoder = ChunkedDecoder::new(limits.head.body_bytes_max);
                 self.chunked.clear();
                 loop {
                     // Decoded bytes are cut out of the read buffer at once, so it holds

@@ -16,10 +16,9 @@ use std::time::Duration;
 /// The limits and timeouts one connection obeys (the `[http]` section, as the loop needs it).
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
-    pub request_line_bytes_max: usize,
-    pub head_bytes_max: usize,
+    /// Request line, head and body sizes, as `head::parse` enforces them.
+    pub head: super::head::HeadLimits,
     pub headers_count_max: usize,
-    pub body_bytes_max: usize,
     /// Waiting for the first byte of a next request.
     pub idle_timeout: Duration,
     /// From a request's first byte to its complete head.

@@ -17,15 +17,3 @@ pub enum StoreError {
     /// Anything else: a bug, or rows not of the shape the statement promises.
     Failed,
 }
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StoreError::Down => "the database is not reachable",
-            StoreError::Busy => "the database is at capacity",
-            StoreError::Timeout => "the database did not answer in time",
-            StoreError::InvalidValue => "a value cannot be stored",
-            StoreError::Failed => "a statement failed",
-        })
-    }
-}
