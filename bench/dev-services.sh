@@ -4,8 +4,7 @@
 cargo build -q --release --locked --bin percore --bin percore-dev
 mkdir -p var
 if [ -z "${PERCORE_DATABASE_URL:-}" ] || [ -z "${PERCORE_REDIS_URL:-}" ]; then
-  dev_services=$(./target/release/percore-dev env)
-  export PERCORE_DATABASE_URL="${PERCORE_DATABASE_URL:-$(sed -n "s/^export PERCORE_DATABASE_URL='\(.*\)'$/\1/p" <<<"$dev_services")}"
-  export PERCORE_REDIS_URL="${PERCORE_REDIS_URL:-$(sed -n "s/^export PERCORE_REDIS_URL='\(.*\)'$/\1/p" <<<"$dev_services")}"
+  # Exports only the services the environment does not name already.
+  eval "$(./target/release/percore-dev env)"
 fi
 ./target/release/percore --config /dev/null migrate >/dev/null

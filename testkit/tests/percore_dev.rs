@@ -7,11 +7,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn percore_dev(var: &Path, command: &str) -> String {
+/// Runs `percore-dev COMMAND --var VAR` with `envs` as the only service variables set.
+fn percore_dev(var: &Path, command: &str, envs: &[(&str, &str)]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_percore-dev"))
         .arg(command)
         .arg("--var")
         .arg(var)
+        .env_remove("PERCORE_DATABASE_URL")
+        .env_remove("PERCORE_REDIS_URL")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -45,7 +49,7 @@ fn redis_ping(url: &str) -> bool {
 #[test]
 fn env_provisions_then_reuses_the_services_and_stop_stops_them() {
     let var = percore_testkit::temp_dir("percore-dev").join("var");
-    let first = percore_dev(&var, "env");
+    let first = percore_dev(&var, "env", &[]);
     let database_url = exported(&first, "PERCORE_DATABASE_URL");
     let redis_url = exported(&first, "PERCORE_REDIS_URL");
     assert!(redis_ping(&redis_url), "{redis_url}");
@@ -55,14 +59,18 @@ fn env_provisions_then_reuses_the_services_and_stop_stops_them() {
         .unwrap();
     drop(client);
 
-    let second = percore_dev(&var, "env");
+    let second = percore_dev(&var, "env", &[]);
     assert_eq!(second, first, "same services, same ports");
+    // A service the environment names already is left as it is.
+    let named = percore_dev(&var, "env", &[("PERCORE_DATABASE_URL", "postgres://elsewhere/db")]);
+    assert!(!named.contains("PERCORE_DATABASE_URL"), "{named}");
+    assert_eq!(exported(&named, "PERCORE_REDIS_URL"), redis_url);
     let mut client = postgres::Client::connect(&database_url, postgres::NoTls).unwrap();
     let kept: i32 = client.query_one("SELECT n FROM kept", &[]).unwrap().get(0);
     assert_eq!(kept, 7, "the data survives");
     drop(client);
 
-    percore_dev(&var, "stop");
+    percore_dev(&var, "stop", &[]);
     assert!(
         !var.join("pg").join("postmaster.pid").exists(),
         "postgres still running"

@@ -3,7 +3,8 @@
 //!
 //! - `percore-dev env [--var DIR]`: starts (or reuses) a Postgres and a Redis under DIR
 //!   (default `./var/`) and prints `export PERCORE_DATABASE_URL=…` and
-//!   `export PERCORE_REDIS_URL=…` for a shell to `eval`.
+//!   `export PERCORE_REDIS_URL=…` for a shell to `eval`, each only when the environment
+//!   does not name that service already.
 //! - `percore-dev stop [--var DIR]`: stops them (they are otherwise left running, so data
 //!   and start-up speed survive between runs).
 
@@ -32,9 +33,16 @@ fn main() -> ExitCode {
     }
     let outcome = match command.as_deref() {
         Some("env") => percore_testkit::dev::ensure(&var, &[]).map(|services| {
-            // Single-quoted for the shell: the URLs hold no quote.
-            println!("export PERCORE_DATABASE_URL='{}'", services.database_url);
-            println!("export PERCORE_REDIS_URL='{}'", services.redis_url);
+            for (name, url) in [
+                ("PERCORE_DATABASE_URL", services.database_url),
+                ("PERCORE_REDIS_URL", services.redis_url),
+            ] {
+                if std::env::var(name).is_ok_and(|set| !set.is_empty()) {
+                    continue;
+                }
+                // Single-quoted for the shell: the URLs hold no quote.
+                println!("export {name}='{url}'");
+            }
         }),
         Some("stop") => percore_testkit::dev::stop(&var),
         _ => return usage("a command is needed"),
