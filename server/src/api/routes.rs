@@ -252,12 +252,13 @@ impl Label {
 
     /// Every label's name, by `index`: the metrics registry's rows.
     pub const NAMES: [&'static str; ROUTES.len() + 3] = {
-        let mut names = ["not_found"; ROUTES.len() + 3];
+        let mut names = [""; ROUTES.len() + 3];
         let mut i = 0;
         while i < ROUTES.len() {
             names[i] = ROUTES[i].label;
             i += 1;
         }
+        names[ROUTES.len()] = "not_found";
         names[ROUTES.len() + 1] = "method_not_allowed";
         names[ROUTES.len() + 2] = "malformed";
         names
