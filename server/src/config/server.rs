@@ -12,7 +12,13 @@ pub struct Server {
     /// CPUs for the shards, one each; empty means the first `shards` usable CPUs.
     pub cpus: Vec<usize>,
     pub connections_per_shard_max: usize,
+    /// Each shard's listen backlog: connections the kernel completes and queues while the
+    /// shard is busy or at its cap (net.core.somaxconn caps it).
+    pub listen_backlog: i32,
     pub shutdown_timeout_ms: u64,
+    /// Draining: how long a keep-alive connection idle between requests stays open for a
+    /// request already on its way; within `shutdown_timeout_ms`.
+    pub drain_idle_ms: u64,
     /// How often each shard's loop ticks its heartbeat; the systemd watchdog checks it.
     pub heartbeat_interval_ms: u64,
     /// Pause before retrying `accept` after it failed (e.g. EMFILE at the fd limit).
@@ -51,7 +57,9 @@ impl Default for Server {
             shards: 4,
             cpus: Vec::new(),
             connections_per_shard_max: 10_000,
+            listen_backlog: 1024,
             shutdown_timeout_ms: 10_000,
+            drain_idle_ms: 500,
             heartbeat_interval_ms: 250,
             accept_error_backoff_ms: 100,
             detect_stalls: false,
@@ -122,7 +130,16 @@ impl Server {
             self.connections_per_shard_max as u64,
             1,
         )?;
+        at_least("server.listen_backlog", self.listen_backlog.max(0) as u64, 1)?;
         at_least("server.heartbeat_interval_ms", self.heartbeat_interval_ms, 10)?;
+        at_least("server.drain_idle_ms", self.drain_idle_ms, 1)?;
+        if self.drain_idle_ms > self.shutdown_timeout_ms {
+            let reason = format!(
+                "must be at most server.shutdown_timeout_ms ({}), got {}",
+                self.shutdown_timeout_ms, self.drain_idle_ms
+            );
+            return Err(("server.drain_idle_ms".into(), reason));
+        }
         at_least("server.rss_bytes_max", self.rss_bytes_max, 1 << 20)?;
         self.trusted_proxy_nets().map(|_| ())
     }

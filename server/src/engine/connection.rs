@@ -58,10 +58,18 @@ impl Transport for ClientSocket {
         &mut self,
         buf: &mut [u8],
         timeout: Duration,
+        between_requests: bool,
         peer_is_answering: bool,
     ) -> impl Future<Output = io::Result<usize>> {
         let deadline = (&*self.deadline, timeout);
-        runtime::read(&self.stream, buf, deadline, self.read_retries_max, peer_is_answering)
+        runtime::read(
+            &self.stream,
+            buf,
+            deadline,
+            self.read_retries_max,
+            between_requests,
+            peer_is_answering,
+        )
     }
 
     fn write_all<'a>(&'a mut self, buf: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a {

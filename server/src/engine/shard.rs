@@ -13,7 +13,7 @@ use crate::http::service::ConnLimits;
 use crate::limits::throttle::Throttle;
 use crate::metrics::ShardMetrics;
 use crate::runtime::deadlines::Sweeper;
-use crate::runtime::{self, Semaphore, TcpListener};
+use crate::runtime::{self, Listener, Semaphore, StaticPermit, TcpStream};
 use crate::store::Store;
 use crate::store::redis::RedisClient;
 use std::cell::{Cell, RefCell};
@@ -74,7 +74,7 @@ pub async fn run(
 ) {
     let config = &shared.config;
     let metrics = &shared.metrics[id];
-    let listener = match TcpListener::bind(config.server.listen) {
+    let listener = match Listener::bind(config.server.listen, config.server.listen_backlog) {
         Ok(listener) => listener,
         Err(e) => {
             let _ = bound.send(Err(format!(
@@ -107,10 +107,11 @@ pub async fn run(
         ));
     }
     // A signal that came before the sender was registered is seen through the flag.
-    if !stopping.shutdown.load(Ordering::SeqCst) {
-        accept_until(&shard, listener, stop_signal).await;
-    }
-    shard.draining.set(true);
+    let stopped_already = stopping.shutdown.load(Ordering::SeqCst);
+    accept_until(&shard, listener, stop_signal, stopped_already).await;
+    shard
+        .deadlines
+        .cap_idle(Instant::now() + ms(config.server.drain_idle_ms));
     drain(&shard).await;
     log::info!("shard {id} stopped");
 }
@@ -201,38 +202,47 @@ async fn sweep(shard: Rc<ShardService>) {
     }
 }
 
+/// Accepts until `stop`, then stops listening without dropping anything the kernel
+/// already queued or an accept it already completed: those connections are served too,
+/// their requests answered with `Connection: close`.
 async fn accept_until(
     shard: &Rc<ShardService>,
-    listener: TcpListener,
+    listener: Listener,
     mut stop: futures::channel::oneshot::Receiver<()>,
+    stopped_already: bool,
 ) {
+    use futures::future::{Either, select};
     let server = &shard.config().server;
     // At the cap the shard stops accepting until a connection closes; the kernel's backlog
     // holds the rest, so the fd limit is never reached through us.
     let slots = Rc::new(Semaphore::new(server.connections_per_shard_max as u64));
-    loop {
+    while !stopped_already {
         let permit = {
             let acquire = std::pin::pin!(slots.acquire_static_permit(1));
-            match futures::future::select(acquire, &mut stop).await {
-                futures::future::Either::Left((Ok(permit), _)) => permit,
-                _ => return,
+            match select(acquire, &mut stop).await {
+                Either::Left((Ok(permit), _)) => permit,
+                _ => break,
             }
         };
-        let accepted = {
-            let accept = std::pin::pin!(listener.accept());
-            match futures::future::select(accept, &mut stop).await {
-                futures::future::Either::Left((accepted, _)) => accepted,
-                futures::future::Either::Right(_) => return,
+        // The accept is never dropped while pending: io_uring may have completed it, and
+        // the connection would be lost. A stop shuts the listener, which ends it.
+        let mut accept = std::pin::pin!(listener.accept());
+        let accepted = match select(accept.as_mut(), &mut stop).await {
+            Either::Left((accepted, _)) => accepted,
+            Either::Right(_) => {
+                shard.draining.set(true);
+                let queued = listener.stop();
+                if let Ok(stream) = accept.await {
+                    serve(shard, stream, Some(permit));
+                }
+                serve_queued(shard, &slots, queued);
+                return;
             }
         };
         match accepted {
             Ok(stream) => {
                 ShardMetrics::add(&shard.app.metrics.connections_accepted, 1);
-                let shard = shard.clone();
-                runtime::spawn(async move {
-                    super::connection::serve(shard, stream).await;
-                    drop(permit);
-                });
+                serve(shard, stream, Some(permit));
             }
             Err(e) => {
                 // EMFILE/ENFILE at the fd limit, or a connection reset before accept: wait a
@@ -244,19 +254,42 @@ async fn accept_until(
             }
         }
     }
+    shard.draining.set(true);
+    serve_queued(shard, &slots, listener.stop());
 }
 
-/// Waits until every request already read is answered, at most `shutdown_timeout_ms`.
+/// Serves what the listener had queued when it stopped. Past the connection cap too: each
+/// is answered once and closed, which beats resetting it.
+fn serve_queued(shard: &Rc<ShardService>, slots: &Rc<Semaphore>, queued: Vec<TcpStream>) {
+    for stream in queued {
+        ShardMetrics::add(&shard.app.metrics.connections_accepted, 1);
+        serve(shard, stream, slots.try_acquire_static_permit(1).ok());
+    }
+}
+
+fn serve(shard: &Rc<ShardService>, stream: TcpStream, permit: Option<StaticPermit>) {
+    let shard = shard.clone();
+    runtime::spawn(async move {
+        super::connection::serve(shard, stream).await;
+        drop(permit);
+    });
+}
+
+/// Waits until every connection has closed, at most `shutdown_timeout_ms` from the signal:
+/// each request read is answered with `Connection: close`, and a connection idle between
+/// requests closes after `drain_idle_ms` unless a request comes on it first.
 async fn drain(shard: &ShardService) {
     let deadline = Instant::now() + ms(shard.config().server.shutdown_timeout_ms);
-    while shard.in_flight.get() > 0 && Instant::now() < deadline {
+    let open = || shard.app.metrics.connections_open.load(Ordering::Relaxed);
+    while (shard.in_flight.get() > 0 || open() > 0) && Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(5)).await;
     }
-    if shard.in_flight.get() > 0 {
+    if shard.in_flight.get() > 0 || open() > 0 {
         log::warn!(
-            "shard {}: {} requests still in flight at the shutdown timeout",
+            "shard {}: {} requests in flight and {} connections open at the shutdown timeout",
             shard.id(),
-            shard.in_flight.get()
+            shard.in_flight.get(),
+            open()
         );
     }
 }

@@ -115,12 +115,15 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                     Err(error) => return self.fail(error).await,
                 }
                 self.flush().await?;
+                // Idle while draining, the wait goes on: a request may be on its way
+                // already, and it is answered (with Connection: close). The service ends
+                // such waits soon after the drain begins.
                 let idle = self.start == self.end;
-                if idle && self.service.draining() {
-                    return Ok(());
-                }
                 let timeout = self.head_timeout(&mut wait, idle);
-                match self.fill(timeout, self.service.limits().head.head_bytes_max).await {
+                match self
+                    .fill(timeout, self.service.limits().head.head_bytes_max, idle)
+                    .await
+                {
                     Ok(0) => return Ok(()),
                     Ok(_) => self.head_started(&mut wait),
                     Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
@@ -238,7 +241,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                 }
                 while self.end - self.start < needed {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.fill(remaining, needed).await {
+                    match self.fill(remaining, needed, false).await {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -269,7 +272,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                         return Ok(Some(BodyAt::Chunked(self.start + head.len)));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES).await {
+                    match self.fill(remaining, head.len + CHUNKED_READ_SLACK_BYTES, false).await {
                         Ok(0) => return Ok(None),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -289,7 +292,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
 
     /// Reads more bytes after `end`, growing the buffer so that the request at `start` may
     /// reach `request_bytes_max`. Returns 0 at end of stream.
-    async fn fill(&mut self, timeout: Duration, request_bytes_max: usize) -> io::Result<usize> {
+    async fn fill(&mut self, timeout: Duration, request_bytes_max: usize, between_requests: bool) -> io::Result<usize> {
         if timeout.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
@@ -310,7 +313,9 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
             }
         }
         let wrote = std::mem::take(&mut self.wrote_since_read);
-        let n = self.transport.read(&mut self.read[self.end..], timeout, wrote).await?;
+        let n = (self.transport)
+            .read(&mut self.read[self.end..], timeout, between_requests, wrote)
+            .await?;
         self.ready_at = Instant::now();
         self.end += n;
         self.service.bytes_received(n);

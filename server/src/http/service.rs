@@ -82,12 +82,15 @@ pub trait Transport {
     fn peer_ip(&self) -> IpAddr;
     /// Reads what is there into `buf`, waiting at most `timeout` for the first byte
     /// (`ErrorKind::TimedOut` after it). Returns 0 at end of stream.
+    /// `between_requests`: nothing of a next request is read yet; a draining server may
+    /// end such a wait early.
     /// `peer_is_answering`: a response was just written, so the peer's next bytes cannot
     /// be here yet and a look without waiting is likely wasted.
     fn read(
         &mut self,
         buf: &mut [u8],
         timeout: Duration,
+        between_requests: bool,
         peer_is_answering: bool,
     ) -> impl Future<Output = io::Result<usize>>;
     fn write_all<'a>(&'a mut self, buf: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a;

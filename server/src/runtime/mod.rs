@@ -83,6 +83,7 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
 /// leaves no poll armed behind it). The wait's deadline is enforced by the shard's
 /// sweeper (`deadlines`), not by a timer per wait.
 ///
+/// `between_requests`: the wait is for a next request (a drain may cut it short).
 /// `peer_is_answering`: we have just written to this peer, so its next bytes cannot be
 /// here yet; other tasks run before the first look, which saves a read that would find
 /// nothing.
@@ -91,6 +92,7 @@ pub async fn read(
     buf: &mut [u8],
     deadline: (&ReadDeadline, Duration),
     retries: usize,
+    between_requests: bool,
     peer_is_answering: bool,
 ) -> std::io::Result<usize> {
     debug_assert!(!buf.is_empty());
@@ -112,7 +114,7 @@ pub async fn read(
             glommio::executor().yield_task_queue_now().await;
             continue;
         }
-        watch.arm(Instant::now() + timeout);
+        watch.arm(Instant::now() + timeout, between_requests);
         let mut probe = [0u8; 1];
         let waited = stream.peek(&mut probe).await;
         watch.disarm();
@@ -144,5 +146,77 @@ fn try_recv(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<Option<usize>
         std::io::ErrorKind::WouldBlock => Ok(None),
         std::io::ErrorKind::Interrupted => Ok(None),
         _ => Err(error),
+    }
+}
+
+/// A shard's listening socket: SO_REUSEPORT on the shared port, so each shard listens on
+/// its own and the kernel spreads connections across them.
+///
+/// Why not glommio's `TcpListener::bind` alone: stopping must not cancel an accept the
+/// kernel may already have completed (the connection would be dropped unanswered), and
+/// must not drop the connections queued in the backlog. So the socket's fd is kept:
+/// `stop` takes what is queued, then wakes the pending accept by shutting the socket down.
+pub struct Listener {
+    inner: TcpListener,
+    fd: std::os::fd::RawFd,
+}
+
+impl Listener {
+    pub fn bind(address: std::net::SocketAddr, backlog: i32) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(backlog)?;
+        let fd = socket.as_raw_fd();
+        // SAFETY: the fd is a listening TCP socket we own; the glommio listener takes it over
+        // and closes it when dropped. We keep the number only while `inner` lives.
+        let inner = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
+        Ok(Self { inner, fd })
+    }
+
+    /// The next connection. After `stop`, fails at once.
+    pub async fn accept(&self) -> std::io::Result<TcpStream> {
+        self.inner.accept().await.map_err(std::io::Error::from)
+    }
+
+    /// Stops listening: returns the connections the kernel had queued (to be served), then
+    /// shuts the socket so a pending `accept` returns. Only connections that arrive in the
+    /// microseconds between the two are reset.
+    pub fn stop(&self) -> Vec<TcpStream> {
+        use std::os::fd::FromRawFd;
+        let mut queued = Vec::new();
+        // Non-blocking from here on, so an empty queue ends the loop instead of blocking.
+        // SAFETY: fcntl on our own listening socket, alive while `self` is.
+        unsafe {
+            let flags = libc::fcntl(self.fd, libc::F_GETFL);
+            libc::fcntl(self.fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        loop {
+            // SAFETY: `fd` is our listening socket; null address pointers are allowed. The
+            // new socket is blocking, like those glommio accepts (its io_uring operations
+            // expect that).
+            let fd = unsafe { libc::accept4(self.fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            if fd < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Empty (EAGAIN), or a connection reset while queued (ECONNABORTED): nothing
+                // more to take without waiting.
+                if error.raw_os_error() == Some(libc::ECONNABORTED) {
+                    continue;
+                }
+                break;
+            }
+            // SAFETY: a connected socket accept4 just gave us; the stream owns it now.
+            queued.push(unsafe { TcpStream::from_raw_fd(fd) });
+        }
+        // SAFETY: shutdown on our own listening socket: it stops listening and wakes the
+        // accept pending on it; the fd stays open until the listener is dropped.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        queued
     }
 }
