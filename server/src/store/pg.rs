@@ -309,6 +309,8 @@ impl Supervisor {
     /// unanswered past `statement_timeout_ms` + `deadline_margin_ms`: Postgres enforces
     /// the statement timeout itself, so only a silent server or network gets that far.
     /// Then every pending statement fails with a timeout and the connection is replaced.
+    /// Idle for `keepalive_interval_ms`, it pings, so a half-open connection is found
+    /// before a request is sent into it.
     async fn serve(
         &self,
         client: &Client,
@@ -317,11 +319,27 @@ impl Supervisor {
         let deadline = ms(self.settings.statement_timeout_ms + self.settings.deadline_margin_ms);
         let check = ms((self.settings.deadline_margin_ms / 2).max(10));
         let watch = async {
+            let mut idle_since = Instant::now();
             loop {
                 runtime::sleep(check).await;
                 if client.waiting_since().is_some_and(|since| since.elapsed() > deadline) {
                     client.abort();
                     return;
+                }
+                if client.pending() > 0 {
+                    idle_since = Instant::now();
+                } else if self.keepalive_due(idle_since) {
+                    if !self.ping(client).await {
+                        log::warn!(
+                            "{}: postgres connection {} did not answer a keepalive within {} ms",
+                            self.application_name,
+                            self.slot,
+                            self.settings.keepalive_timeout_ms
+                        );
+                        client.abort();
+                        return;
+                    }
+                    idle_since = Instant::now();
                 }
             }
         };
@@ -331,6 +349,19 @@ impl Supervisor {
             // Aborted: the driver fails what is pending and ends at its next poll.
             futures::future::Either::Right(((), _)) => connection.await,
         }
+    }
+
+    fn keepalive_due(&self, idle_since: Instant) -> bool {
+        let interval_ms = self.settings.keepalive_interval_ms;
+        interval_ms > 0 && idle_since.elapsed() >= ms(interval_ms)
+    }
+
+    /// `SELECT 1` answered within `keepalive_timeout_ms` (an error answer counts: the
+    /// server is there).
+    async fn ping(&self, client: &Client) -> bool {
+        let statement = client.statement(Stmt::Ping as usize);
+        let answered = runtime::timeout(ms(self.settings.keepalive_timeout_ms), client.query(statement, &[]));
+        answered.await.is_some()
     }
 
     /// Logs in to the first host of the URL that accepts (and, with

@@ -29,6 +29,11 @@ pub struct Database {
     /// Sent as client_connection_check_interval: a statement whose client (a shard) is
     /// gone is cancelled rather than run to commit. 0: Postgres never checks.
     pub client_check_interval_ms: u64,
+    /// A connection idle this long sends `SELECT 1`, and is replaced if the answer takes
+    /// over `keepalive_timeout_ms`: a half-open connection (its server or the path to it
+    /// gone without a FIN or RST reaching us) is found before a request needs it. 0: never.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
     /// Apply pending migrations at start-up. Off by default: run `percore migrate` in the
@@ -67,6 +72,8 @@ impl Default for Database {
             statement_timeout_ms: 5_000,
             deadline_margin_ms: 1_000,
             client_check_interval_ms: 1_000,
+            keepalive_interval_ms: 5_000,
+            keepalive_timeout_ms: 1_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 5_000,
             auto_migrate: false,
@@ -152,6 +159,7 @@ impl Database {
         at_least("database.connections_per_shard", self.connections_per_shard as u64, 1)?;
         at_least("database.pool_wait_ms", self.pool_wait_ms, 1)?;
         at_least("database.deadline_margin_ms", self.deadline_margin_ms, 1)?;
+        at_least("database.keepalive_timeout_ms", self.keepalive_timeout_ms, 1)?;
         at_least("database.pipeline_depth_max", self.pipeline_depth_max as u64, 1)?;
         let backoff_ms_min = self.reconnect_backoff_ms_min;
         at_least(

@@ -45,6 +45,8 @@ pub struct Tuning<'a> {
     pub workers: &'a str,
     /// More `[database]` keys, e.g. "replicas = [\"postgres://…\"]".
     pub database: &'a str,
+    /// More `[redis]` keys.
+    pub redis: &'a str,
     /// Whole extra sections, e.g. "[identity]\nlogin_burst = 3".
     pub extra: &'a str,
 }
@@ -60,6 +62,7 @@ impl<'a> Tuning<'a> {
             // Cheap Argon2 so tests that hash stay fast.
             workers: "threads = 2\nargon2_memory_kib = 4096\nargon2_iterations = 1",
             database: "",
+            redis: "",
             extra: "",
         }
     }
@@ -73,12 +76,13 @@ impl<'a> Tuning<'a> {
             http,
             workers,
             database,
+            redis,
             extra,
         } = self;
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[http]\n{http}\n\
              [database]\nurl = \"{database_url}\"\npool_wait_ms = 300\nauto_migrate = true\n{database}\n\
-             [redis]\nurl = \"{redis_url}\"\n[workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n{extra}\n"
+             [redis]\nurl = \"{redis_url}\"\n{redis}\n[workers]\n{workers}\n[bench]\nroutes = true\n[log]\nlevel = \"warn\"\n{extra}\n"
         )
     }
 
