@@ -21,3 +21,12 @@ seed_mix_tuning() {
   printf '[identity]\nlogin_rate_per_minute = 1000000\nlogin_burst = 1000000\n'
   printf '[rate_limit.auth]\nrate = 1000000.0\nburst = 1000000\n[log]\nlevel = "warn"\n'
 }
+
+# For the fault scripts: pg_ctl on the dev Postgres's data directory, run as its owner
+# (postgres refuses to run as root).
+dev_pg_ctl() {
+  local pg_ctl owner=""
+  pg_ctl=$(ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1)
+  [ "$(id -u)" -eq 0 ] && owner="runuser -u $(stat -c %U var/pg) -- "
+  echo "$owner$pg_ctl -D $PWD/var/pg"
+}

@@ -16,10 +16,7 @@ config=$(mktemp --suffix=.toml)
 ./target/release/percore --config "$config" 2>bench/results/soak-server.log & pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -fs http://127.0.0.1:8080/readyz >/dev/null && break; sleep 0.2; done
-pg_ctl=$(ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1)
-as_pg_owner=(runuser -u "$(stat -c %U var/pg)" --)
-[ "$(id -u)" -eq 0 ] || as_pg_owner=()
-restart_postgres="${as_pg_owner[*]} $pg_ctl -D $PWD/var/pg restart -m immediate -w >/dev/null"
+restart_postgres="$(dev_pg_ctl) restart -m immediate -w >/dev/null"
 pause_redis="kill -STOP \$(cat $PWD/var/redis/redis.pid) && sleep 5 && kill -CONT \$(cat $PWD/var/redis/redis.pid)"
 ./target/release/percore-bench soak --server-pid "$pid" --duration "$duration" --share "$share" \
   --fault-every "$fault_every" --fault "postgres-restart=$restart_postgres" --fault "redis-pause=$pause_redis" \

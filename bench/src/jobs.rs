@@ -17,9 +17,20 @@ use std::time::{Duration, Instant};
 
 /// One request on a keep-alive connection; returns (status, body).
 fn call(stream: &mut BufReader<TcpStream>, raw: &str) -> Result<(u16, String), String> {
-    stream.get_mut().write_all(raw.as_bytes()).map_err(|e| e.to_string())?;
+    send(stream, raw)?;
+    receive(stream)
+}
+
+pub(crate) fn send(stream: &mut BufReader<TcpStream>, raw: &str) -> Result<(), String> {
+    stream.get_mut().write_all(raw.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// The next response on the connection: (status, body).
+pub(crate) fn receive(stream: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
     let mut line = String::new();
-    stream.read_line(&mut line).map_err(|e| e.to_string())?;
+    if stream.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        return Err("closed with no answer".into());
+    }
     let status: u16 = line
         .split(' ')
         .nth(1)
@@ -43,7 +54,7 @@ fn call(stream: &mut BufReader<TcpStream>, raw: &str) -> Result<(u16, String), S
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn request(method: &str, path: &str, token: &str, body: &str) -> String {
+pub(crate) fn request(method: &str, path: &str, token: &str, body: &str) -> String {
     format!(
         "{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -5,6 +5,7 @@
 //! generator measured, with the exact command, the machine and the commit, as JSON. It
 //! never judges a result: comparisons are ratios made from files it wrote in the same run.
 
+pub mod audit;
 pub mod compare;
 pub mod jobs;
 pub mod openloop;

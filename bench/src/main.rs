@@ -10,6 +10,8 @@
 //!                 [--rows 20]   (queries, updates, cached-queries)  [--tuning FILE]   (recorded)
 //!   percore-bench seed --database-url URL [--users 100000] [--events 1000000]
 //!                 [--sessions 10000] [--tokens FILE]
+//!   percore-bench audit [--url BASE] --database-url URL [--clients 16] [--duration 5m]
+//!                 [--fault-every 30s] [--fault NAME=COMMAND]… [--jobs-wait 2m] [--out FILE]
 //!   percore-bench soak --server-pid PID [--url BASE] [--duration 30m] [--share 0.7]
 //!                 [--window 10s] [--fault-every 5m] [--fault NAME=COMMAND]… [--out FILE]
 //!
@@ -22,6 +24,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: percore-bench run plaintext|json|db|queries|fortunes|updates|cached-queries|seed-mix|jobs [--url BASE] [--connections N] [--duration 10s] \
                      [--depth 16] [--tokens FILE] [--wrk-cpu 0] [--out FILE] [--rate 200] [--database-url URL] [--rows 20] [--tuning FILE] [--paced 15s] [--paced-connections 16] [--open-loop 10s|off]\n       \
                      percore-bench seed --database-url URL [--users N] [--events N] [--sessions N] [--tokens FILE]\n       \
+                     percore-bench audit [--url BASE] --database-url URL [--clients 16] [--duration 5m] [--fault-every 30s] [--fault NAME=COMMAND]… [--jobs-wait 2m] [--out FILE]\n       \
                      percore-bench soak --server-pid PID [--url BASE] [--duration 30m] [--share 0.7] [--window 10s] [--fault-every 5m] [--fault NAME=COMMAND]… [--tokens FILE] [--out FILE]\n       \
                      percore-bench compare A.json B.json …\n       \
                      percore-bench report RESULT.json … -o report.html";
@@ -32,10 +35,13 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("run") => parse_run(&args[1..]).map(|o| run_and_write(&o)),
         Some("seed") => parse_seed(&args[1..]).map(|(url, scale, tokens)| seed::seed(&url, &scale, &tokens)),
+        Some("audit") => {
+            parse_audit(&args[1..]).map(|(options, faults, out)| audit_and_write(&options, faults, out.as_deref()))
+        }
         Some("soak") => parse_soak(&args[1..]).map(|(options, out)| soak_and_write(&options, out.as_deref())),
         Some("compare") if args.len() > 1 => Ok(compare(&args[1..])),
         Some("report") => parse_report(&args[1..]).map(|(files, out)| report(&files, &out)),
-        _ => Err("the commands are `run`, `seed`, `soak`, `compare` and `report`".into()),
+        _ => Err("the commands are `run`, `seed`, `audit`, `soak`, `compare` and `report`".into()),
     };
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -193,6 +199,66 @@ fn parse_soak(args: &[String]) -> Result<(percore_bench::soak::SoakOptions, Opti
     Ok((options, out))
 }
 
+type AuditArgs = (
+    percore_bench::audit::AuditOptions,
+    Vec<percore_bench::audit::Fault>,
+    Option<String>,
+);
+
+fn parse_audit(args: &[String]) -> Result<AuditArgs, String> {
+    let mut options = percore_bench::audit::AuditOptions {
+        addr: "127.0.0.1:8080".into(),
+        database_url: std::env::var("PERCORE_DATABASE_URL").unwrap_or_default(),
+        clients: 16,
+        duration: std::time::Duration::from_secs(5 * 60),
+        fault_every: std::time::Duration::from_secs(30),
+        jobs_wait: std::time::Duration::from_secs(120),
+        answer_timeout: std::time::Duration::from_secs(10),
+    };
+    let (mut faults, mut out) = (Vec::new(), None);
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--url" => options.addr = value.trim_start_matches("http://").trim_end_matches('/').to_string(),
+            "--database-url" => options.database_url = value.into(),
+            "--clients" => options.clients = number(flag, value)?,
+            "--duration" => options.duration = duration(flag, value)?,
+            "--fault-every" => options.fault_every = duration(flag, value)?,
+            "--jobs-wait" => options.jobs_wait = duration(flag, value)?,
+            "--fault" => {
+                let (name, command) = value.split_once('=').ok_or("--fault: use NAME=COMMAND")?;
+                faults.push(percore_bench::audit::Fault::shell(name, command));
+            }
+            "--out" => out = Some(value.to_string()),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if options.database_url.is_empty() {
+        return Err("audit needs --database-url (or PERCORE_DATABASE_URL): it reads what was stored".into());
+    }
+    if options.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    Ok((options, faults, out))
+}
+
+/// Runs the audit and writes its JSON; fails when an acknowledged write was lost.
+fn audit_and_write(
+    options: &percore_bench::audit::AuditOptions,
+    faults: Vec<percore_bench::audit::Fault>,
+    out: Option<&str>,
+) -> Result<(), String> {
+    let result = percore_bench::audit::audit(options, faults)?;
+    let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
+    match out {
+        Some(path) => std::fs::write(path, &rendered).map_err(|e| format!("writing {path}: {e}"))?,
+        None => println!("{rendered}"),
+    }
+    match result["audit"]["lost_total"].as_u64() {
+        Some(0) => Ok(()),
+        lost => Err(format!("acknowledged writes lost: {lost:?}")),
+    }
+}
+
 fn soak_and_write(options: &percore_bench::soak::SoakOptions, out: Option<&str>) -> Result<(), String> {
     let result = percore_bench::soak::soak(options)?;
     let rendered = serde_json::to_string_pretty(&result).expect("JSON renders");
@@ -256,6 +322,10 @@ mod tests {
         assert_eq!(parse_run(&args("seed-mix --tokens t.txt")).unwrap().tokens, "t.txt");
         assert!(parse_seed(&args("--users 0 --database-url x")).is_err());
         assert!(parse_soak(&args("--duration 1m")).is_err(), "needs --server-pid");
+        assert!(parse_audit(&args("--database-url postgres://x --clients 0")).is_err());
+        let (audit, faults, _) =
+            parse_audit(&args("--database-url postgres://x --fault pg=true --duration 2m")).unwrap();
+        assert_eq!((audit.duration.as_secs(), faults.len()), (120, 1));
         let (soak, _) = parse_soak(&args("--server-pid 7 --duration 2m --fault pg=true --fault-every 30s")).unwrap();
         assert_eq!(soak.duration, std::time::Duration::from_secs(120));
         assert_eq!(soak.faults, vec![("pg".to_string(), "true".to_string())]);

@@ -15,6 +15,8 @@ pub struct Postgres {
     /// None when `TEST_DATABASE_URL` supplied the server.
     child: Option<Child>,
     dir: Option<PathBuf>,
+    /// fsync and full-page writes on, as in production (see `durable`).
+    durable: bool,
 }
 
 impl Postgres {
@@ -27,15 +29,22 @@ impl Postgres {
                 port,
                 child: None,
                 dir: None,
+                durable: false,
             };
         }
-        Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
+        Postgres::start(false).unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
     }
 
     /// Always a server of our own, even when `TEST_DATABASE_URL` is set: for tests that
     /// change the server itself (its pg_hba.conf, promotion, a kill).
     pub fn own() -> Postgres {
-        Postgres::start().unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
+        Postgres::start(false).unwrap_or_else(|e| panic!("starting a throwaway PostgreSQL: {e}"))
+    }
+
+    /// A server of our own with fsync and full-page writes on, as in production: for
+    /// tests of what survives a crash, where the disk's answer must be the real one.
+    pub fn durable() -> Postgres {
+        Postgres::start(true).unwrap_or_else(|e| panic!("starting a durable PostgreSQL: {e}"))
     }
 
     /// Puts `lines` before the server's pg_hba.conf entries (the first match wins) and
@@ -50,7 +59,7 @@ impl Postgres {
         unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     }
 
-    fn start() -> Result<Postgres, String> {
+    fn start(durable: bool) -> Result<Postgres, String> {
         let template = template()?;
         let user = process::unprivileged_user();
         let mut last_error = String::new();
@@ -59,7 +68,7 @@ impl Postgres {
             copy_dir(template, &dir.join("data"))?;
             process::chown_recursive(&dir, user)?;
             let port = process::free_port();
-            match spawn_server(&dir, port) {
+            match spawn_server(&dir, port, durable) {
                 Ok(child) => {
                     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
                     return Ok(Postgres {
@@ -67,6 +76,7 @@ impl Postgres {
                         port,
                         child: Some(child),
                         dir: Some(dir),
+                        durable,
                     });
                 }
                 Err(e) => last_error = e,
@@ -108,8 +118,9 @@ impl Postgres {
             ));
         }
         let port = process::free_port();
-        let child = spawn_server(&dir, port)?;
+        let child = spawn_server(&dir, port, false)?;
         Ok(Postgres {
+            durable: false,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             port,
             child: Some(child),
@@ -121,7 +132,8 @@ impl Postgres {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill");
         let dir = self.dir.clone().expect("restart needs a server of our own");
-        self.child = Some(spawn_server(&dir, self.port).unwrap_or_else(|e| panic!("restarting postgres: {e}")));
+        self.child =
+            Some(spawn_server(&dir, self.port, self.durable).unwrap_or_else(|e| panic!("restarting postgres: {e}")));
     }
 
     /// Stops the server abruptly (like `pg_ctl stop -m immediate`), keeping its data dir.
@@ -144,7 +156,7 @@ impl Drop for Postgres {
 }
 
 /// Runs `postgres` on `dir/data` and waits until it accepts connections.
-fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
+fn spawn_server(dir: &Path, port: u16, durable: bool) -> Result<Child, String> {
     let log = dir.join("postgres.log");
     let _ = std::fs::remove_file(&log);
     let mut command = Command::new(process::postgres_binary("postgres")?);
@@ -153,10 +165,13 @@ fn spawn_server(dir: &Path, port: u16) -> Result<Child, String> {
         .arg(dir.join("data"))
         .args(["-p", &port.to_string()])
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
-        // fsync off: nothing waits for the disk. synchronous_commit stays on, so a commit's
-        // WAL reaches the OS before it returns and survives `kill` (an immediate shutdown)
-        // as it would a crash; only losing the machine could lose it.
-        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        // fsync off unless durable: nothing waits for the disk. synchronous_commit stays on,
+        // so a commit's WAL reaches the OS before it returns and survives `kill` (an
+        // immediate shutdown) as it would a crash; only losing the machine could lose it.
+        .args(match durable {
+            true => ["-c", "fsync=on", "-c", "full_page_writes=on"],
+            false => ["-c", "fsync=off", "-c", "full_page_writes=off"],
+        })
         .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
         // The benchmark driver's test counts statements with pg_stat_statements.
         .args(["-c", "shared_preload_libraries=pg_stat_statements"])

@@ -32,6 +32,12 @@ impl Redis {
         Redis::start().unwrap_or_else(|e| panic!("starting a throwaway Redis: {e}"))
     }
 
+    /// Always a server of our own, even when `TEST_REDIS_URL` is set: for tests that
+    /// pause or kill it.
+    pub fn own() -> Redis {
+        Redis::start().unwrap_or_else(|e| panic!("starting a Redis of our own: {e}"))
+    }
+
     fn start() -> Result<Redis, String> {
         for _ in 0..START_ATTEMPTS {
             let dir = process::temp_dir("percore-redis");
