@@ -394,36 +394,59 @@ fn open_connections(probe: &std::net::TcpStream) -> u64 {
 }
 
 #[test]
-fn a_client_that_never_reads_is_dropped_at_the_write_timeout() {
+fn a_client_that_never_reads_is_dropped_at_the_write_timeout_holding_bounded_memory() {
+    const WRITE_TIMEOUT_MS: u64 = 500;
     let services = Services::start();
-    let server = Server::start(&services, "write_timeout_ms = 500");
+    let server = Server::start(&services, "write_timeout_ms = 500\nwrite_buffer_bytes_max = 65536");
+    let probe = server.connect();
+    let metrics_bytes = server.get("/metrics").body.len();
+    let rss_before_kib = server.rss_kib();
     let stream = server.connect();
-    // Far more response bytes than the socket buffers hold, and never a read.
+    // Far more response bytes than the socket buffers hold (4,000 /metrics answers, about
+    // 4,000 × metrics_bytes), and never a read.
     let batch = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
-    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut stalled = Instant::now();
     for _ in 0..40 {
         if (&stream).write_all(batch.as_bytes()).is_err() {
             break;
         }
+        stalled = Instant::now();
     }
-    let probe = server.connect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Only the probe itself remains.
-    let mut open = open_connections(&probe);
-    while open > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        open = open_connections(&probe);
+    // Until it is dropped, the server holds at most its write buffer (plus the answer that
+    // crossed it) and a read buffer, not the answers it was asked for: RSS is sampled all
+    // along. Dropped once its writes made no progress for write_timeout_ms (only the probe
+    // is left then).
+    let bound = Duration::from_millis(WRITE_TIMEOUT_MS + 1_500);
+    let mut grown_kib = 0;
+    while open_connections(&probe) > 1 {
+        grown_kib = grown_kib.max(server.rss_kib().saturating_sub(rss_before_kib));
+        assert!(
+            stalled.elapsed() < bound,
+            "still open {:?} after the stall",
+            stalled.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(open, 1, "the stalled connection is still open");
+    let asked_kib = (4_000 * metrics_bytes / 1024) as u64;
+    assert!(
+        grown_kib < 4 * 1024,
+        "RSS grew {grown_kib} KiB for a stalled client asking {asked_kib} KiB of answers"
+    );
+    eprintln!(
+        "never-reading client: dropped {:?} after the stall, RSS grew {grown_kib} KiB (asked {asked_kib} KiB)",
+        stalled.elapsed()
+    );
     drop(stream);
 }
 
 #[test]
-fn at_the_fd_limit_accept_fails_softly_and_service_resumes() {
+fn at_the_fd_limit_accept_fails_softly_backs_off_and_service_resumes() {
+    const BACKOFF_MS: u128 = 200;
     let services = Services::start();
     let port = common::free_port();
     let text = common::Tuning {
-        server: "shards = 1",
+        server: "shards = 1\naccept_error_backoff_ms = 200",
         ..common::Tuning::new(port, &services)
     }
     .render();
@@ -431,14 +454,16 @@ fn at_the_fd_limit_accept_fails_softly_and_service_resumes() {
     // few for the connections below; connections_per_shard_max stays at its 10,000.
     let server = Server::start_limited(port, &text, &[], Some(96));
     let mut held = Vec::new();
+    let exhausting = Instant::now();
     for _ in 0..150 {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(stream) => held.push(stream),
             Err(_) => break,
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1_000));
     drop(held);
+    let held_ms = exhausting.elapsed().as_millis();
     // The shard backs off after EMFILE and accepts again once descriptors are free.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut metrics = String::new();
@@ -459,6 +484,13 @@ fn at_the_fd_limit_accept_fails_softly_and_service_resumes() {
     }
     let accept_errors = common::metric_sum(&metrics, "percore_accept_errors_total{", "");
     assert!(accept_errors > 0, "the fd limit was never hit:\n{metrics}");
+    // One failed accept per backoff while the descriptors were gone, not a busy loop.
+    let most = (held_ms / BACKOFF_MS + 3) as u64;
+    eprintln!("fd limit: {accept_errors} failed accepts over {held_ms} ms (backoff {BACKOFF_MS} ms)");
+    assert!(
+        accept_errors <= most,
+        "{accept_errors} failed accepts in {held_ms} ms: more than one per accept_error_backoff_ms ({most})"
+    );
     assert_eq!(server.get("/healthz").status, 200);
 }
 

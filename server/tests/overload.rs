@@ -15,12 +15,6 @@ const DATABASE: &str = "connections_per_shard = 1\nwrite_connections_per_shard =
 /// low, so on a small machine the load generator does not starve Postgres.
 const REQUEST: &[u8] = b"GET /queries?q=10 HTTP/1.1\r\nHost: t\r\n\r\n";
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Closed loop: `connections` clients for `duration`; returns requests answered 200 per second.
 fn closed_loop(port: u16, connections: usize, duration: Duration) -> f64 {
     let answered = AtomicU64::new(0);
@@ -111,10 +105,10 @@ fn twice_the_saturation_rate_gets_fast_503s_bounded_latency_and_recovers() {
     closed_loop(port, 8, Duration::from_millis(500)); // warm-up
     let saturation = closed_loop(port, 8, Duration::from_secs(2));
     assert!(saturation > 100.0, "served {saturation:.0}/s");
-    let rss_before = rss_kib(server.pid());
+    let rss_before = server.rss_kib();
 
     let samples = open_loop(port, saturation * 2.0, 32, Duration::from_secs(3));
-    let rss_during = rss_kib(server.pid());
+    let rss_during = server.rss_kib();
     let admitted: Vec<Duration> = samples.iter().filter(|(s, _)| *s == 200).map(|(_, l)| *l).collect();
     let refused: Vec<Duration> = samples.iter().filter(|(s, _)| *s == 503).map(|(_, l)| *l).collect();
     let others: Vec<u16> = samples

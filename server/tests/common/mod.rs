@@ -194,6 +194,13 @@ impl Server {
         self.child.id()
     }
 
+    /// The server's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
