@@ -136,22 +136,31 @@ fn twice_the_saturation_rate_gets_fast_503s_bounded_latency_and_recovers() {
         admitted_per_s > saturation * 0.15,
         "admitted {admitted_per_s:.0}/s against a saturation of {saturation:.0}/s"
     );
-    // Admitted: waited at most pool_wait_ms (300) for room, plus a short pipeline.
+    // Admitted: waited at most pool_wait_ms (300) for room, plus a short pipeline; measured
+    // 4-60 ms on a 2-core VM, so 150 ms leaves room for a busy machine.
     assert!(
-        admitted_p99 < Duration::from_millis(1000),
+        admitted_p99 < Duration::from_millis(150),
         "admitted p99 {admitted_p99:?}"
     );
-    assert!(refused_p99 < Duration::from_millis(1000), "refused p99 {refused_p99:?}");
+    // Refused at once: the queue was full, nothing waited (measured p50 0.2-0.75 ms, p99 2-6 ms).
+    let refused_p50 = percentile(&refused, 0.5);
+    assert!(refused_p50 < Duration::from_millis(5), "refused p50 {refused_p50:?}");
+    assert!(refused_p99 < Duration::from_millis(100), "refused p99 {refused_p99:?}");
     // Bounded memory: the queue is bounded, so overload costs connections' buffers, no more.
     assert!(
         rss_during < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_during} KiB"
     );
 
-    // Recovery: right after the overload, the closed loop gets its full rate back.
+    // Recovery: right after the overload, the closed loop gets its full rate back (within
+    // the noise of two 2-second runs on a shared machine).
     let after = closed_loop(port, 8, Duration::from_secs(2));
+    eprintln!(
+        "right after: {after:.0}/s, {:.0}% of saturation",
+        after / saturation * 100.0
+    );
     assert!(
-        after > saturation * 0.6,
+        after > saturation * 0.8,
         "after the overload {after:.0}/s against {saturation:.0}/s before"
     );
     let metrics = server.get("/metrics").text();
@@ -199,4 +208,74 @@ fn over_the_memory_bound_api_requests_get_503_and_health_stays_up() {
         ready.text()
     );
     assert!(server.stderr().contains("over server.rss_bytes_max"));
+}
+
+#[test]
+fn memory_pressure_lifts_once_resident_memory_is_back_under_90_percent() {
+    const HASH_MIB: u64 = 64;
+    let services = Services::start();
+    // Argon2 with 64 MiB on the one worker: while a hash runs the process holds 64 MiB more,
+    // and gives it back (one mapping, unmapped) when the hash is done.
+    let workers = format!(
+        "threads = 1\nargon2_memory_kib = {}\nargon2_iterations = 8",
+        HASH_MIB * 1024
+    );
+    let config = |port: u16, rss_bytes_max: u64| {
+        Tuning {
+            server: &format!("shards = 1\nrss_bytes_max = {rss_bytes_max}"),
+            workers: &workers,
+            ..Tuning::new(port, &services)
+        }
+        .render()
+    };
+    // The resting size of such a server, from a first one with no bound to speak of.
+    let baseline_kib = {
+        let port = common::free_port();
+        let probe = Server::start_with_config(port, &config(port, 1 << 40), &[]);
+        assert_eq!(probe.get("/json").status, 200);
+        probe.rss_kib()
+    };
+    // Over it only while a hash runs; its 90% is still above the resting size.
+    let bound_bytes = (baseline_kib + HASH_MIB / 2 * 1024) * 1024;
+    let port = common::free_port();
+    let server = Server::start_with_config(port, &config(port, bound_bytes), &[]);
+    assert_eq!(server.get("/json").status, 200, "under the bound at rest");
+
+    let hashing = {
+        let stream = server.connect();
+        std::thread::spawn(move || {
+            common::request_on(
+                &stream,
+                "POST /bench/hash HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nsecret",
+            )
+            .status
+        })
+    };
+    let mut pressure_seen = false;
+    while !hashing.is_finished() {
+        let response = server.get("/json");
+        if response.status == 503 {
+            assert_eq!(response.error_code(), "memory_pressure");
+            pressure_seen = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(hashing.join().unwrap(), 200);
+    assert!(
+        pressure_seen,
+        "a {HASH_MIB} MiB hash never took the server over {bound_bytes} B"
+    );
+    // Back under 90% of the bound: served again within a few guard samples (100 ms each).
+    let freed = Instant::now();
+    while server.get("/json").status != 200 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(1),
+            "still refusing at {} KiB, 90% of the bound is {} KiB",
+            server.rss_kib(),
+            bound_bytes / 1024 * 9 / 10
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.rss_kib() * 1024 < bound_bytes / 10 * 9);
+    assert!(server.stderr().contains("back under 90% of server.rss_bytes_max"));
 }

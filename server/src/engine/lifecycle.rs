@@ -95,7 +95,7 @@ pub fn start_memory_guard(shared: &'static Shared) -> std::io::Result<()> {
                     continue;
                 };
                 let was = shared.memory_pressure.load(Ordering::Relaxed);
-                let now = if was { rss > max / 10 * 9 } else { rss > max };
+                let now = under_pressure(was, rss, max);
                 if now != was {
                     shared.memory_pressure.store(now, Ordering::Relaxed);
                     if now {
@@ -109,6 +109,15 @@ pub fn start_memory_guard(shared: &'static Shared) -> std::io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Pressure starts over `max` and ends only under 90% of it, so it does not flap.
+fn under_pressure(was: bool, rss_bytes: u64, max_bytes: u64) -> bool {
+    if was {
+        rss_bytes > max_bytes / 10 * 9
+    } else {
+        rss_bytes > max_bytes
+    }
 }
 
 fn page_bytes() -> u64 {
@@ -138,6 +147,20 @@ fn watchdog_interval(get: impl Fn(&str) -> Option<String>, pid: u32) -> Option<D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_pressure_starts_over_the_bound_and_ends_under_90_percent_of_it() {
+        let max = 1_000_000;
+        assert!(!under_pressure(false, max, max), "at the bound: not yet");
+        assert!(under_pressure(false, max + 1, max));
+        assert!(under_pressure(true, 950_000, max), "between 90% and the bound: still");
+        assert!(under_pressure(true, 900_001, max));
+        assert!(!under_pressure(true, 900_000, max), "at 90%: over");
+        assert!(
+            !under_pressure(false, 950_000, max),
+            "no pressure starts under the bound"
+        );
+    }
 
     #[test]
     fn watchdog_interval_honours_pid_only_when_given() {
