@@ -71,17 +71,14 @@ fn start(database: &str) -> (Services, Postgres, Server) {
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .unwrap();
     let replica = services.postgres.replica();
-    let server = start_percore(&services, &replica, database);
+    let server = start_percore(&services, &replica.url, database);
     (services, replica, server)
 }
 
-/// One percore on `services` reading from `replica`, once the replica is usable.
-fn start_percore(services: &Services, replica: &Postgres, database: &str) -> Server {
+/// One percore on `services` reading from the replica at `replica_url`, once it is usable.
+fn start_percore(services: &Services, replica_url: &str, database: &str) -> Server {
     let port = free_port();
-    let database = format!(
-        "replicas = [\"{}\"]\nreconnect_backoff_ms_max = 200\n{database}",
-        replica.url
-    );
+    let database = format!("replicas = [\"{replica_url}\"]\nreconnect_backoff_ms_max = 200\n{database}");
     let text = Tuning {
         server: "shards = 1\nshutdown_timeout_ms = 5000",
         database: &database,
@@ -244,9 +241,74 @@ fn a_replica_that_goes_down_is_skipped_without_errors_and_used_again_when_back()
 }
 
 #[test]
+fn a_read_in_flight_on_a_replica_that_dies_is_retried_on_the_primary() {
+    let services = Services {
+        postgres: Postgres::own(),
+        redis: percore_testkit::Redis::throwaway(),
+    };
+    let replica = services.postgres.replica();
+    // Between percore and the replica: silence, then a reset, with a read waiting there.
+    let proxy = percore_testkit::proxy::FaultProxy::start(replica.port);
+    let proxied = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
+    let server = start_percore(&services, &proxied, "max_replica_lag_ms = 1000\nsticky_primary_ms = 1");
+    let (_, token) = server.sign_up("Reader");
+    let ids: Vec<i64> = (0..20).map(|i| register(&server, &format!("Someone{i}"))).collect();
+    let replica_reads = || metric_sum(&metrics(&server), "percore_db_replica_reads_total{", "");
+    let retried = || {
+        let text = metrics(&server);
+        metric_sum(
+            &text,
+            "percore_db_replica_eligible_reads_on_primary_total{",
+            "replica_failed",
+        )
+    };
+    let read = |id: i64| {
+        let got = server.call("GET", &format!("/v1/users/{id}"), Some(&token), None);
+        (got.status, got.json()["id"].as_i64())
+    };
+    // Until a read lands on the replica: it has replayed every registration (each id is
+    // read once, as a second read would come from the cache). ids[0] stays unread.
+    let mut warm = ids[1..].iter();
+    assert!(
+        percore_testkit::wait_until(Duration::from_secs(10), || {
+            let Some(&id) = warm.next() else { return false };
+            let before = replica_reads();
+            read(id) == (200, Some(id)) && replica_reads() == before + 1
+        }),
+        "reads go to the replica"
+    );
+    let retried_before = retried();
+
+    proxy.blackhole();
+    let in_flight = {
+        let (port, token, id) = (server.port, token.clone(), ids[0]);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let raw = common::api_request("GET", &format!("/v1/users/{id}"), Some(&token), None);
+            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let got = common::request_on(&stream, &raw);
+            (got.status, got.json()["id"].as_i64(), started.elapsed())
+        })
+    };
+    // Well inside max_replica_lag_ms: the replica still counts as usable, and the read
+    // waits on it in the silence.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!in_flight.is_finished(), "the read is waiting on the silent replica");
+    let reset = Instant::now();
+    proxy.reset();
+    let (status, id, took) = in_flight.join().unwrap();
+    assert_eq!((status, id), (200, Some(ids[0])), "answered, from the primary");
+    assert!(
+        reset.elapsed() < Duration::from_secs(1),
+        "retried at once, {took:?} in all"
+    );
+    assert_eq!(retried() - retried_before, 1, "counted as retried on the primary");
+}
+
+#[test]
 fn a_write_on_one_instance_is_read_fresh_on_another_while_the_replica_is_behind() {
     let (services, replica, a) = start("max_replica_lag_ms = 60000");
-    let b = start_percore(&services, &replica, "max_replica_lag_ms = 60000");
+    let b = start_percore(&services, &replica.url, "max_replica_lag_ms = 60000");
     let (user_id, user) = a.sign_up("Writer");
     let (_, reader) = a.sign_up("Reader");
     // B knows both sessions and has the writer's documents in its memory.
@@ -336,7 +398,7 @@ fn session_checks_use_the_replica_only_while_it_is_as_safe_as_the_primary() {
     let (services, replica, a) = start("max_replica_lag_ms = 60000");
     // B reads, A writes: B's table of recent writers knows nothing of A's clients, so
     // only what every shard hears (invalidations) and what the rows say can protect B.
-    let b = start_percore(&services, &replica, "max_replica_lag_ms = 60000");
+    let b = start_percore(&services, &replica.url, "max_replica_lag_ms = 60000");
     let email = common::unique_email("Traveller");
     let body = json!({"email": email, "password": "correct horse battery", "name": "Traveller"});
     assert_eq!(a.call("POST", "/v1/auth/register", None, Some(&body)).status, 201);
