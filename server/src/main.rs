@@ -109,7 +109,7 @@ fn run_command(invocation: &Invocation, path: &std::path::Path, config: Config) 
             let id = invocation.job_to_retry.expect("parsed with the command");
             percore::engine::start::retry_job(&config.database, id).map(|done| println!("{done}"))
         }
-        _ => percore::engine::start::run(config).inspect_err(|e| log::error!("{e}")),
+        _ => percore::engine::start::run(config, path.to_path_buf()).inspect_err(|e| log::error!("{e}")),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,7 +125,17 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `[log] level`, unless RUST_LOG says otherwise. The logger itself lets everything
+/// through and the level is the global maximum, so a reload can raise or lower it.
 fn init_logging(level: &str) {
-    let env = env_logger::Env::default().default_filter_or(level);
-    env_logger::Builder::from_env(env).format_timestamp_millis().init();
+    let mut builder = env_logger::Builder::new();
+    builder.format_timestamp_millis();
+    match std::env::var("RUST_LOG") {
+        Ok(filters) => builder.parse_filters(&filters),
+        Err(_) => builder.filter_level(log::LevelFilter::Trace),
+    };
+    builder.init();
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Info));
+    }
 }

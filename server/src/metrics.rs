@@ -141,6 +141,8 @@ pub struct ShardMetrics {
     pub cache_breaker_open: AtomicU64,
     /// Milliseconds since the Unix epoch of the shard loop's last tick.
     pub heartbeat_ms: AtomicU64,
+    /// The configuration generation the shard has applied (0: start-up; each reload +1).
+    pub config_generation: AtomicU64,
     /// By `database.replicas` position; slots past the configured ones stay zero.
     pub replicas: [ReplicaMetrics; REPLICAS_MAX],
     /// Reads that could have used a replica but ran on the primary, by
@@ -407,6 +409,42 @@ fn render_globals(globals: &Globals, out: &mut String) {
     }
 }
 
+/// The configuration in force: reloads by result, a restart pending, its fingerprint and
+/// when it was loaded.
+pub struct ConfigState<'a> {
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
+    pub restart_pending: bool,
+    pub fingerprint: &'a str,
+    pub loaded_at_s: u64,
+}
+
+pub fn render_config(config: &ConfigState<'_>, out: &mut String) {
+    let name = "percore_config_reloads_total";
+    family(out, name, "counter", "Reloads of tuning.toml (SIGHUP), by result.");
+    let _ = writeln!(out, "{name}{{result=\"applied\"}} {}", config.reloads_applied);
+    let _ = writeln!(out, "{name}{{result=\"refused\"}} {}", config.reloads_refused);
+    let name = "percore_config_restart_pending";
+    family(
+        out,
+        name,
+        "gauge",
+        "1 when a reload changed a key that only a restart applies.",
+    );
+    let _ = writeln!(out, "{name} {}", u8::from(config.restart_pending));
+    let name = "percore_config_info";
+    family(
+        out,
+        name,
+        "gauge",
+        "The configuration in force, by its fingerprint (SHA-256 of its canonical TOML).",
+    );
+    let _ = writeln!(out, "{name}{{sha256=\"{}\"}} 1", config.fingerprint);
+    let name = "percore_config_loaded_timestamp_seconds";
+    family(out, name, "gauge", "When the configuration in force was loaded.");
+    let _ = writeln!(out, "{name} {}", config.loaded_at_s);
+}
+
 /// Per shard and replica: its connections, lag and reads; and the reads kept on the primary.
 fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) {
     if replicas == 0 {
@@ -460,7 +498,7 @@ pub fn render_jobs(jobs: &percore_workers::jobs::Handle, out: &mut String) {
     let families: [(&str, &str, &str, QueueValue); 8] = [
         ("percore_jobs_queue_depth", "gauge", "Jobs waiting in the queue (queued, or failed awaiting a retry), all processes.", |q| q.stats.depth.load(Relaxed)),
         ("percore_jobs_queue_oldest_age_seconds", "gauge", "How long the oldest runnable job of the queue has waited.", |q| q.stats.oldest_age_ms.load(Relaxed) / 1000),
-        ("percore_jobs_queue_max_depth", "gauge", "The queue's max_depth: past it POST /v1/jobs answers 503.", |q| q.max_depth),
+        ("percore_jobs_queue_max_depth", "gauge", "The queue's max_depth: past it POST /v1/jobs answers 503.", |q| q.max_depth()),
         ("percore_jobs_running", "gauge", "Jobs this process's workers are running.", |q| q.stats.running.load(Relaxed)),
         ("percore_jobs_done_total", "counter", "Jobs this process's workers finished.", |q| q.stats.done.load(Relaxed)),
         ("percore_jobs_retried_total", "counter", "Failed attempts this process scheduled a retry for.", |q| q.stats.retried.load(Relaxed)),

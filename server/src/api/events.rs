@@ -70,7 +70,7 @@ pub async fn post_event(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>
         )]));
     }
     let webhooks = super::job_queue(ctx.shard, "webhook");
-    let max_attempts = webhooks.max_attempts as i32;
+    let max_attempts = webhooks.max_attempts() as i32;
     let rows = ctx
         .sql
         .query(

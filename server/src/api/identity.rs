@@ -96,7 +96,7 @@ pub async fn register(ctx: &Ctx<'_>, body: &mut Vec<u8>) -> Answer {
         "text": format!("Hello {},\n\nyour percore account is ready.\n", input.name),
     })
     .to_string();
-    let max_attempts = queue.max_attempts as i32;
+    let max_attempts = queue.max_attempts() as i32;
     let rows = ctx
         .sql
         .query(

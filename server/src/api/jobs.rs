@@ -74,7 +74,7 @@ pub async fn post_job(ctx: &Ctx<'_>, principal: &Principal, body: &mut Vec<u8>) 
             ctx.shard.config().workers.retry_after_s,
         ));
     };
-    let max_attempts = queue.max_attempts as i32;
+    let max_attempts = queue.max_attempts() as i32;
     let rows = ctx
         .sql
         .query(

@@ -92,6 +92,16 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
     let mut text = String::with_capacity(16 * 1024);
     metrics::render(&shards, &globals, &mut text);
     metrics::render_jobs(&shard.shared.jobs, &mut text);
+    let live = &shard.shared.live;
+    let (_, _, fingerprint) = live.current();
+    let config = metrics::ConfigState {
+        reloads_applied: live.reloads_applied.load(Relaxed),
+        reloads_refused: live.reloads_refused.load(Relaxed),
+        restart_pending: live.restart_pending.load(Relaxed),
+        fingerprint: &fingerprint,
+        loaded_at_s: live.loaded_at_s.load(Relaxed),
+    };
+    metrics::render_config(&config, &mut text);
     body.extend_from_slice(text.as_bytes());
     Ok(Reply::new(200, response::PROMETHEUS_TEXT))
 }

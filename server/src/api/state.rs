@@ -15,7 +15,10 @@ use std::sync::atomic::AtomicBool;
 
 /// Process-wide state, created once at start-up and never freed.
 pub struct Shared {
+    /// The start-up configuration: in force for every restart-only key. Live keys are
+    /// applied from `live` by each shard and the reload itself.
     pub config: Config,
+    pub live: crate::config::live::Published,
     pub metrics: Vec<ShardMetrics>,
     pub workers: percore_workers::Handle,
     /// The durable job queues: shards admit jobs against their depth and wake them.

@@ -11,6 +11,7 @@
 
 mod api;
 mod http;
+pub mod live;
 mod server;
 mod workers;
 

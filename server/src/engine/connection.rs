@@ -14,7 +14,6 @@ use crate::http::{ApiError, Method, Reply, Request};
 use crate::metrics::ShardMetrics;
 use crate::runtime::deadlines::ReadDeadline;
 use crate::runtime::{self, TcpStream};
-use crate::units::ms;
 use futures::AsyncWriteExt;
 use std::future::Future;
 use std::io;
@@ -25,7 +24,7 @@ use std::time::Duration;
 pub async fn serve(shard: Rc<ShardService>, stream: TcpStream) {
     let http = &shard.config().http;
     let _ = stream.set_nodelay(http.tcp_nodelay);
-    let _ = stream.set_write_timeout(Some(ms(http.write_timeout_ms)));
+    let _ = stream.set_write_timeout(Some(shard.write_timeout.get()));
     let deadline = shard.deadlines.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let mut socket = ClientSocket {
         stream,
@@ -81,8 +80,8 @@ impl Service for ShardService {
     type Label = Label;
     type Pending<'r> = Pending<'r>;
 
-    fn limits(&self) -> &ConnLimits {
-        &self.conn_limits
+    fn limits(&self) -> ConnLimits {
+        self.conn_limits.get()
     }
 
     fn date(&self) -> &DateCache {

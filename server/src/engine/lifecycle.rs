@@ -7,13 +7,25 @@ use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// SIGTERM or SIGINT: tell systemd we are stopping and ask every shard to drain.
-pub fn watch_signals(shared: &'static Shared, stopping: &'static Stopping) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+/// SIGHUP: reload `config_path` (`reload`). SIGTERM or SIGINT: tell systemd we are
+/// stopping and ask every shard to drain.
+pub fn watch_signals(
+    shared: &'static Shared,
+    stopping: &'static Stopping,
+    config_path: std::path::PathBuf,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("percore-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            let stop = signals.forever().find(|signal| {
+                if *signal == SIGHUP {
+                    super::reload::reload(shared, &config_path);
+                }
+                *signal != SIGHUP
+            });
+            if let Some(signal) = stop {
                 log::info!(
                     "signal {signal}: draining (at most {} ms)",
                     shared.config.server.shutdown_timeout_ms
@@ -26,8 +38,8 @@ pub fn watch_signals(shared: &'static Shared, stopping: &'static Stopping) -> st
                     let _ = stop.send(());
                 }
             }
-            // A second signal while draining: stop at once.
-            if signals.forever().next().is_some() {
+            // A second stopping signal while draining: stop at once.
+            if signals.forever().any(|signal| signal != SIGHUP) {
                 log::warn!("second signal: exiting without waiting");
                 std::process::exit(1);
             }
@@ -39,7 +51,7 @@ pub fn notify_ready() {
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
-fn notify(state: &[NotifyState]) {
+pub(super) fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         log::warn!("sd_notify failed: {e}");
     }

@@ -39,8 +39,12 @@ pub struct Stopping {
 pub struct ShardService {
     pub app: Rc<Shard>,
     pub date: DateCache,
-    /// `[http]` as each connection's loop obeys it.
-    pub conn_limits: ConnLimits,
+    /// `[http]` as each connection's loop obeys it, taken when the connection starts (a
+    /// reload changes them for later connections).
+    pub conn_limits: Cell<ConnLimits>,
+    pub write_timeout: Cell<Duration>,
+    /// The configuration generation this shard has applied (`engine::reload`).
+    pub applied_generation: Cell<u64>,
     /// Shutting down: finish what was read, answer with `Connection: close`.
     pub draining: Cell<bool>,
     /// Requests read but not yet answered on this shard.
@@ -88,7 +92,9 @@ pub async fn run(
     let shard = Rc::new(ShardService {
         app,
         date: DateCache::default(),
-        conn_limits: conn_limits(&config.http),
+        conn_limits: Cell::new(conn_limits(&config.http)),
+        write_timeout: Cell::new(ms(config.http.write_timeout_ms)),
+        applied_generation: Cell::new(0),
         draining: Cell::new(false),
         in_flight: Cell::new(0),
         deadlines: Sweeper::default(),
@@ -160,7 +166,7 @@ fn application(id: usize, shared: &'static Shared) -> Rc<Shard> {
     })
 }
 
-fn conn_limits(http: &crate::config::Http) -> ConnLimits {
+pub fn conn_limits(http: &crate::config::Http) -> ConnLimits {
     ConnLimits {
         head: crate::http::head::HeadLimits {
             request_line_bytes_max: http.request_line_bytes_max,
@@ -189,6 +195,7 @@ async fn tick(shard: Rc<ShardService>) {
     loop {
         shard.app.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
+        super::reload::apply_if_new(&shard);
         runtime::sleep(interval).await;
     }
 }

@@ -208,7 +208,7 @@ fn conflicts(held: std::net::SocketAddr, wanted: std::net::SocketAddr) -> bool {
 }
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String> {
     let placement = place(&config, &usable_cpus());
     ensure_schema(&config.database, config.database.auto_migrate)?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
@@ -240,10 +240,11 @@ pub fn run(config: Config) -> Result<(), String> {
         redis_target: targets.redis,
         dummy_password_hash,
         memory_pressure: AtomicBool::new(false),
+        live: crate::config::live::Published::new(&config),
         config,
     }));
     let stopping: &'static Stopping = Box::leak(Box::default());
-    lifecycle::watch_signals(shared, stopping).map_err(|e| format!("installing signal handlers: {e}"))?;
+    lifecycle::watch_signals(shared, stopping, config_path).map_err(|e| format!("installing signal handlers: {e}"))?;
     lifecycle::start_memory_guard(shared).map_err(|e| format!("starting the memory guard: {e}"))?;
     let handles = start_shards(shared, stopping, &placement.shard_cpus)?;
     log::info!(

@@ -15,7 +15,7 @@ use super::error::{ApiError, HttpError, error_reply};
 use super::head::{self, Parsed};
 use super::request::{Framing, HeaderSpan, Method, Request, Version};
 use super::response::{Encoder, Persistence, Reply};
-use super::service::{Routed, Service, Transport};
+use super::service::{ConnLimits, Routed, Service, Transport};
 use futures::FutureExt;
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -34,6 +34,8 @@ pub async fn serve<S: Service, T: Transport>(service: &S, transport: &mut T) -> 
     service.connection_opened();
     let mut conn = Conn {
         service,
+        // Taken once: a reload changes the limits of connections accepted after it.
+        limits: service.limits(),
         peer: transport.peer_ip(),
         transport,
         read: vec![0; READ_BUFFER_BYTES_INITIAL],
@@ -54,6 +56,7 @@ pub async fn serve<S: Service, T: Transport>(service: &S, transport: &mut T) -> 
 
 struct Conn<'c, S: Service, T> {
     service: &'c S,
+    limits: ConnLimits,
     peer: std::net::IpAddr,
     transport: &'c mut T,
     /// Bytes read; `start..end` is what is not yet consumed. The request being handled
@@ -120,10 +123,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                 // such waits soon after the drain begins.
                 let idle = self.start == self.end;
                 let timeout = self.head_timeout(&mut wait, idle);
-                match self
-                    .fill(timeout, self.service.limits().head.head_bytes_max, idle)
-                    .await
-                {
+                match self.fill(timeout, self.limits.head.head_bytes_max, idle).await {
                     Ok(0) => return Ok(()),
                     Ok(_) => self.head_started(&mut wait),
                     Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
@@ -190,7 +190,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                 self.flush().await?;
                 return Ok(());
             }
-            if self.write.len() >= self.service.limits().write_buffer_bytes_max {
+            if self.write.len() >= self.limits.write_buffer_bytes_max {
                 self.flush().await?;
             }
         }
@@ -198,15 +198,14 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
 
     /// Parses the head at `start` from what the buffer holds.
     fn parse_head(&mut self) -> Result<Parsed, HttpError> {
-        let limits = self.service.limits();
         let bytes = &self.read[self.start..self.end];
-        head::parse(bytes, &limits.head, limits.headers_count_max, &mut self.spans)
+        head::parse(bytes, &self.limits.head, self.limits.headers_count_max, &mut self.spans)
     }
 
     /// How long to wait for more of the head at `start`: the idle timeout before its
     /// first byte, then what is left of its header timeout, which starts at that byte.
     fn head_timeout(&self, wait: &mut Wait, idle: bool) -> Duration {
-        let limits = self.service.limits();
+        let limits = &self.limits;
         match *wait {
             Wait::Idle if idle => limits.idle_timeout,
             Wait::Idle => {
@@ -223,16 +222,16 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
     fn head_started(&self, wait: &mut Wait) {
         if matches!(wait, Wait::Idle) {
             *wait = Wait::Head {
-                deadline: self.ready_at + self.service.limits().header_read_timeout,
+                deadline: self.ready_at + self.limits.header_read_timeout,
             };
         }
     }
 
     /// Makes the body of the request at `start` available. `Ok(None)`: the peer went away.
     async fn read_body(&mut self, head: &head::Head) -> Result<Option<BodyAt>, BodyError> {
-        let limits = self.service.limits();
+        let body_bytes_max = self.limits.head.body_bytes_max;
         let body_start = self.start + head.len;
-        let deadline = self.ready_at + limits.body_read_timeout;
+        let deadline = self.ready_at + self.limits.body_read_timeout;
         match head.framing {
             Framing::Length(length) => {
                 let needed = head.len + length;
@@ -257,7 +256,7 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
                 if head.expect_continue && body_start == self.end {
                     self.send_continue().await?;
                 }
-                let mut decoder = ChunkedDecoder::new(limits.head.body_bytes_max);
+                let mut decoder = ChunkedDecoder::new(body_bytes_max);
                 self.chunked.clear();
                 loop {
                     // Decoded bytes are cut out of the read buffer at once, so it holds

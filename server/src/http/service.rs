@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 /// The limits and timeouts one connection obeys (the `[http]` section, as the loop needs it).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     /// Request line, head and body sizes, as `head::parse` enforces them.
     pub head: super::head::HeadLimits,
@@ -45,7 +45,8 @@ pub trait Service {
     /// A routed request whose handler is still to run; it may borrow the request's bytes.
     type Pending<'r>;
 
-    fn limits(&self) -> &ConnLimits;
+    /// The limits for a connection starting now (taken once per connection).
+    fn limits(&self) -> ConnLimits;
     /// The Date header's value, refreshed by the shard once a second.
     fn date(&self) -> &super::date::DateCache;
     /// Shutting down: answer what was read, then close.

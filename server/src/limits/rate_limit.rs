@@ -124,7 +124,9 @@ pub struct Refused {
 
 /// A shard's buckets, one throttle per class.
 pub struct Limiter {
-    settings: Settings,
+    /// A reload replaces the class limits and the Redis timeout; mode and tracked_max
+    /// are restart-only.
+    settings: RefCell<Settings>,
     trusted_proxies: Vec<ipnet::IpNet>,
     classes: [RefCell<Throttle>; 4],
 }
@@ -139,25 +141,42 @@ impl Limiter {
                 throttle(settings.auth),
                 throttle(settings.jobs),
             ],
-            settings: settings.clone(),
+            settings: RefCell::new(settings.clone()),
             trusted_proxies,
         }
     }
 
     pub fn mode(&self) -> Mode {
-        self.settings.mode
+        self.settings.borrow().mode
     }
 
     pub fn redis_timeout(&self) -> std::time::Duration {
-        crate::units::ms(self.settings.redis_timeout_ms)
+        crate::units::ms(self.settings.borrow().redis_timeout_ms)
     }
 
     pub fn limit(&self, class: Class) -> ClassLimit {
+        let settings = self.settings.borrow();
         match class {
-            Class::Read => self.settings.read,
-            Class::Write => self.settings.write,
-            Class::Auth => self.settings.auth,
-            Class::Jobs => self.settings.jobs,
+            Class::Read => settings.read,
+            Class::Write => settings.write,
+            Class::Auth => settings.auth,
+            Class::Jobs => settings.jobs,
+        }
+    }
+
+    /// A reload: new class limits (buckets keep their tokens, capped at the new burst)
+    /// and Redis timeout.
+    pub fn reconfigure(&self, settings: &Settings) {
+        *self.settings.borrow_mut() = settings.clone();
+        for (class, limit) in [Class::Read, Class::Write, Class::Auth, Class::Jobs].into_iter().zip([
+            settings.read,
+            settings.write,
+            settings.auth,
+            settings.jobs,
+        ]) {
+            self.classes[class as usize]
+                .borrow_mut()
+                .reconfigure(limit.rate, limit.burst);
         }
     }
 

@@ -60,6 +60,13 @@ impl Throttle {
         }
     }
 
+    /// A reload's rate and burst; buckets keep their tokens, capped at the new burst.
+    pub fn reconfigure(&mut self, per_second: f64, burst: u32) {
+        assert!(per_second > 0.0 && burst > 0);
+        self.per_second = per_second;
+        self.burst = f64::from(burst);
+    }
+
     /// Takes one attempt for every key, or none: `Err(seconds)` until the first refused
     /// key has a token again.
     pub fn attempt(&mut self, keys: &[Key], now: Instant) -> Result<(), u64> {

@@ -47,3 +47,13 @@ pub struct Store {
     pub redis_settings: &'static settings::Redis,
     pub cache_settings: &'static settings::Cache,
 }
+
+impl Store {
+    /// A reload: pool waits and statement timeouts, and cache lifetimes (see
+    /// `config::live` for what changes when).
+    pub fn reconfigure(&self, database: &settings::Database, cache: &settings::Cache) {
+        self.db.reconfigure(database);
+        self.replicas.reconfigure(database);
+        self.cache.reconfigure(cache);
+    }
+}

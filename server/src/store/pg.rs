@@ -90,7 +90,9 @@ pub struct Pool {
     reads: Group,
     /// Empty when `write_connections_per_shard` is 0: writes then fall back to `reads`.
     writes: Group,
-    pool_wait: Duration,
+    pool_wait: Cell<Duration>,
+    /// For connections opened from now on (a reload may change it).
+    statement_timeout_ms: Cell<u64>,
     queued_max: usize,
 }
 
@@ -161,7 +163,8 @@ impl Pool {
             slots: (0..total).map(|_| RefCell::new(None)).collect(),
             reads: Group::new(0..readers, depth, pool_wait),
             writes: Group::new(readers..total, depth, pool_wait),
-            pool_wait,
+            pool_wait: Cell::new(pool_wait),
+            statement_timeout_ms: Cell::new(settings.statement_timeout_ms),
             queued_max: settings.queued_max,
         });
         for slot in 0..total {
@@ -196,7 +199,7 @@ impl Pool {
     /// statement in, so this one is not refused for a full queue (admission is per
     /// request: refusing a request's tenth statement would waste the nine before it).
     pub async fn conn(&self, kind: Kind, admitted: bool, metrics: &ShardMetrics) -> Result<Lease, Unavailable> {
-        let deadline = Instant::now() + self.pool_wait;
+        let deadline = Instant::now() + self.pool_wait.get();
         let (own, other) = match kind {
             Kind::Read => (&self.reads, &self.writes),
             Kind::Write => (&self.writes, &self.reads),
@@ -231,6 +234,16 @@ impl Pool {
                 Err(Unavailable::Busy)
             }
         }
+    }
+
+    /// A reload: `pool_wait_ms` for waits that begin after it, `statement_timeout_ms` for
+    /// connections opened after it (and for the silence deadline of all).
+    pub fn reconfigure(&self, settings: &Database) {
+        let wait = ms(settings.pool_wait_ms);
+        self.pool_wait.set(wait);
+        self.reads.room.set_wait(wait);
+        self.writes.room.set_wait(wait);
+        self.statement_timeout_ms.set(settings.statement_timeout_ms);
     }
 
     /// Whether any connection is usable now: a replica without one is skipped at once
@@ -316,13 +329,13 @@ impl Supervisor {
         client: &Client,
         connection: percore_pg::Connection<TcpStream>,
     ) -> Result<(), percore_pg::Error> {
-        let deadline = ms(self.settings.statement_timeout_ms + self.settings.deadline_margin_ms);
+        let deadline = || ms(self.pool.statement_timeout_ms.get() + self.settings.deadline_margin_ms);
         let check = ms((self.settings.deadline_margin_ms / 2).max(10));
         let watch = async {
             let mut idle_since = Instant::now();
             loop {
                 runtime::sleep(check).await;
-                if client.waiting_since().is_some_and(|since| since.elapsed() > deadline) {
+                if client.waiting_since().is_some_and(|since| since.elapsed() > deadline()) {
                     client.abort();
                     return;
                 }
@@ -370,6 +383,7 @@ impl Supervisor {
         let connect_timeout = ms(self.settings.connect_timeout_ms);
         let mut config = self.target.config.clone();
         config.set_param("application_name", &self.application_name);
+        config.set_param("statement_timeout", &self.pool.statement_timeout_ms.get().to_string());
         let statements: Vec<&str> = Stmt::ALL.iter().map(|stmt| stmt.sql()).collect();
         let mut errors = Vec::new();
         for addr in &self.target.addrs {

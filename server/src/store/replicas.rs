@@ -116,6 +116,13 @@ pub struct Replicas {
 }
 
 impl Replicas {
+    /// A reload's `[database]` pool settings, on every replica's pool.
+    pub fn reconfigure(&self, settings: &Database) {
+        for replica in &self.replicas {
+            replica.pool.reconfigure(settings);
+        }
+    }
+
     /// Opens `connections_per_shard` to each replica and starts the sampler on this shard.
     pub fn start(
         targets: &[Target],

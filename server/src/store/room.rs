@@ -24,7 +24,7 @@ pub struct Room {
     line: RefCell<VecDeque<Rc<Waiter>>>,
     /// Waiters still `Waiting` (the line may also hold answered ones not yet popped).
     waiting: Cell<usize>,
-    wait: Duration,
+    wait: Cell<Duration>,
     /// A sweeper task is alive; at most one per room.
     sweeping: Cell<bool>,
 }
@@ -61,9 +61,14 @@ impl Room {
             free: Cell::new(units),
             line: RefCell::new(VecDeque::new()),
             waiting: Cell::new(0),
-            wait,
+            wait: Cell::new(wait),
             sweeping: Cell::new(false),
         })
+    }
+
+    /// A reload's `pool_wait_ms`, for waits that begin after it.
+    pub fn set_wait(&self, wait: Duration) {
+        self.wait.set(wait);
     }
 
     /// A unit now, if one is free and no one waits for it.
@@ -101,7 +106,7 @@ impl Room {
             };
         }
         let waiter = Rc::new(Waiter {
-            deadline: Instant::now() + self.wait,
+            deadline: Instant::now() + self.wait.get(),
             state: Cell::new(State::Waiting),
             waker: RefCell::new(None),
         });

@@ -22,7 +22,7 @@ pub use runner::Runtime;
 
 use crossbeam_channel::Sender;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// The configuration the workers need.
 #[derive(Debug, Clone, Default)]
@@ -57,20 +57,48 @@ pub struct QueueHandle {
     pub name: String,
     /// Worker threads of this queue in this process (0 when `jobs.run` is off).
     pub threads: usize,
-    pub max_depth: u64,
-    pub max_attempts: u32,
+    /// Live: a reload changes them (`reconfigure`).
+    max_depth: AtomicU64,
+    max_attempts: AtomicU32,
     pub stats: Arc<QueueStats>,
     wake: Sender<()>,
 }
 
 impl QueueHandle {
+    pub fn new(
+        name: String,
+        threads: usize,
+        max_depth: u64,
+        max_attempts: u32,
+        stats: Arc<QueueStats>,
+        wake: Sender<()>,
+    ) -> Self {
+        QueueHandle {
+            name,
+            threads,
+            max_depth: AtomicU64::new(max_depth),
+            max_attempts: AtomicU32::new(max_attempts),
+            stats,
+            wake,
+        }
+    }
+
+    pub fn max_depth(&self) -> u64 {
+        self.max_depth.load(Relaxed)
+    }
+
+    /// Attempts a job enqueued now gets.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.load(Relaxed)
+    }
+
     /// Counts one more job against `max_depth` while its insert runs; `None` (counted as
     /// rejected) when the queue is full.
     pub fn admit(&self) -> Option<Admission<'_>> {
         let stats = &self.stats;
         let waiting =
             stats.depth.load(Relaxed) + stats.committed_since_sample.load(Relaxed) + stats.pending.load(Relaxed);
-        if waiting >= self.max_depth {
+        if waiting >= self.max_depth() {
             stats.rejected.fetch_add(1, Relaxed);
             return None;
         }
@@ -128,6 +156,17 @@ impl Handle {
 
     pub fn queue(&self, name: &str) -> Option<&QueueHandle> {
         self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// A reload: each queue's `max_depth` at once, and its attempts for jobs enqueued
+    /// after (queues are restart-only: a name not running here is ignored).
+    pub fn reconfigure(&self, jobs: &config::Jobs) {
+        for queue in self.queues.iter() {
+            if let Some(settings) = jobs.queues.get(&queue.name) {
+                queue.max_depth.store(settings.max_depth, Relaxed);
+                queue.max_attempts.store(jobs.max_attempts_of(settings), Relaxed);
+            }
+        }
     }
 
     pub fn queues(&self) -> &[QueueHandle] {

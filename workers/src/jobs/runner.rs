@@ -121,14 +121,14 @@ impl Runtime {
                     .map_err(|e| format!("starting a job thread: {e}"))?;
                 workers.push(thread);
             }
-            queues.push(QueueHandle {
-                name: name.clone(),
-                threads: if jobs.run { queue.threads } else { 0 },
-                max_depth: queue.max_depth,
-                max_attempts: jobs.max_attempts_of(queue),
+            queues.push(QueueHandle::new(
+                name.clone(),
+                if jobs.run { queue.threads } else { 0 },
+                queue.max_depth,
+                jobs.max_attempts_of(queue),
                 stats,
                 wake,
-            });
+            ));
         }
         let handle = Handle {
             queues: Arc::new(queues),

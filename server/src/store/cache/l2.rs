@@ -44,7 +44,7 @@ const INVALIDATE_SCRIPT: &str = "for i = 1, #KEYS, 2 do \
 pub struct L2 {
     redis: Rc<RedisClient>,
     prefix: String,
-    ttl_s: u64,
+    ttl_s: Cell<u64>,
     timeout: Duration,
     backoff: Duration,
     open_until: Cell<Option<Instant>>,
@@ -65,7 +65,7 @@ impl L2 {
         L2 {
             redis,
             prefix: settings.key_prefix.clone(),
-            ttl_s: settings.ttl_s,
+            ttl_s: Cell::new(settings.ttl_s),
             timeout: ms(settings.redis_timeout_ms),
             backoff: ms(settings.breaker_backoff_ms),
             open_until: Cell::new(None),
@@ -122,6 +122,11 @@ impl L2 {
 
     /// As `put`, without making the request that loaded the values wait for Redis: a late
     /// store is as safe as a prompt one, since the generation check happens in Redis.
+    /// A reload's `ttl_s`, for values stored after it.
+    pub fn set_ttl_s(&self, ttl_s: u64) {
+        self.ttl_s.set(ttl_s);
+    }
+
     pub fn put_later(l2: &Rc<L2>, entries: Vec<(Key, Vec<u8>, Cached)>) {
         if entries.is_empty() {
             return;
@@ -140,7 +145,7 @@ impl L2 {
         for (key, _, _) in entries {
             cmd.arg(self.value_key(key)).arg(self.generation_key(key));
         }
-        cmd.arg(self.ttl_s);
+        cmd.arg(self.ttl_s.get());
         for (_, generation, value) in entries {
             cmd.arg(generation.as_slice()).arg(encode(value));
         }
@@ -157,7 +162,7 @@ impl L2 {
         }
         // Generations outlive the values they guard; one that expired reads as "0", which
         // only ever makes a racing load skip its store.
-        cmd.arg(self.ttl_s * 2).arg(channel).arg(message);
+        cmd.arg(self.ttl_s.get() * 2).arg(channel).arg(message);
         match self.call(&cmd).await {
             Ok(Value::Int(receivers)) => Some(receivers.max(0) as usize),
             _ => None,

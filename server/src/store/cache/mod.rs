@@ -146,7 +146,7 @@ type Loaded = Result<Option<Cached>, StoreError>;
 pub struct Cache {
     enabled: bool,
     l1: RefCell<quick_cache::unsync::Cache<Key, Entry>>,
-    l1_ttl: Duration,
+    l1_ttl: Cell<Duration>,
     flights: RefCell<HashMap<Key, Rc<Flight>>>,
     /// Per kind of key, bumped by every invalidation of that kind. Entries cached outside a
     /// flight (sessions read by the statement that checks them, users read in a batch) are
@@ -162,6 +162,12 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// A reload's lifetimes: `l1_ttl_ms` and `ttl_s`, for entries stored after it.
+    pub fn reconfigure(&self, settings: &config::Cache) {
+        self.l1_ttl.set(units::ms(settings.l1_ttl_ms));
+        self.l2.set_ttl_s(settings.ttl_s);
+    }
+
     pub fn new(
         settings: &config::Cache,
         database: &config::Database,
@@ -172,7 +178,7 @@ impl Cache {
         Cache {
             enabled: settings.enabled,
             l1: RefCell::new(quick_cache::unsync::Cache::new(settings.l1_entries)),
-            l1_ttl: units::ms(settings.l1_ttl_ms),
+            l1_ttl: Cell::new(units::ms(settings.l1_ttl_ms)),
             flights: RefCell::new(HashMap::new()),
             epochs: Default::default(),
             recent: RefCell::new(recent::RecentInvalidations::new(
@@ -197,7 +203,7 @@ impl Cache {
         let l1 = self.l1.borrow();
         let found = l1
             .get(key)
-            .filter(|e| e.loaded.elapsed() < self.l1_ttl)
+            .filter(|e| e.loaded.elapsed() < self.l1_ttl.get())
             .map(|e| e.value.clone());
         let counter = if found.is_some() {
             &self.metrics.cache_l1_hits

@@ -1,0 +1,154 @@
+//! Tuning while serving: SIGHUP rereads tuning.toml under load. A lowered rate limit bites
+//! within a second and a raised one lets go; an invalid file changes nothing and is
+//! logged with its key; a restart-only key is named and flagged; no request fails.
+
+mod common;
+use common::{Server, Services, Tuning, metric_sum};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// (sent, status) for every request; status 0: sent and never answered.
+type Samples = Vec<(Duration, u16)>;
+
+/// `threads` clients on keep-alive connections send GET /v1/me with `token` until `stop`.
+fn load(
+    port: u16,
+    token: &str,
+    threads: usize,
+    began: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Samples>> {
+    (0..threads)
+        .map(|_| {
+            let (token, stop) = (token.to_string(), stop.clone());
+            std::thread::spawn(move || {
+                let request = common::api_request("GET", "/v1/me", Some(&token), None);
+                let mut samples = Vec::new();
+                let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut reader = common::ResponseReader::new(&stream);
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = began.elapsed();
+                    let answered = std::io::Write::write_all(&mut &stream, request.as_bytes())
+                        .ok()
+                        .and_then(|()| reader.next(false));
+                    samples.push((sent, answered.as_ref().map_or(0, |r| r.status)));
+                    if answered.is_none() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                samples
+            })
+        })
+        .collect()
+}
+
+fn config(port: u16, services: &Services, read_limit: &str, server: &str) -> String {
+    let extra = format!("[rate_limit.read]\n{read_limit}\n");
+    Tuning {
+        server,
+        extra: &extra,
+        ..Tuning::new(port, services)
+    }
+    .render()
+}
+
+#[test]
+fn a_reload_under_load_moves_the_rate_limit_within_a_second_and_a_bad_file_changes_nothing() {
+    const UNLIMITED: &str = "rate = 1000000.0\nburst = 1000000";
+    const TIGHT: &str = "rate = 20.0\nburst = 20";
+    let services = Services::start();
+    let port = common::free_port();
+    let shards = "shards = 2\nshutdown_timeout_ms = 5000";
+    let server = Server::start_with_config(port, &config(port, &services, UNLIMITED, shards), &[]);
+    let path = server.dir.join("tuning.toml");
+    let (_, token) = server.sign_up("Reloaded");
+    let reload = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        server.signal(libc::SIGHUP);
+    };
+    let began = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(port, &token, 4, began, &stop);
+
+    std::thread::sleep(Duration::from_secs(1));
+    let tightened = began.elapsed();
+    reload(&config(port, &services, TIGHT, shards));
+    std::thread::sleep(Duration::from_millis(1500));
+    let loosened = began.elapsed();
+    reload(&config(port, &services, UNLIMITED, shards));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Invalid: refused, logged with its key; the unlimited configuration stays.
+    let broken = began.elapsed();
+    reload(&config(port, &services, "rate = -1.0\nburst = 20", shards));
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let mut samples: Samples = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    samples.sort();
+
+    let unexpected: Vec<_> = samples.iter().filter(|(_, s)| *s != 200 && *s != 429).collect();
+    assert!(
+        unexpected.is_empty(),
+        "only 200 and 429, every request answered: {unexpected:?}"
+    );
+    let limited: Vec<Duration> = samples.iter().filter(|(_, s)| *s == 429).map(|(at, _)| *at).collect();
+    assert!(!limited.is_empty(), "the tightened limit never bit");
+    let (first, last) = (limited[0], limited[limited.len() - 1]);
+    eprintln!(
+        "429s from {:?} after the tightening reload to {:?} after the loosening one",
+        first - tightened,
+        last.saturating_sub(loosened)
+    );
+    assert!(first > tightened, "no 429 before the reload: {first:?}");
+    assert!(
+        first - tightened < Duration::from_secs(1),
+        "429s began {:?} after",
+        first - tightened
+    );
+    assert!(
+        last < loosened + Duration::from_secs(1),
+        "429s went on {:?} after the loosening reload",
+        last - loosened
+    );
+    assert!(
+        samples.iter().any(|(at, s)| *at > broken && *s == 200),
+        "served after the bad file"
+    );
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("reload refused") && stderr.contains("rate_limit.read.rate"),
+        "{stderr}"
+    );
+    let metrics = server.get("/metrics").text();
+    assert_eq!(
+        metric_sum(&metrics, "percore_config_reloads_total{", "applied"),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(metric_sum(&metrics, "percore_config_reloads_total{", "refused"), 1);
+    assert_eq!(metric_sum(&metrics, "percore_config_restart_pending", ""), 0);
+
+    // A restart-only key: named in one warning, flagged until a restart, not applied.
+    reload(&config(
+        port,
+        &services,
+        UNLIMITED,
+        "shards = 1\nshutdown_timeout_ms = 5000",
+    ));
+    let flagged = percore_testkit::wait_until(Duration::from_secs(2), || {
+        metric_sum(&server.get("/metrics").text(), "percore_config_restart_pending", "") == 1
+    });
+    assert!(flagged, "restart_pending never set");
+    assert!(
+        server
+            .stderr()
+            .contains("need a restart and keep their running values until then: server.shards")
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("percore_http_requests_total{shard=\"1\""),
+        "still two shards"
+    );
+}
