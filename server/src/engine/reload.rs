@@ -74,12 +74,12 @@ pub fn reload(shared: &'static Shared, path: &std::path::Path) {
     notify(&[NotifyState::Ready]);
 }
 
-/// What lives outside the shards: the log level and the job queues.
+/// What lives outside the shards: the log level, the job queues, the webhook timeout.
 fn apply_process_wide(shared: &Shared, config: &Config) {
     if let Ok(level) = config.log.level.parse::<log::LevelFilter>() {
         log::set_max_level(level);
     }
-    shared.jobs.reconfigure(&config.jobs);
+    shared.jobs.reconfigure(&config.jobs, &config.webhooks);
 }
 
 /// On a shard, at each tick: applies the published configuration if it is newer than the

@@ -136,6 +136,8 @@ impl Drop for Admission<'_> {
 pub struct Handle {
     queues: Arc<Vec<QueueHandle>>,
     settings: Arc<Settings>,
+    /// The workers' `webhooks.timeout_ms`, which a reload changes.
+    webhook_timeout_ms: Arc<AtomicU64>,
     /// Dropped to tell the workers to stop claiming (shutdown).
     stop_workers: Arc<std::sync::Mutex<Option<Sender<()>>>>,
 }
@@ -159,8 +161,10 @@ impl Handle {
     }
 
     /// A reload: each queue's `max_depth` at once, and its attempts for jobs enqueued
-    /// after (queues are restart-only: a name not running here is ignored).
-    pub fn reconfigure(&self, jobs: &config::Jobs) {
+    /// after (queues are restart-only: a name not running here is ignored); the webhook
+    /// timeout for deliveries that start after.
+    pub fn reconfigure(&self, jobs: &config::Jobs, webhooks: &config::Webhooks) {
+        self.webhook_timeout_ms.store(webhooks.timeout_ms, Relaxed);
         for queue in self.queues.iter() {
             if let Some(settings) = jobs.queues.get(&queue.name) {
                 queue.max_depth.store(settings.max_depth, Relaxed);

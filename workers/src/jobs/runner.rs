@@ -133,6 +133,7 @@ impl Runtime {
         let handle = Handle {
             queues: Arc::new(queues),
             settings: settings.clone(),
+            webhook_timeout_ms: ctx.webhook_timeout_ms.clone(),
             stop_workers: Arc::new(std::sync::Mutex::new(Some(stop_workers))),
         };
         let mut background = Vec::new();

@@ -55,6 +55,8 @@ pub struct Context {
     pub settings: Arc<Settings>,
     pub mailer: email::Mailer,
     pub http: ureq::Agent,
+    /// `webhooks.timeout_ms`, live: a reload changes it for deliveries that start after.
+    pub webhook_timeout_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Context {
@@ -62,6 +64,7 @@ impl Context {
         Context {
             mailer: email::Mailer::new(&settings.email),
             http: webhook::agent(&settings.webhooks),
+            webhook_timeout_ms: Arc::new(std::sync::atomic::AtomicU64::new(settings.webhooks.timeout_ms)),
             db,
             settings,
         }

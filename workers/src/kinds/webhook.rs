@@ -86,6 +86,9 @@ pub fn deliver(ctx: &Context, job: &Claimed) -> Result<serde_json::Value, JobErr
     let outcome = ctx
         .http
         .post(&url)
+        .timeout(Duration::from_millis(
+            ctx.webhook_timeout_ms.load(std::sync::atomic::Ordering::Relaxed),
+        ))
         .set("Content-Type", "application/json")
         .set(DELIVERY_HEADER, &job.id.to_string())
         .set(TIMESTAMP_HEADER, &timestamp.to_string())
