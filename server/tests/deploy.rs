@@ -68,11 +68,41 @@ fn systemd_unit_verifies() {
 }
 
 #[test]
+fn the_socket_unit_and_its_service_verify_together() {
+    let socket = shipped_unit("percore.socket", &["ListenStream=", "Backlog=", "ReusePort=no"]);
+    let service = shipped_unit(
+        "percore.service",
+        &["ExecReload=/bin/kill -HUP $MAINPID", "percore.socket"],
+    );
+    let dir = std::env::temp_dir().join(format!("percore-socket-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("percore.socket"), socket).unwrap();
+    std::fs::write(
+        dir.join("percore.service"),
+        service.replace("/usr/local/bin/percore", env!("CARGO_BIN_EXE_percore")),
+    )
+    .unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("percore.socket"))
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    let ours: Vec<&str> = complaints.lines().filter(|l| l.contains("percore")).collect();
+    assert!(
+        output.status.success() && ours.is_empty(),
+        "systemd-analyze verify percore.socket: {complaints}"
+    );
+}
+
+#[test]
 fn the_template_unit_verifies_for_an_instance() {
     let unit = shipped_unit(
         "percore@.service",
         &[
             "--config /etc/percore/%i.toml",
+            "ExecReload=/bin/kill -HUP $MAINPID",
             "StateDirectory=percore/%i",
             "Type=notify",
             "WatchdogSec=",

@@ -7,6 +7,7 @@
 //! It may import every layer below it (`api`, `config`, `limits`, `store`, `http`,
 //! `metrics`, `units`, `runtime`); nothing imports it but `main`.
 
+pub mod activation;
 pub mod budget;
 pub mod connection;
 pub mod lifecycle;

@@ -69,24 +69,35 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where a shard's connections come from: its own SO_REUSEPORT listener, or the acceptor
+/// of a socket passed by systemd (`activation`).
+pub enum Source {
+    Listen,
+    Handed(futures::channel::mpsc::UnboundedReceiver<std::os::fd::RawFd>),
+}
+
 /// The shard's main task: bind, accept until shutdown, then drain.
 pub async fn run(
     id: usize,
     shared: &'static Shared,
     stopping: &'static Stopping,
+    source: Source,
     bound: std::sync::mpsc::SyncSender<Result<(), String>>,
 ) {
     let config = &shared.config;
     let metrics = &shared.metrics[id];
-    let listener = match Listener::bind(config.server.listen, config.server.listen_backlog) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = bound.send(Err(format!(
-                "shard {id}: cannot listen on {}: {e}",
-                config.server.listen
-            )));
-            return;
-        }
+    let listener = match source {
+        Source::Handed(handed) => Err(handed),
+        Source::Listen => match Listener::bind(config.server.listen, config.server.listen_backlog) {
+            Ok(listener) => Ok(listener),
+            Err(e) => {
+                let _ = bound.send(Err(format!(
+                    "shard {id}: cannot listen on {}: {e}",
+                    config.server.listen
+                )));
+                return;
+            }
+        },
     };
     let app = application(id, shared);
     let shard = Rc::new(ShardService {
@@ -114,7 +125,10 @@ pub async fn run(
     }
     // A signal that came before the sender was registered is seen through the flag.
     let stopped_already = stopping.shutdown.load(Ordering::SeqCst);
-    accept_until(&shard, listener, stop_signal, stopped_already).await;
+    match listener {
+        Ok(listener) => accept_until(&shard, listener, stop_signal, stopped_already).await,
+        Err(handed) => serve_handed(&shard, handed, stop_signal).await,
+    }
     shard
         .deadlines
         .cap_idle(Instant::now() + ms(config.server.drain_idle_ms));
@@ -263,6 +277,38 @@ async fn accept_until(
     }
     shard.draining.set(true);
     serve_queued(shard, &slots, listener.stop());
+}
+
+/// Serves the connections the acceptor hands over (socket activation) until it stops
+/// handing: on shutdown it stops first, so every connection it took is served here.
+async fn serve_handed(
+    shard: &Rc<ShardService>,
+    mut handed: futures::channel::mpsc::UnboundedReceiver<std::os::fd::RawFd>,
+    mut stop: futures::channel::oneshot::Receiver<()>,
+) {
+    use futures::StreamExt;
+    use futures::future::{Either, select};
+    use std::os::fd::FromRawFd;
+    let mut stopping = false;
+    loop {
+        let next = if stopping {
+            handed.next().await
+        } else {
+            match select(handed.next(), &mut stop).await {
+                Either::Left((next, _)) => next,
+                Either::Right(_) => {
+                    stopping = true;
+                    shard.draining.set(true);
+                    continue;
+                }
+            }
+        };
+        let Some(fd) = next else { break };
+        ShardMetrics::add(&shard.app.metrics.connections_accepted, 1);
+        // SAFETY: a connected socket the acceptor accepted and handed to us alone.
+        serve(shard, unsafe { TcpStream::from_raw_fd(fd) }, None);
+    }
+    shard.draining.set(true);
 }
 
 /// Serves what the listener had queued when it stopped. Past the connection cap too: each

@@ -209,6 +209,8 @@ fn conflicts(held: std::net::SocketAddr, wanted: std::net::SocketAddr) -> bool {
 
 /// Runs until every shard has drained after SIGTERM/SIGINT. Errors are start-up failures.
 pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String> {
+    // First, while this is the only thread: it edits the environment.
+    let inherited = super::activation::inherited()?;
     let placement = place(&config, &usable_cpus());
     ensure_schema(&config.database, config.database.auto_migrate)?;
     check_connection_budget(&config, placement.shard_cpus.len())?;
@@ -219,7 +221,10 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String
     };
     let pool = start_worker_pool(&config, &placement)?;
     let dummy_password_hash = dummy_password_hash(&config)?;
-    refuse_a_taken_port(config.server.listen)?;
+    // A passed socket is ours to share with systemd; only our own listeners are checked.
+    if inherited.is_none() {
+        refuse_a_taken_port(config.server.listen)?;
+    }
     let job_settings = percore_workers::jobs::Settings {
         jobs: config.jobs.clone(),
         email: config.email.clone(),
@@ -246,10 +251,13 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String
     let stopping: &'static Stopping = Box::leak(Box::default());
     lifecycle::watch_signals(shared, stopping, config_path).map_err(|e| format!("installing signal handlers: {e}"))?;
     lifecycle::start_memory_guard(shared).map_err(|e| format!("starting the memory guard: {e}"))?;
-    let handles = start_shards(shared, stopping, &placement.shard_cpus)?;
+    let handles = start_shards(shared, stopping, &placement.shard_cpus, inherited)?;
+    let listening = match inherited {
+        Some(_) => "the socket systemd passed (server.listen is not used)".to_string(),
+        None => shared.config.server.listen.to_string(),
+    };
     log::info!(
-        "percore listening on {} with {shard_count} shards on CPUs {:?}, {} worker threads",
-        shared.config.server.listen,
+        "percore listening on {listening} with {shard_count} shards on CPUs {:?}, {} worker threads",
         placement.shard_cpus,
         shared.config.workers.threads
     );
@@ -313,14 +321,24 @@ fn start_shards(
     shared: &'static Shared,
     stopping: &'static Stopping,
     cpus: &[usize],
+    inherited: Option<std::os::fd::RawFd>,
 ) -> Result<Vec<runtime::ShardHandle>, String> {
     let detect_stalls = shared.config.server.detect_stalls || cfg!(debug_assertions);
     let (bound, bound_rx) = std::sync::mpsc::sync_channel(cpus.len());
     let mut handles = Vec::with_capacity(cpus.len());
+    let mut senders = Vec::new();
     for (id, cpu) in cpus.iter().copied().enumerate() {
         let bound = bound.clone();
+        let source = match inherited {
+            Some(_) => {
+                let (sender, receiver) = futures::channel::mpsc::unbounded();
+                senders.push(sender);
+                shard::Source::Handed(receiver)
+            }
+            None => shard::Source::Listen,
+        };
         let handle = runtime::spawn_pinned(&format!("percore-shard-{id}"), cpu, detect_stalls, move || {
-            shard::run(id, shared, stopping, bound)
+            shard::run(id, shared, stopping, source, bound)
         })
         .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
@@ -332,6 +350,10 @@ fn start_shards(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("a shard exited during start-up".into()),
         }
+    }
+    if let Some(fd) = inherited {
+        super::activation::start_acceptor(fd, shared, &stopping.shutdown, senders)
+            .map_err(|e| format!("starting the acceptor: {e}"))?;
     }
     Ok(handles)
 }

@@ -100,11 +100,45 @@ impl Server {
 
     /// As `start_with_config`, with the process's open-file limit set to `nofile`.
     pub fn start_limited(port: u16, config_text: &str, envs: &[(&str, &str)], nofile: Option<u64>) -> Server {
+        Server::spawn(port, config_text, envs, nofile, None)
+    }
+
+    /// As `start_with_config`, serving on `listening` (a socket this test holds) the way
+    /// systemd passes one: as descriptor 3, with LISTEN_FDS=1 and LISTEN_PID its pid.
+    pub fn start_activated(port: u16, config_text: &str, listening: &std::net::TcpListener) -> Server {
+        use std::os::fd::AsRawFd;
+        Server::spawn(port, config_text, &[], None, Some(listening.as_raw_fd()))
+    }
+
+    fn spawn(port: u16, config_text: &str, envs: &[(&str, &str)], nofile: Option<u64>, passed: Option<i32>) -> Server {
+        use std::os::unix::process::CommandExt;
         let dir = std::env::temp_dir().join(format!("percore-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("tuning.toml");
         std::fs::write(&config_path, config_text).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_percore"));
+        let mut command = match passed {
+            // `exec` keeps the shell's pid, which is what LISTEN_PID must name.
+            Some(_) => {
+                let mut command = Command::new("sh");
+                command
+                    .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+                    .arg(env!("CARGO_BIN_EXE_percore"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_percore")),
+        };
+        if let Some(fd) = passed {
+            // SAFETY: dup2 is async-signal-safe; the new descriptor 3 is not close-on-exec.
+            unsafe {
+                command.pre_exec(move || {
+                    // dup2 onto itself keeps close-on-exec: clear it either way.
+                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
             .arg("--config")
             .arg(&config_path)
@@ -120,7 +154,6 @@ impl Server {
             command.env(key, value);
         }
         if let Some(nofile) = nofile {
-            use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
                 rlim_cur: nofile,
                 rlim_max: nofile,
@@ -164,6 +197,9 @@ impl Server {
                 panic!("percore exited early ({status}): {}", self.stderr());
             }
             if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // A socket the test holds (socket activation) accepts before percore is up:
+                // the request waits in its queue for percore to start and answer it.
+                stream.set_read_timeout(Some(limit)).unwrap();
                 let response = request_on(&stream, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
                 if response.status == 200 {
                     return;
