@@ -127,7 +127,12 @@ fn haproxy_config(front: u16, ports: [u16; 2]) -> String {
     shipped
         // The test process's open-file limit, not a production one.
         .replace("maxconn 100000", "maxconn 1000")
-        .replace("/run/haproxy/admin.sock", &std::env::temp_dir().join(format!("percore-haproxy-{front}.sock")).to_string_lossy())
+        .replace(
+            "/run/haproxy/admin.sock",
+            &std::env::temp_dir()
+                .join(format!("percore-haproxy-{front}.sock"))
+                .to_string_lossy(),
+        )
         .replace("bind :80", &format!("bind 127.0.0.1:{front}"))
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", ports[0]))
         .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", ports[1]))

@@ -82,7 +82,7 @@ fn receive(socket: &UnixDatagram, wanted: &str, limit: Duration) -> Vec<String> 
 }
 
 #[test]
-fn systemd_notify_ready_watchdog_and_stopping() {
+fn systemd_notify_ready_watchdog_reloading_and_stopping() {
     let services = Services::start();
     let dir = std::env::temp_dir().join(format!("percore-notify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -105,6 +105,18 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     // Pinged at half the interval while every shard ticks.
     receive(&socket, "WATCHDOG=1", Duration::from_secs(2));
     receive(&socket, "WATCHDOG=1", Duration::from_secs(2));
+    // A reload: RELOADING=1 with the monotonic time systemd requires, then READY=1 once
+    // every shard has applied it.
+    server.signal(libc::SIGHUP);
+    let seen = receive(&socket, "RELOADING=1", Duration::from_secs(5));
+    let reloading = seen.last().unwrap();
+    assert!(
+        reloading
+            .lines()
+            .any(|l| l.starts_with("MONOTONIC_USEC=") && l[15..].parse::<u64>().is_ok()),
+        "{reloading:?}"
+    );
+    receive(&socket, "READY=1", Duration::from_secs(5));
     server.signal(libc::SIGTERM);
     receive(&socket, "STOPPING=1", Duration::from_secs(5));
     let status = server.wait_exit(Duration::from_secs(10)).expect("exits after SIGTERM");

@@ -72,6 +72,12 @@ fn a_reload_under_load_moves_the_rate_limit_within_a_second_and_a_bad_file_chang
     let began = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(port, &token, 4, began, &stop);
+    // wrk beside them, on a route no limit touches: every reload happens under its load.
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t1", "-c16", "-d5s", &format!("http://127.0.0.1:{port}/json")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk (apt-get install wrk)");
 
     std::thread::sleep(Duration::from_secs(1));
     let tightened = began.elapsed();
@@ -88,6 +94,13 @@ fn a_reload_under_load_moves_the_rate_limit_within_a_second_and_a_bad_file_chang
     let mut samples: Samples = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
     samples.sort();
 
+    let wrk = wrk.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&wrk.stdout);
+    assert!(report.contains("requests in"), "{report}");
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "wrk saw failures through the reloads: {report}"
+    );
     let unexpected: Vec<_> = samples.iter().filter(|(_, s)| *s != 200 && *s != 429).collect();
     assert!(
         unexpected.is_empty(),
