@@ -125,6 +125,11 @@ pub struct ShardMetrics {
     pub db_connect_failures: AtomicU64,
     pub db_pool_wait_timeouts: AtomicU64,
     pub db_queue_full: AtomicU64,
+    /// Statements that found the pipelines full and waited in line (admitted or not).
+    pub db_pool_waits: AtomicU64,
+    /// Sampled each tick: statements holding pipeline room, and statements waiting for it.
+    pub db_statements_in_flight: AtomicU64,
+    pub db_statements_waiting: AtomicU64,
     pub redis_up: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_commands: AtomicU64,
@@ -229,6 +234,12 @@ pub struct Globals {
     pub worker_threads_busy: u64,
     pub worker_completed: u64,
     pub db_connections_per_shard: u64,
+    /// Statements one shard's primary connections carry at once (connections × pipeline depth).
+    pub db_pipeline_slots_per_shard: u64,
+    pub replica_lag_max_ms: u64,
+    pub resident_bytes: u64,
+    pub rss_bytes_max: u64,
+    pub memory_pressure: bool,
     /// How many of `ShardMetrics::replicas` are configured.
     pub replicas: u64,
 }
@@ -357,7 +368,7 @@ fn render_per_shard(shards: &[&ShardMetrics], out: &mut String) {
         );
     }
     #[rustfmt::skip]
-    let per_shard: [Family; 24] = [
+    let per_shard: [Family; 27] = [
         ("percore_connections_open", "gauge", "Client connections open.", |m| &m.connections_open),
         ("percore_connections_accepted_total", "counter", "Client connections accepted.", |m| &m.connections_accepted),
         ("percore_accept_errors_total", "counter", "accept() failures (e.g. at the fd limit).", |m| &m.accept_errors),
@@ -368,6 +379,9 @@ fn render_per_shard(shards: &[&ShardMetrics], out: &mut String) {
         ("percore_db_connect_failures_total", "counter", "Failed Postgres connection attempts.", |m| &m.db_connect_failures),
         ("percore_db_pool_wait_timeouts_total", "counter", "Requests that waited pool_wait_ms for a connection in vain.", |m| &m.db_pool_wait_timeouts),
         ("percore_db_queue_full_total", "counter", "Requests refused at once: database.queued_max statements already waited.", |m| &m.db_queue_full),
+        ("percore_db_pool_waits_total", "counter", "Statements that found every pipeline full and waited in line for room.", |m| &m.db_pool_waits),
+        ("percore_db_statements_in_flight", "gauge", "Statements holding pipeline room on the primary (sampled each heartbeat).", |m| &m.db_statements_in_flight),
+        ("percore_db_statements_waiting", "gauge", "Statements waiting in line for pipeline room on the primary (sampled each heartbeat).", |m| &m.db_statements_waiting),
         ("percore_redis_up", "gauge", "1 while the shard's Redis connection is usable.", |m| &m.redis_up),
         ("percore_redis_errors_total", "counter", "Redis connection errors and command timeouts.", |m| &m.redis_errors),
         ("percore_redis_commands_total", "counter", "Redis commands sent.", |m| &m.redis_commands),
@@ -394,7 +408,7 @@ fn render_per_shard(shards: &[&ShardMetrics], out: &mut String) {
 /// Process-wide gauges.
 fn render_globals(globals: &Globals, out: &mut String) {
     #[rustfmt::skip]
-    let global: [(&str, &str, &str, u64); 7] = [
+    let global: [(&str, &str, &str, u64); 12] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
         ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
         ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
@@ -402,6 +416,11 @@ fn render_globals(globals: &Globals, out: &mut String) {
         ("percore_worker_threads_busy", "gauge", "Worker threads running a task.", globals.worker_threads_busy),
         ("percore_worker_tasks_completed_total", "counter", "Tasks the worker pool finished (e.g. password hashes and verifications).", globals.worker_completed),
         ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard, read and write.", globals.db_connections_per_shard),
+        ("percore_db_pipeline_slots_per_shard", "gauge", "Statements one shard's primary connections carry at once (connections x database.pipeline_depth_max).", globals.db_pipeline_slots_per_shard),
+        ("percore_db_replica_lag_max_milliseconds", "gauge", "database.max_replica_lag_ms: past it a replica serves no reads.", globals.replica_lag_max_ms),
+        ("process_resident_memory_bytes", "gauge", "Resident memory of the process (sampled every 100 ms).", globals.resident_bytes),
+        ("percore_memory_rss_bytes_max", "gauge", "server.rss_bytes_max: over it API requests get 503 until resident memory falls under 90% of it.", globals.rss_bytes_max),
+        ("percore_memory_pressure", "gauge", "1 while resident memory is over server.rss_bytes_max and API requests get 503.", u64::from(globals.memory_pressure)),
     ];
     for (name, kind, help, value) in global {
         family(out, name, kind, help);
@@ -552,6 +571,11 @@ mod tests {
             worker_threads_busy: 0,
             worker_completed: 0,
             db_connections_per_shard: 2,
+            db_pipeline_slots_per_shard: 256,
+            replica_lag_max_ms: 1000,
+            resident_bytes: 1 << 20,
+            rss_bytes_max: 1 << 30,
+            memory_pressure: true,
             replicas: 1,
         };
         metrics.replicas[0].lag_ms.store(u64::MAX, Relaxed);
@@ -568,5 +592,7 @@ mod tests {
         assert!(out.contains("percore_db_replica_reads_total{shard=\"0\",replica=\"0\"} 7\n"));
         assert!(!out.contains("replica=\"1\""), "only configured replicas");
         assert!(out.contains("percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"));
+        assert!(out.contains("\npercore_memory_pressure 1\n"));
+        assert!(out.contains("\nprocess_resident_memory_bytes 1048576\n"));
     }
 }

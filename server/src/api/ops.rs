@@ -77,6 +77,9 @@ pub async fn readyz(shard: &Shard, sql: &Sql<'_>, body: &mut Vec<u8>) -> Answer 
 
 pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
     let workers = &shard.shared.workers;
+    let live = &shard.shared.live;
+    let (_, in_force, fingerprint) = live.current();
+    let database = &shard.config().database;
     let globals = Globals {
         worker_queue_depth: workers.queue_depth() as u64,
         worker_queue_capacity: workers.capacity() as u64,
@@ -84,16 +87,19 @@ pub fn metrics(shard: &Shard, body: &mut Vec<u8>) -> Answer {
         worker_shed: workers.stats().shed.load(Relaxed),
         worker_threads_busy: workers.stats().busy.load(Relaxed),
         worker_completed: workers.stats().completed.load(Relaxed),
-        db_connections_per_shard: (shard.config().database.connections_per_shard
-            + shard.config().database.write_connections_per_shard) as u64,
-        replicas: shard.config().database.replicas.len() as u64,
+        db_connections_per_shard: (database.connections_per_shard + database.write_connections_per_shard) as u64,
+        db_pipeline_slots_per_shard: ((database.connections_per_shard + database.write_connections_per_shard)
+            * database.pipeline_depth_max) as u64,
+        replica_lag_max_ms: in_force.database.max_replica_lag_ms,
+        resident_bytes: shard.shared.resident_bytes.load(Relaxed),
+        rss_bytes_max: shard.config().server.rss_bytes_max,
+        memory_pressure: shard.shared.memory_pressure.load(Relaxed),
+        replicas: database.replicas.len() as u64,
     };
     let shards: Vec<_> = shard.shared.metrics.iter().collect();
     let mut text = String::with_capacity(16 * 1024);
     metrics::render(&shards, &globals, &mut text);
     metrics::render_jobs(&shard.shared.jobs, &mut text);
-    let live = &shard.shared.live;
-    let (_, _, fingerprint) = live.current();
     let config = metrics::ConfigState {
         reloads_applied: live.reloads_applied.load(Relaxed),
         reloads_refused: live.reloads_refused.load(Relaxed),

@@ -11,7 +11,7 @@ use crate::store::Store;
 use crate::store::redis::RedisTarget;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// Process-wide state, created once at start-up and never freed.
 pub struct Shared {
@@ -34,6 +34,8 @@ pub struct Shared {
     pub dummy_password_hash: String,
     /// Set by the memory guard thread while resident memory is over `rss_bytes_max`.
     pub memory_pressure: AtomicBool,
+    /// The memory guard's last sample of resident memory, in bytes.
+    pub resident_bytes: AtomicU64,
 }
 
 /// One shard's application state, owned by its thread.

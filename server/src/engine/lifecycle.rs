@@ -106,6 +106,7 @@ pub fn start_memory_guard(shared: &'static Shared) -> std::io::Result<()> {
                 let Some(rss) = resident_bytes(page_bytes) else {
                     continue;
                 };
+                shared.resident_bytes.store(rss, Ordering::Relaxed);
                 let was = shared.memory_pressure.load(Ordering::Relaxed);
                 let now = under_pressure(was, rss, max);
                 if now != was {

@@ -210,6 +210,7 @@ async fn tick(shard: Rc<ShardService>) {
         shard.app.metrics.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         shard.date.refresh(SystemTime::now());
         super::reload::apply_if_new(&shard);
+        shard.app.store.sample_occupancy();
         runtime::sleep(interval).await;
     }
 }

@@ -11,7 +11,7 @@ use crate::runtime;
 use crate::store::redis::RedisTarget;
 use percore_workers::{Pool, PoolConfig};
 use postgres::Client as BlockingClient; // blocking-ok: migrations at start-up and `percore migrate` only
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// Where shards and workers run.
 #[derive(Debug, PartialEq, Eq)]
@@ -245,6 +245,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String
         redis_target: targets.redis,
         dummy_password_hash,
         memory_pressure: AtomicBool::new(false),
+        resident_bytes: AtomicU64::new(0),
         live: crate::config::live::Published::new(&config),
         config,
     }));

@@ -31,6 +31,7 @@ pub use executor::Sql;
 
 use crate::metrics::ShardMetrics;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// One shard's data handles: its connections, its cache, and where it records writes for
 /// read-your-writes across shards.
@@ -55,5 +56,12 @@ impl Store {
         self.db.reconfigure(database);
         self.replicas.reconfigure(database);
         self.cache.reconfigure(cache);
+    }
+
+    /// Copies the primary pool's occupancy into the metrics; the shard's heartbeat calls it.
+    pub fn sample_occupancy(&self) {
+        let (in_flight, waiting) = self.db.occupancy();
+        self.metrics.db_statements_in_flight.store(in_flight as u64, Relaxed);
+        self.metrics.db_statements_waiting.store(waiting as u64, Relaxed);
     }
 }

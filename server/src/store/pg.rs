@@ -227,6 +227,7 @@ impl Pool {
             ShardMetrics::add(&metrics.db_queue_full, 1);
             return Err(Unavailable::Busy);
         }
+        ShardMetrics::add(&metrics.db_pool_waits, 1);
         match group.room.take().await {
             Some(room) => Ok(room),
             None => {
@@ -244,6 +245,14 @@ impl Pool {
         self.reads.room.set_wait(wait);
         self.writes.room.set_wait(wait);
         self.statement_timeout_ms.set(settings.statement_timeout_ms);
+    }
+
+    /// Statements holding pipeline room and statements waiting for it, in both groups: what
+    /// the heartbeat samples into the metrics (sampled, not counted per statement, to keep
+    /// the hot path free of it).
+    pub fn occupancy(&self) -> (usize, usize) {
+        let (reads, writes) = (&self.reads.room, &self.writes.room);
+        (reads.in_use() + writes.in_use(), reads.waiting() + writes.waiting())
     }
 
     /// Whether any connection is usable now: a replica without one is skipped at once

@@ -20,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 pub struct Room {
+    units: usize,
     free: Cell<usize>,
     line: RefCell<VecDeque<Rc<Waiter>>>,
     /// Waiters still `Waiting` (the line may also hold answered ones not yet popped).
@@ -58,6 +59,7 @@ impl Drop for Permit {
 impl Room {
     pub fn new(units: usize, wait: Duration) -> Rc<Room> {
         Rc::new(Room {
+            units,
             free: Cell::new(units),
             line: RefCell::new(VecDeque::new()),
             waiting: Cell::new(0),
@@ -84,6 +86,11 @@ impl Room {
     /// Statements waiting in line.
     pub fn waiting(&self) -> usize {
         self.waiting.get()
+    }
+
+    /// Units handed out and not yet given back.
+    pub fn in_use(&self) -> usize {
+        self.units - self.free.get()
     }
 
     /// Answers a waiter that is still `Waiting`.
