@@ -324,7 +324,7 @@ fn start_shards(
     cpus: &[usize],
     inherited: Option<std::os::fd::RawFd>,
 ) -> Result<Vec<runtime::ShardHandle>, String> {
-    let detect_stalls = shared.config.server.detect_stalls || cfg!(debug_assertions);
+    let detect_stalls = shared.config.server.detect_stalls;
     let (bound, bound_rx) = std::sync::mpsc::sync_channel(cpus.len());
     let mut handles = Vec::with_capacity(cpus.len());
     let mut senders = Vec::new();

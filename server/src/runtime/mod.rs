@@ -17,7 +17,8 @@ pub type ShardHandle = glommio::ExecutorJoinHandle<()>;
 
 /// Starts an executor on its own OS thread, pinned to `cpu`, and runs `main` on it.
 /// `detect_stalls` turns on glommio's stall detector, which logs any task that holds the
-/// thread for longer than its run-time budget: exactly what a shard must never do.
+/// thread for longer than its run-time budget: exactly what a shard must never do. Off by
+/// default: it symbolizes each stall's backtrace on the shard thread (see tuning.toml).
 pub fn spawn_pinned<G, F>(name: &str, cpu: usize, detect_stalls: bool, main: G) -> std::io::Result<ShardHandle>
 where
     G: FnOnce() -> F + Send + 'static,
