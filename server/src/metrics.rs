@@ -408,7 +408,7 @@ fn render_per_shard(shards: &[&ShardMetrics], out: &mut String) {
 /// Process-wide gauges.
 fn render_globals(globals: &Globals, out: &mut String) {
     #[rustfmt::skip]
-    let global: [(&str, &str, &str, u64); 12] = [
+    let global: [(&str, &str, &str, u64); 11] = [
         ("percore_worker_queue_depth", "gauge", "Tasks waiting for a worker thread.", globals.worker_queue_depth),
         ("percore_worker_queue_capacity", "gauge", "Bound of the worker queue (workers.queue_depth_max).", globals.worker_queue_capacity),
         ("percore_worker_rejected_total", "counter", "Tasks refused because the worker queue was full.", globals.worker_rejected),
@@ -417,7 +417,6 @@ fn render_globals(globals: &Globals, out: &mut String) {
         ("percore_worker_tasks_completed_total", "counter", "Tasks the worker pool finished (e.g. password hashes and verifications).", globals.worker_completed),
         ("percore_db_connections_per_shard", "gauge", "Configured Postgres connections per shard, read and write.", globals.db_connections_per_shard),
         ("percore_db_pipeline_slots_per_shard", "gauge", "Statements one shard's primary connections carry at once (connections x database.pipeline_depth_max).", globals.db_pipeline_slots_per_shard),
-        ("percore_db_replica_lag_max_milliseconds", "gauge", "database.max_replica_lag_ms: past it a replica serves no reads.", globals.replica_lag_max_ms),
         ("process_resident_memory_bytes", "gauge", "Resident memory of the process (sampled every 100 ms).", globals.resident_bytes),
         ("percore_memory_rss_bytes_max", "gauge", "server.rss_bytes_max: over it API requests get 503 until resident memory falls under 90% of it.", globals.rss_bytes_max),
         ("percore_memory_pressure", "gauge", "1 while resident memory is over server.rss_bytes_max and API requests get 503.", u64::from(globals.memory_pressure)),
@@ -426,6 +425,14 @@ fn render_globals(globals: &Globals, out: &mut String) {
         family(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    let name = "percore_db_replica_lag_max_seconds";
+    family(
+        out,
+        name,
+        "gauge",
+        "database.max_replica_lag_ms: past it a replica serves no reads.",
+    );
+    let _ = writeln!(out, "{name} {}", seconds_from_ms(globals.replica_lag_max_ms));
 }
 
 /// The configuration in force: reloads by result, a restart pending, its fingerprint and
@@ -464,6 +471,11 @@ pub fn render_config(config: &ConfigState<'_>, out: &mut String) {
     let _ = writeln!(out, "{name} {}", config.loaded_at_s);
 }
 
+/// Milliseconds as Prometheus' base unit, exactly: 1500 → "1.500".
+fn seconds_from_ms(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
 /// Per shard and replica: its connections, lag and reads; and the reads kept on the primary.
 fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) {
     if replicas == 0 {
@@ -473,7 +485,7 @@ fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) 
     let families: [(&str, &str, &str, ReplicaCounter); 5] = [
         ("percore_db_replica_connections_up", "gauge", "Connections to the replica currently usable.", |r| &r.connections_up),
         ("percore_db_replica_connect_failures_total", "counter", "Failed connection attempts to the replica.", |r| &r.connect_failures),
-        ("percore_db_replica_lag_milliseconds", "gauge", "How long ago the newest primary position the replica has replayed was sampled (NaN: unknown, e.g. down).", |r| &r.lag_ms),
+        ("percore_db_replica_lag_seconds", "gauge", "How long ago the newest primary position the replica has replayed was sampled (NaN: unknown, e.g. down).", |r| &r.lag_ms),
         ("percore_db_replica_usable", "gauge", "1 while reads may go to the replica: up and within database.max_replica_lag_ms.", |r| &r.usable),
         ("percore_db_replica_reads_total", "counter", "Reads the replica served.", |r| &r.reads),
     ];
@@ -484,6 +496,8 @@ fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) 
                 let value = get(metrics).load(Relaxed);
                 let value = if value == u64::MAX {
                     "NaN".to_string()
+                } else if name.ends_with("_seconds") {
+                    seconds_from_ms(value)
                 } else {
                     value.to_string()
                 };
@@ -572,7 +586,7 @@ mod tests {
             worker_completed: 0,
             db_connections_per_shard: 2,
             db_pipeline_slots_per_shard: 256,
-            replica_lag_max_ms: 1000,
+            replica_lag_max_ms: 1500,
             resident_bytes: 1 << 20,
             rss_bytes_max: 1 << 30,
             memory_pressure: true,
@@ -588,7 +602,8 @@ mod tests {
         assert!(out.contains("route=\"healthz\",le=\"0.005\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"10\"} 2\n"));
         assert!(out.contains("route=\"healthz\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("percore_db_replica_lag_milliseconds{shard=\"0\",replica=\"0\"} NaN\n"));
+        assert!(out.contains("percore_db_replica_lag_seconds{shard=\"0\",replica=\"0\"} NaN\n"));
+        assert!(out.contains("\npercore_db_replica_lag_max_seconds 1.500\n"));
         assert!(out.contains("percore_db_replica_reads_total{shard=\"0\",replica=\"0\"} 7\n"));
         assert!(!out.contains("replica=\"1\""), "only configured replicas");
         assert!(out.contains("percore_http_request_duration_seconds_count{shard=\"0\",route=\"healthz\"} 3\n"));
