@@ -12,6 +12,7 @@
 pub mod auth;
 mod bench;
 pub mod bodies;
+mod docs;
 mod errors;
 mod events;
 pub mod extract;

@@ -5,7 +5,7 @@
 //! handler, statements and OpenAPI entry). HEAD is served wherever GET is.
 
 use super::auth::Principal;
-use super::{Answer, Ctx, bench, events, identity, jobs, ops, public_users, techempower, users, webhooks};
+use super::{Answer, Ctx, bench, docs, events, identity, jobs, ops, public_users, techempower, users, webhooks};
 use crate::api::state::Shard;
 use crate::http::Method::{self, *};
 use crate::limits::rate_limit::Class;
@@ -144,6 +144,7 @@ handlers! {
         Healthz => ops::healthz(body),
         Metrics => ops::metrics(shard, body),
         OpenApi => ops::openapi(body),
+        Docs => docs::docs(body),
         Plaintext => techempower::plaintext(body),
         Json => techempower::json(body),
     }
@@ -207,6 +208,7 @@ pub const ROUTES: &[Route] = &[
     route(Get, "/readyz", Operator, None, "readyz", public(PublicHandler::Readyz)),
     route(Get, "/metrics", Operator, None, "metrics", now(NowHandler::Metrics)),
     route(Get, "/openapi.json", Public, None, "openapi", now(NowHandler::OpenApi)),
+    route(Get, "/docs", Public, None, "docs", now(NowHandler::Docs)),
     route(Post, "/v1/auth/register", Public, Some(Auth), "register", public(PublicHandler::Register)),
     route(Post, "/v1/auth/login", Public, Some(Auth), "login", public(PublicHandler::Login)),
     route(Post, "/v1/auth/logout", User, Some(Write), "logout", user(UserHandler::Logout)),
