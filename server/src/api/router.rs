@@ -45,38 +45,75 @@ fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     (!param.contains('/')).then_some(Some(param))
 }
 
-/// The routes a path of each length can match: those without a parameter whose pattern
-/// has that length, then every route with one. Built once; a linear scan of the whole
-/// table was a quarter of the instructions of a plaintext request.
+/// A cheap key of a path: its length and three of its bytes (the second, the last two).
+/// Hashing every byte cost more than the compares it saved; these few tell the current
+/// literal paths apart (a test checks), so a path meets at most one literal route's
+/// pattern before its compare.
+fn path_key(path: &[u8]) -> usize {
+    let len = path.len();
+    let at = |i: usize| path.get(i).map_or(0, |&b| b as usize);
+    len.wrapping_mul(0x9e37_79b9)
+        ^ at(1).wrapping_mul(0x85eb_ca6b)
+        ^ at(len.wrapping_sub(1)).wrapping_mul(0xc2b2_ae35)
+        ^ at(len.wrapping_sub(2)).wrapping_mul(0x27d4_eb2f)
+}
+
+/// The routes a path can match: the literal routes in its `path_key` slot (every method
+/// of one path, in the table's order), then every route with a parameter. Built once; a
+/// linear scan of the whole table was a quarter of the instructions of a plaintext
+/// request, and a slot per length still compared /json against /docs.
 struct Candidates {
-    literal_by_len: Vec<Vec<(Label, &'static Route)>>,
+    literal_by_key: Vec<Vec<(Label, &'static Route)>>,
+    /// `literal_by_key.len() - 1`, a power of two less one.
+    slot_mask: usize,
     parameterized: Vec<(Label, &'static Route)>,
 }
 
 impl Candidates {
+    /// Slots at most: past this many the key, not the table, is what needs changing.
+    const SLOTS_MAX: usize = 1 << 12;
+
     fn get() -> &'static Candidates {
         static CANDIDATES: std::sync::OnceLock<Candidates> = std::sync::OnceLock::new();
-        CANDIDATES.get_or_init(|| {
-            let longest = ROUTES.iter().map(|r| r.path.len()).max().unwrap_or(0);
-            let mut literal_by_len = vec![Vec::new(); longest + 1];
-            let mut parameterized = Vec::new();
-            for (row, r) in ROUTES.iter().enumerate() {
-                let candidate = (Label::of_row(row), r);
-                if r.is_literal() {
-                    literal_by_len[r.path.len()].push(candidate);
-                } else {
-                    parameterized.push(candidate);
-                }
+        CANDIDATES.get_or_init(|| Candidates::build(ROUTES))
+    }
+
+    /// The smallest table in which no two literal paths share a slot, or the largest
+    /// allowed if none is (still correct: a shared slot is compared in turn).
+    fn build(routes: &'static [Route]) -> Candidates {
+        let literal_paths: std::collections::BTreeSet<&str> =
+            routes.iter().filter(|r| r.is_literal()).map(|r| r.path).collect();
+        let mut slots = (literal_paths.len() * 2).next_power_of_two().max(16);
+        while slots < Self::SLOTS_MAX {
+            let mut used = vec![false; slots];
+            let collides = literal_paths.iter().any(|p| {
+                let slot = path_key(p.as_bytes()) & (slots - 1);
+                std::mem::replace(&mut used[slot], true)
+            });
+            if !collides {
+                break;
             }
-            Candidates {
-                literal_by_len,
-                parameterized,
+            slots *= 2;
+        }
+        let mut literal_by_key = vec![Vec::new(); slots];
+        let mut parameterized = Vec::new();
+        for (row, r) in routes.iter().enumerate() {
+            let candidate = (Label::of_row(row), r);
+            if r.is_literal() {
+                literal_by_key[path_key(r.path.as_bytes()) & (slots - 1)].push(candidate);
+            } else {
+                parameterized.push(candidate);
             }
-        })
+        }
+        Candidates {
+            literal_by_key,
+            slot_mask: slots - 1,
+            parameterized,
+        }
     }
 
     fn of(&self, path: &str) -> impl Iterator<Item = (Label, &'static Route)> + '_ {
-        let literal = self.literal_by_len.get(path.len()).map_or(&[][..], Vec::as_slice);
+        let literal = &self.literal_by_key[path_key(path.as_bytes()) & self.slot_mask];
         literal.iter().chain(&self.parameterized).copied()
     }
 }
@@ -152,6 +189,19 @@ mod tests {
                 Ok((r.label, r.access, expected_param)),
                 "{path}"
             );
+        }
+    }
+
+    #[test]
+    fn no_two_literal_paths_share_a_slot() {
+        let candidates = Candidates::get();
+        assert!(
+            candidates.literal_by_key.len() < Candidates::SLOTS_MAX,
+            "path_key needs another byte"
+        );
+        for slot in &candidates.literal_by_key {
+            let paths: std::collections::BTreeSet<&str> = slot.iter().map(|(_, r)| r.path).collect();
+            assert!(paths.len() <= 1, "{paths:?} share a slot: path_key needs another byte");
         }
     }
 
