@@ -165,3 +165,50 @@ fn a_reload_under_load_moves_the_rate_limit_within_a_second_and_a_bad_file_chang
         "still two shards"
     );
 }
+
+/// A keep-alive connection opened before a reload obeys the new HTTP limits from its next
+/// request on: a balancer's pooled connections may never close, so "new connections only"
+/// would mean never.
+#[test]
+fn a_keep_alive_connection_open_across_a_reload_gets_the_new_body_limit_on_its_next_request() {
+    let services = Services::start();
+    let port = common::free_port();
+    let with_body_max = |http: &str| {
+        Tuning {
+            server: "shards = 1\nshutdown_timeout_ms = 5000",
+            http,
+            ..Tuning::new(port, &services)
+        }
+        .render()
+    };
+    let server = Server::start_with_config(port, &with_body_max("body_bytes_max = 1048576"), &[]);
+    let body = "x".repeat(30_000);
+    let request = format!(
+        "POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = common::ResponseReader::new(&stream);
+    let mut send = || {
+        std::io::Write::write_all(&mut &stream, request.as_bytes()).unwrap();
+        reader.next(false).expect("an answer on the same connection")
+    };
+    assert_eq!(send().status, 404, "30,000 bytes are within 1 MiB");
+
+    std::fs::write(server.dir.join("tuning.toml"), with_body_max("body_bytes_max = 20000")).unwrap();
+    server.signal(libc::SIGHUP);
+    let applied = percore_testkit::wait_until(Duration::from_secs(5), || {
+        metric_sum(
+            &server.get("/metrics").text(),
+            "percore_config_reloads_total{",
+            "applied",
+        ) == 1
+    });
+    assert!(applied, "the reload was not applied: {}", server.stderr());
+    // The heartbeat applies it; give the shard its tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = send();
+    assert_eq!(after.status, 413, "{}", after.text());
+    assert!(after.text().contains("body_too_large"), "{}", after.text());
+}

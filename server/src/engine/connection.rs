@@ -84,6 +84,10 @@ impl Service for ShardService {
         self.conn_limits.get()
     }
 
+    fn limits_generation(&self) -> u64 {
+        self.applied_generation.get()
+    }
+
     fn date(&self) -> &DateCache {
         &self.date
     }

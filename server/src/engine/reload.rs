@@ -83,7 +83,8 @@ fn apply_process_wide(shared: &Shared, config: &Config) {
 }
 
 /// On a shard, at each tick: applies the published configuration if it is newer than the
-/// one this shard runs. New connections get the new HTTP limits; the rest at once.
+/// one this shard runs. Each connection takes the new HTTP limits before its next request;
+/// the rest applies at once.
 pub fn apply_if_new(shard: &ShardService) {
     let live = &shard.app.shared.live;
     if live.generation() == shard.applied_generation.get() {

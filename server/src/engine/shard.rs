@@ -39,8 +39,8 @@ pub struct Stopping {
 pub struct ShardService {
     pub app: Rc<Shard>,
     pub date: DateCache,
-    /// `[http]` as each connection's loop obeys it, taken when the connection starts (a
-    /// reload changes them for later connections).
+    /// `[http]` as each connection's loop obeys it, taken again before a connection's
+    /// next request once `applied_generation` moves.
     pub conn_limits: Cell<ConnLimits>,
     pub write_timeout: Cell<Duration>,
     /// The configuration generation this shard has applied (`engine::reload`).

@@ -34,8 +34,8 @@ pub async fn serve<S: Service, T: Transport>(service: &S, transport: &mut T) -> 
     service.connection_opened();
     let mut conn = Conn {
         service,
-        // Taken once: a reload changes the limits of connections accepted after it.
         limits: service.limits(),
+        limits_generation: service.limits_generation(),
         peer: transport.peer_ip(),
         transport,
         read: vec![0; READ_BUFFER_BYTES_INITIAL],
@@ -57,6 +57,8 @@ pub async fn serve<S: Service, T: Transport>(service: &S, transport: &mut T) -> 
 struct Conn<'c, S: Service, T> {
     service: &'c S,
     limits: ConnLimits,
+    /// The service's `limits_generation` when `limits` were taken.
+    limits_generation: u64,
     peer: std::net::IpAddr,
     transport: &'c mut T,
     /// Bytes read; `start..end` is what is not yet consumed. The request being handled
@@ -112,6 +114,12 @@ impl<S: Service, T: Transport> Conn<'_, S, T> {
             // The reads are awaited here too, not in a function of their own: a future
             // layer per read cost 2% of a json request.
             let head = loop {
+                // A reload since the last look (often while idle between requests): the
+                // request whose bytes are here obeys the new limits.
+                if self.service.limits_generation() != self.limits_generation {
+                    self.limits_generation = self.service.limits_generation();
+                    self.limits = self.service.limits();
+                }
                 match self.parse_head() {
                     Ok(Parsed::Complete(head)) => break head,
                     Ok(Parsed::Partial) => {}

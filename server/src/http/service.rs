@@ -45,8 +45,12 @@ pub trait Service {
     /// A routed request whose handler is still to run; it may borrow the request's bytes.
     type Pending<'r>;
 
-    /// The limits for a connection starting now (taken once per connection).
+    /// The limits in force now.
     fn limits(&self) -> ConnLimits;
+    /// Changes whenever `limits` may have: a connection takes them again before its next
+    /// request, so a reload reaches keep-alive connections too (a balancer's pooled ones
+    /// may never close).
+    fn limits_generation(&self) -> u64;
     /// The Date header's value, refreshed by the shard once a second.
     fn date(&self) -> &super::date::DateCache;
     /// Shutting down: answer what was read, then close.
