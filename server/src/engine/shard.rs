@@ -238,12 +238,17 @@ async fn accept_until(
     // At the cap the shard stops accepting until a connection closes; the kernel's backlog
     // holds the rest, so the fd limit is never reached through us.
     let slots = Rc::new(Semaphore::new(server.connections_per_shard_max as u64));
-    while !stopped_already {
+    // Stopped before it began: straight to taking what the kernel queued.
+    let mut accepting = !stopped_already;
+    while accepting {
         let permit = {
             let acquire = std::pin::pin!(slots.acquire_static_permit(1));
             match select(acquire, &mut stop).await {
                 Either::Left((Ok(permit), _)) => permit,
-                _ => break,
+                _ => {
+                    accepting = false;
+                    continue;
+                }
             }
         };
         // The accept is never dropped while pending: io_uring may have completed it, and
