@@ -45,10 +45,10 @@ fn matches<'a>(route: &Route, path: &'a str) -> Option<Option<&'a str>> {
     (!param.contains('/')).then_some(Some(param))
 }
 
-/// A cheap key of a path: its length and three of its bytes (the second, the last two).
-/// Hashing every byte cost more than the compares it saved; these few tell the current
-/// literal paths apart (a test checks), so a path meets at most one literal route's
-/// pattern before its compare.
+/// A cheap key of a path: its length and three of its bytes (the second, the last two),
+/// a few loads and multiplies on every request rather than a hash of every byte. They tell
+/// the current literal paths apart (a test checks), so a path meets at most one literal
+/// route's pattern before its compare.
 fn path_key(path: &[u8]) -> usize {
     let len = path.len();
     let at = |i: usize| path.get(i).map_or(0, |&b| b as usize);
