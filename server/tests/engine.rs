@@ -94,24 +94,9 @@ fn two_shards_are_pinned_to_distinct_cpus_and_metrics_pass_promtool() {
     let json_count = common::metric_sum(&text, "percore_http_requests_total{", "route=\"json\",status=\"200\"");
     assert_eq!(json_count, 20);
 
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    promtool.stdin.take().unwrap().write_all(&metrics.body).unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && complaints.trim().is_empty(),
-        "promtool: {complaints}"
-    );
+    if let Err(complaints) = common::promtool_check_metrics(&metrics.body) {
+        panic!("promtool: {complaints}");
+    }
 }
 
 #[test]

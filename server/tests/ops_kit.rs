@@ -35,30 +35,6 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
-/// promtool with `input` on its stdin; what it printed.
-fn promtool_with_input(args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() || !text.is_empty(),
-        "promtool {args:?} failed silently"
-    );
-    text
-}
-
 #[test]
 fn promtool_checks_the_rules_and_the_scrape_config_and_passes_the_rule_unit_tests() {
     let checked = promtool(&["check", "rules", "deploy/prometheus/percore.rules.yml"]);
@@ -162,8 +138,9 @@ fn every_metric_the_rules_the_dashboard_and_the_runbook_name_is_exported_and_eve
     let exposition = server.get("/metrics").text();
     let exported = sample_names(&exposition);
     // Every family, replicas' included, follows Prometheus' naming (base units, suffixes).
-    let linted = promtool_with_input(&["check", "metrics"], &exposition);
-    assert!(linted.trim().is_empty(), "promtool check metrics:\n{linted}");
+    if let Err(complaints) = common::promtool_check_metrics(exposition.as_bytes()) {
+        panic!("promtool check metrics:\n{complaints}");
+    }
 
     let rules = read("deploy/prometheus/percore.rules.yml");
     let dashboard_text = read("deploy/grafana/percore.json");

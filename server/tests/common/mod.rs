@@ -267,6 +267,30 @@ impl Drop for Server {
 
 /// Sums the samples of a metric family across shards: lines starting with `prefix` and
 /// containing `label_filter`.
+/// `promtool check metrics` on a `/metrics` answer: Err with what it said unless it
+/// passed in silence.
+pub fn promtool_check_metrics(exposition: &[u8]) -> Result<(), String> {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    promtool.stdin.take().unwrap().write_all(exposition).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() && complaints.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(complaints)
+    }
+}
+
 pub fn metric_sum(text: &str, prefix: &str, label_filter: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(prefix) && l.contains(label_filter))
