@@ -481,25 +481,26 @@ fn render_replicas(shards: &[&ShardMetrics], replicas: usize, out: &mut String) 
     if replicas == 0 {
         return;
     }
+    // How each family's stored value reads: counts as they are, the lag (kept in ms) in
+    // Prometheus' base unit.
+    let count: Format = |v| v.to_string();
     #[rustfmt::skip]
-    let families: [(&str, &str, &str, ReplicaCounter); 5] = [
-        ("percore_db_replica_connections_up", "gauge", "Connections to the replica currently usable.", |r| &r.connections_up),
-        ("percore_db_replica_connect_failures_total", "counter", "Failed connection attempts to the replica.", |r| &r.connect_failures),
-        ("percore_db_replica_lag_seconds", "gauge", "How long ago the newest primary position the replica has replayed was sampled (NaN: unknown, e.g. down).", |r| &r.lag_ms),
-        ("percore_db_replica_usable", "gauge", "1 while reads may go to the replica: up and within database.max_replica_lag_ms.", |r| &r.usable),
-        ("percore_db_replica_reads_total", "counter", "Reads the replica served.", |r| &r.reads),
+    let families: [(&str, &str, &str, ReplicaCounter, Format); 5] = [
+        ("percore_db_replica_connections_up", "gauge", "Connections to the replica currently usable.", |r| &r.connections_up, count),
+        ("percore_db_replica_connect_failures_total", "counter", "Failed connection attempts to the replica.", |r| &r.connect_failures, count),
+        ("percore_db_replica_lag_seconds", "gauge", "How long ago the newest primary position the replica has replayed was sampled (NaN: unknown, e.g. down).", |r| &r.lag_ms, seconds_from_ms),
+        ("percore_db_replica_usable", "gauge", "1 while reads may go to the replica: up and within database.max_replica_lag_ms.", |r| &r.usable, count),
+        ("percore_db_replica_reads_total", "counter", "Reads the replica served.", |r| &r.reads, count),
     ];
-    for (name, kind, help, get) in families {
+    for (name, kind, help, get, format) in families {
         family(out, name, kind, help);
         for (id, shard) in shards.iter().enumerate() {
             for (replica, metrics) in shard.replicas.iter().take(replicas).enumerate() {
                 let value = get(metrics).load(Relaxed);
                 let value = if value == u64::MAX {
                     "NaN".to_string()
-                } else if name.ends_with("_seconds") {
-                    seconds_from_ms(value)
                 } else {
-                    value.to_string()
+                    format(value)
                 };
                 let _ = writeln!(out, "{name}{{shard=\"{id}\",replica=\"{replica}\"}} {value}");
             }
@@ -551,6 +552,8 @@ type QueueValue = fn(&percore_workers::jobs::QueueHandle) -> u64;
 
 /// One replica's counter, picked out of its metrics.
 type ReplicaCounter = fn(&ReplicaMetrics) -> &AtomicU64;
+/// How a stored value reads in the exposition.
+type Format = fn(u64) -> String;
 
 /// One route's counter, picked out of its metrics.
 type RouteCounter = fn(&RouteMetrics) -> &AtomicU64;
