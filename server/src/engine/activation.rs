@@ -111,6 +111,7 @@ pub fn start_acceptor(
                             _ => {
                                 // EMFILE and the like: the connection stays queued; back off.
                                 log::warn!("accept on the passed socket failed: {error}");
+                                // blocking-ok: the acceptor's own thread, never a shard
                                 std::thread::sleep(crate::units::ms(shared.config.server.accept_error_backoff_ms));
                                 break;
                             }
