@@ -206,9 +206,15 @@ fn a_keep_alive_connection_open_across_a_reload_gets_the_new_body_limit_on_its_n
         ) == 1
     });
     assert!(applied, "the reload was not applied: {}", server.stderr());
-    // The heartbeat applies it; give the shard its tick.
-    std::thread::sleep(Duration::from_millis(300));
-    let after = send();
+    // The shard puts it in force at its next tick; until then the old limit answers 404.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let after = loop {
+        let answer = send();
+        if answer.status != 404 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(after.status, 413, "{}", after.text());
     assert!(after.text().contains("body_too_large"), "{}", after.text());
 }
